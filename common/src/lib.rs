@@ -1,0 +1,12 @@
+//! Formats and rules both crid and crimon rely on.
+//!
+//! Everything here is read or written by both sides (or by operators), so it changes only
+//! with care: the exit record, the CRI log line, container ids and the monitor's file names.
+
+#![deny(unsafe_code)]
+
+pub mod exit_record;
+pub mod id;
+pub mod log_line;
+pub mod monitor_paths;
+pub mod timestamp;
