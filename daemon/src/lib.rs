@@ -1,1 +1,9 @@
+//! crid: a CRI v1 runtime. The binary (`main.rs`) parses flags and starts [`server::run`].
 
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod server;
+pub mod status;

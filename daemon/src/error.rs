@@ -1,0 +1,54 @@
+//! The daemon's error type and its single mapping to gRPC status codes.
+
+use std::path::PathBuf;
+
+/// Errors of the daemon's services.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0} is not implemented by crid yet")]
+    Unimplemented(&'static str),
+    #[error("failed to {what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl DaemonError {
+    fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+}
+
+impl From<DaemonError> for tonic::Status {
+    fn from(err: DaemonError) -> Self {
+        let message = err.chain();
+        match err {
+            DaemonError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            DaemonError::NotFound(_) => tonic::Status::not_found(message),
+            DaemonError::AlreadyExists(_) => tonic::Status::already_exists(message),
+            DaemonError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            DaemonError::Unimplemented(_) => tonic::Status::unimplemented(message),
+            DaemonError::Io { .. } | DaemonError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! crid: the daemon's command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use crid_daemon::config::{Config, DEFAULT_CONFIG_DIR, DEFAULT_CONFIG_FILE};
+
+/// crid: a CRI v1 container runtime.
+#[derive(Debug, Parser)]
+#[command(name = "crid", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Drop-in directory; its *.toml files override the file, in name order.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG_DIR)]
+    config_dir: PathBuf,
+    /// Persistent state directory.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Volatile state directory.
+    #[arg(long)]
+    runroot: Option<PathBuf>,
+    /// The CRI socket to serve.
+    #[arg(long)]
+    listen: Option<PathBuf>,
+    /// Log filter (error, warn, info, debug, trace).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the complete default configuration as commented TOML.
+    Config,
+    /// Print crid's version and the CRI API version.
+    Version,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let (file, required) = match &cli.config {
+        Some(path) => (path.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
+    };
+    let mut config = Config::load(&file, required, &cli.config_dir)
+        .map_err(|e| anyhow::Error::new(e))
+        .context("cannot load configuration")?;
+    if let Some(root) = &cli.root {
+        config.root = root.clone();
+    }
+    if let Some(runroot) = &cli.runroot {
+        config.runroot = runroot.clone();
+    }
+    if let Some(listen) = &cli.listen {
+        config.listen = listen.clone();
+    }
+    if let Some(level) = &cli.log_level {
+        config.log_level = level.clone();
+    }
+    Ok(config)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers we can only run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Config) => {
+            print!("{}", Config::default_toml());
+            return Ok(());
+        }
+        Some(Command::Version) => {
+            println!("crid {}\nCRI API v1", env!("CARGO_PKG_VERSION"));
+            return Ok(());
+        }
+        None => {}
+    }
+    let config = load_config(&cli)?;
+    crid_daemon::logging::init(&config.log_level).map_err(anyhow::Error::msg)?;
+    // Files crid creates are private unless made otherwise on purpose.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    for dir in [&config.root, &config.runroot] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(crid_daemon::server::run(Arc::new(config), shutdown_signal()))?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! The CRI gRPC server on a unix socket.
+
+mod image_service;
+mod listener;
+mod runtime_service;
+mod unimplemented;
+
+use std::sync::Arc;
+
+use crid_proto::cri::image_service_server::ImageServiceServer;
+use crid_proto::cri::runtime_service_server::RuntimeServiceServer;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+
+pub use listener::{ListenError, SocketGuard};
+
+/// Largest gRPC message crid accepts or sends (kubelet uses 16 MiB).
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// Serves CRI on `config.listen` until `shutdown` completes, then finishes in-flight calls
+/// and removes the socket.
+pub async fn run(
+    config: Arc<Config>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (listener, guard) = listener::bind(&config.listen)?;
+    tracing::info!(socket = %config.listen.display(), "serving CRI v1");
+    let runtime = RuntimeServiceServer::new(runtime_service::Runtime::new(config.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let image = ImageServiceServer::new(image_service::Images::new(config.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let result = tonic::transport::Server::builder()
+        .add_service(runtime)
+        .add_service(image)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    drop(guard);
+    result.map_err(ServeError::Transport)
+}
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("grpc server failed")]
+    Transport(#[source] tonic::transport::Error),
+}
