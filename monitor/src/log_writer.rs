@@ -22,6 +22,10 @@ use crid_common::timestamp::{self, TIMESTAMP_LEN};
 use crate::error::{MonitorError, Result};
 use crate::shared::Counters;
 
+/// Smallest bound honoured; a smaller `--log-size-max` is raised to it (a record header alone
+/// is 41 bytes, and a bound below a few lines would truncate on every write).
+pub const MIN_LOG_SIZE_MAX: u64 = 4096;
+
 /// iovecs per writev; below IOV_MAX (1024).
 const IOVECS_PER_WRITE: usize = 512;
 
@@ -55,7 +59,7 @@ impl LogWriter {
             path: path.to_owned(),
             file,
             size,
-            max: max.filter(|m| *m > 0),
+            max: max.filter(|m| *m > 0).map(|m| m.max(MIN_LOG_SIZE_MAX)),
         })
     }
 
@@ -90,54 +94,65 @@ impl LogWriter {
         let mut partial = [0u8; HEADER_MAX];
         let partial_len = log_line::header_into(&ts, stream, Tag::Partial, &mut partial);
         let (full, partial) = (&full[..full_len], &partial[..partial_len]);
+        // With a bound, no record may be larger than the bound: longer text is cut into P
+        // records.
+        let piece_max = self.max.map_or(usize::MAX, |m| m as usize - HEADER_MAX - 1);
 
-        let lines = memchr_count(data) as u64;
-        let trailing = !data.ends_with(b"\n");
-        let records = lines + u64::from(trailing);
-        let total = data.len() as u64 + lines * full.len() as u64
-            + if trailing { partial.len() as u64 + 1 } else { 0 };
-        self.make_room(total, counters);
-
-        let mut iov = [IoSlice::new(&[]); IOVECS_PER_WRITE];
-        let mut used = 0;
+        let mut batch = Batch {
+            iov: [IoSlice::new(&[]); IOVECS_PER_WRITE],
+            used: 0,
+            bytes: 0,
+        };
+        let mut records = 0u64;
         let mut rest = data;
         while !rest.is_empty() {
-            if used + 3 > IOVECS_PER_WRITE {
-                self.write_all(&mut iov[..used], counters);
-                used = 0;
+            let (mut line, ends_line) = match rest.iter().position(|b| *b == b'\n') {
+                Some(end) => (&rest[..=end], true),
+                None => (rest, false),
+            };
+            rest = &rest[line.len()..];
+            while line.len() > piece_max {
+                self.emit(&mut batch, [partial, &line[..piece_max], b"\n"], counters);
+                line = &line[piece_max..];
+                records += 1;
             }
-            match rest.iter().position(|b| *b == b'\n') {
-                Some(end) => {
-                    iov[used] = IoSlice::new(full);
-                    iov[used + 1] = IoSlice::new(&rest[..=end]);
-                    used += 2;
-                    rest = &rest[end + 1..];
-                }
-                None => {
-                    iov[used] = IoSlice::new(partial);
-                    iov[used + 1] = IoSlice::new(rest);
-                    iov[used + 2] = IoSlice::new(b"\n");
-                    used += 3;
-                    rest = &[];
-                }
+            if ends_line {
+                self.emit(&mut batch, [full, line, b""], counters);
+            } else {
+                self.emit(&mut batch, [partial, line, b"\n"], counters);
             }
+            records += 1;
         }
-        self.write_all(&mut iov[..used], counters);
+        self.flush(&mut batch, counters);
         Counters::add(&counters.log_bytes, data.len() as u64);
         Counters::add(&counters.log_lines, records);
     }
 
-    fn make_room(&mut self, incoming: u64, counters: &Counters) {
-        let Some(max) = self.max else { return };
-        if self.size > 0 && self.size.saturating_add(incoming) > max {
-            if self.file.set_len(0).is_ok() {
-                Counters::add(&counters.log_dropped_bytes, self.size);
-                self.size = 0;
+    /// Adds one record (header, text, terminator) to the batch, first making room under the
+    /// bound and flushing a full batch.
+    fn emit<'a>(&mut self, batch: &mut Batch<'a>, parts: [&'a [u8]; 3], counters: &Counters) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if let Some(max) = self.max {
+            if self.size + (batch.bytes + len) as u64 > max {
+                self.flush(batch, counters);
+                if self.size > 0 && self.file.set_len(0).is_ok() {
+                    Counters::add(&counters.log_dropped_bytes, self.size);
+                    self.size = 0;
+                }
             }
         }
+        if batch.used + parts.len() > IOVECS_PER_WRITE {
+            self.flush(batch, counters);
+        }
+        for part in parts.into_iter().filter(|p| !p.is_empty()) {
+            batch.iov[batch.used] = IoSlice::new(part);
+            batch.used += 1;
+        }
+        batch.bytes += len;
     }
 
-    fn write_all(&mut self, mut iov: &mut [IoSlice<'_>], counters: &Counters) {
+    fn flush(&mut self, batch: &mut Batch<'_>, counters: &Counters) {
+        let mut iov = &mut batch.iov[..batch.used];
         while !iov.is_empty() {
             match self.file.write_vectored(iov) {
                 Ok(0) => break,
@@ -154,11 +169,16 @@ impl LogWriter {
                 }
             }
         }
+        batch.used = 0;
+        batch.bytes = 0;
     }
 }
 
-fn memchr_count(data: &[u8]) -> usize {
-    data.iter().filter(|b| **b == b'\n').count()
+/// Records waiting for one writev.
+struct Batch<'a> {
+    iov: [IoSlice<'a>; IOVECS_PER_WRITE],
+    used: usize,
+    bytes: usize,
 }
 
 #[cfg(test)]
@@ -200,7 +220,7 @@ mod tests {
             ]
         );
         assert_eq!(Counters::get(&counters.log_lines), 5);
-        assert_eq!(Counters::get(&counters.log_bytes), 15);
+        assert_eq!(Counters::get(&counters.log_bytes), 18);
     }
 
     #[test]
@@ -223,12 +243,15 @@ mod tests {
     fn truncates_at_bound() {
         let path = temp_log("bound");
         let counters = Counters::default();
-        let mut w = LogWriter::open(&path, Some(200)).expect("open");
-        for _ in 0..10 {
-            w.write_chunk(Stream::Stdout, b"0123456789012345678901234567890123456789\n", &counters);
-        }
+        let mut w = LogWriter::open(&path, Some(MIN_LOG_SIZE_MAX)).expect("open");
+        let line = b"0123456789012345678901234567890123456789\n".repeat(200);
+        w.write_chunk(Stream::Stdout, &line, &counters);
         let len = std::fs::metadata(&path).expect("stat").len();
-        assert!(len <= 200, "log is {len} bytes");
+        assert!(len <= MIN_LOG_SIZE_MAX, "log is {len} bytes");
         assert!(Counters::get(&counters.log_dropped_bytes) > 0);
+        // One record longer than the bound is cut into pieces that each fit.
+        w.write_chunk(Stream::Stdout, &vec![b'z'; 10_000], &counters);
+        let len = std::fs::metadata(&path).expect("stat").len();
+        assert!(len <= MIN_LOG_SIZE_MAX, "log is {len} bytes");
     }
 }

@@ -20,7 +20,18 @@ mod sys;
 use clap::Parser;
 
 fn main() {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // A caller waits for one JSON line; a command line we cannot parse still gets one.
+            let message = e.to_string();
+            let first = message.lines().next().unwrap_or("invalid command line");
+            println!("{}", serde_json::json!({ "pid": -1, "message": first }));
+            eprint!("{message}");
+            std::process::exit(2);
+        }
+    };
     let code = match (cli.command, cli.monitor) {
         (Some(cli::Command::Inspect { socket }), _) => match inspect::inspect(&socket) {
             Ok(json) => {

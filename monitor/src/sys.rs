@@ -482,7 +482,9 @@ pub fn register_v1_oom_event(
 ) -> io::Result<()> {
     use std::io::Write;
     let mut control = std::fs::OpenOptions::new().write(true).open(event_control)?;
-    write!(control, "{} {}", efd.as_raw_fd(), oom_control.as_raw_fd())
+    // One write: the kernel parses each write(2) as a whole registration.
+    let line = format!("{} {}", efd.as_raw_fd(), oom_control.as_raw_fd());
+    control.write_all(line.as_bytes())
 }
 
 /// An inotify fd watching `path` for modification (cgroup v2 `memory.events`).
