@@ -15,6 +15,9 @@ use crate::config::Config;
 
 pub use listener::{ListenError, SocketGuard};
 
+/// How long in-flight calls may run on after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Largest gRPC message crid accepts or sends (kubelet uses 16 MiB).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
@@ -32,13 +35,30 @@ pub async fn run(
     let image = ImageServiceServer::new(image_service::Images::new(config.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let result = tonic::transport::Server::builder()
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let serve = tonic::transport::Server::builder()
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+    // Graceful shutdown waits for every connection to close, and a client may hold an idle
+    // one forever (kubelet does): in-flight calls get SHUTDOWN_GRACE, then we leave.
+    let grace = async move {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let result = tokio::select! {
+        result = serve => result.map_err(ServeError::Transport),
+        () = grace => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; exiting");
+            Ok(())
+        }
+    };
     drop(guard);
-    result.map_err(ServeError::Transport)
+    result
 }
 
 /// Why serving stopped with an error.

@@ -23,6 +23,8 @@ pub struct CridProcess {
 #[derive(Debug, Default, Clone)]
 pub struct CridOptions {
     pub extra_toml: String,
+    /// A drop-in (`conf.d/50-test.toml`) written before crid starts.
+    pub dropin: Option<String>,
 }
 
 impl CridProcess {
@@ -50,6 +52,10 @@ impl CridProcess {
             ),
         )
         .expect("write crid.toml");
+        if let Some(dropin) = &options.dropin {
+            std::fs::create_dir_all(dir.path().join("conf.d")).expect("mkdir conf.d");
+            std::fs::write(dir.path().join("conf.d/50-test.toml"), dropin).expect("write drop-in");
+        }
         let mut process = CridProcess {
             child: None,
             stderr_path: dir.path().join("crid.stderr"),
