@@ -57,7 +57,10 @@ impl ExitRecord {
             err,
         };
         let dir = path.parent().unwrap_or(Path::new("/"));
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp"));
         let json = serde_json::to_vec(self).map_err(|e| wrap(io::Error::other(e)))?;
         let mut file = OpenOptions::new()

@@ -43,6 +43,9 @@ mod tests {
         for bad in ["", "..", ".hidden", "-x", "a/b", "a b", "a\0b"] {
             assert!(validate(bad).is_err(), "{bad:?}");
         }
-        assert!(matches!(validate(&"a".repeat(129)), Err(IdError::TooLong(_))));
+        assert!(matches!(
+            validate(&"a".repeat(129)),
+            Err(IdError::TooLong(_))
+        ));
     }
 }

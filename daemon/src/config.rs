@@ -137,10 +137,11 @@ fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
         path: path.to_owned(),
         err,
     })?;
-    text.parse::<toml::Table>().map_err(|err| ConfigError::Parse {
-        path: path.to_owned(),
-        err,
-    })
+    text.parse::<toml::Table>()
+        .map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            err,
+        })
 }
 
 /// Overlays `top` onto `base`, table by table.
@@ -169,7 +170,10 @@ impl Config {
             Ok(entries) => entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    matches!(p.extension().and_then(|e| e.to_str()), Some("toml" | "conf"))
+                    matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("toml" | "conf")
+                    )
                 })
                 .collect(),
             Err(_) => Vec::new(),
@@ -273,11 +277,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("crid-config-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("d")).expect("mkdir");
-        std::fs::write(dir.join("crid.toml"), "log_level = \"debug\"\n[runtime]\nlog_size_max = 5\n")
-            .expect("write");
+        std::fs::write(
+            dir.join("crid.toml"),
+            "log_level = \"debug\"\n[runtime]\nlog_size_max = 5\n",
+        )
+        .expect("write");
         std::fs::write(dir.join("d/20-b.toml"), "[runtime]\nlog_size_max = 7\n").expect("write");
-        std::fs::write(dir.join("d/10-a.toml"), "[runtime]\nlog_size_max = 6\ncgroup_manager = \"systemd\"\n")
-            .expect("write");
+        std::fs::write(
+            dir.join("d/10-a.toml"),
+            "[runtime]\nlog_size_max = 6\ncgroup_manager = \"systemd\"\n",
+        )
+        .expect("write");
         let cfg = Config::load(&dir.join("crid.toml"), true, &dir.join("d")).expect("loads");
         assert_eq!(cfg.log_level, "debug");
         assert_eq!(cfg.runtime.log_size_max, 7);
@@ -286,7 +296,12 @@ mod tests {
 
         std::fs::write(dir.join("d/30-typo.toml"), "[runtime]\nlog_sise_max = 1\n").expect("write");
         let err = Config::load(&dir.join("crid.toml"), true, &dir.join("d")).expect_err("typo");
-        let text = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+        let text = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
         assert!(text.contains("log_sise_max"), "{text}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

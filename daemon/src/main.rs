@@ -47,7 +47,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
     };
     let mut config = Config::load(&file, required, &cli.config_dir)
-        .map_err(|e| anyhow::Error::new(e))
+        .map_err(anyhow::Error::new)
         .context("cannot load configuration")?;
     if let Some(root) = &cli.root {
         config.root = root.clone();
@@ -66,8 +66,10 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers we can only run until killed.
         return std::future::pending().await;
     };
@@ -101,7 +103,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(crid_daemon::server::run(Arc::new(config), shutdown_signal()))?;
+    runtime.block_on(crid_daemon::server::run(
+        Arc::new(config),
+        shutdown_signal(),
+    ))?;
     tracing::info!("stopped");
     Ok(())
 }

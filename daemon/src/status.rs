@@ -42,7 +42,10 @@ pub fn runtime_condition(config: &Config) -> Condition {
     if !is_executable(runtime) {
         return Condition::not_ready(
             REASON,
-            format!("OCI runtime {} is missing or not executable", runtime.display()),
+            format!(
+                "OCI runtime {} is missing or not executable",
+                runtime.display()
+            ),
         );
     }
     match config.monitor_binary() {
@@ -73,7 +76,10 @@ pub fn network_condition(config: &Config) -> Condition {
     if !has_config {
         return Condition::not_ready(
             REASON,
-            format!("no CNI network configuration (.conf, .conflist, .json) in {}", dir.display()),
+            format!(
+                "no CNI network configuration (.conf, .conflist, .json) in {}",
+                dir.display()
+            ),
         );
     }
     if !config.network.cni_plugin_dirs.iter().any(|d| d.is_dir()) {
@@ -85,7 +91,10 @@ pub fn network_condition(config: &Config) -> Condition {
             .collect();
         return Condition::not_ready(
             REASON,
-            format!("no CNI plugin directory exists (looked in {})", dirs.join(", ")),
+            format!(
+                "no CNI plugin directory exists (looked in {})",
+                dirs.join(", ")
+            ),
         );
     }
     Condition::ready()

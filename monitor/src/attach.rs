@@ -80,7 +80,10 @@ impl AttachServer {
             };
             sys::set_send_buffer(fd.as_fd(), CLIENT_SEND_BUFFER);
             let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-            if epoll.add(&fd, events, self.token_base + slot as u64).is_err() {
+            if epoll
+                .add(&fd, events, self.token_base + slot as u64)
+                .is_err()
+            {
                 continue;
             }
             self.clients[slot] = Some(Client { fd, reading: true });
@@ -91,7 +94,9 @@ impl AttachServer {
     /// Sends output to every client, in packets of at most 8192 bytes of data.
     pub fn broadcast(&mut self, stream: u8, data: &[u8], epoll: &Epoll, counters: &Counters) {
         for slot in 0..self.clients.len() {
-            let Some(client) = &self.clients[slot] else { continue };
+            let Some(client) = &self.clients[slot] else {
+                continue;
+            };
             let mut sent = 0;
             let mut gone = false;
             for chunk in data.chunks(ATTACH_PACKET_PAYLOAD_MAX) {
@@ -179,7 +184,8 @@ impl AttachServer {
     pub fn close_all(&mut self) {
         for client in self.clients.iter_mut().filter_map(Option::take) {
             // SAFETY-free: shutdown through nix; errors mean the client is gone already.
-            let _ = nix::sys::socket::shutdown(client.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+            let _ =
+                nix::sys::socket::shutdown(client.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
     }
 }

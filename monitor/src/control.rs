@@ -22,7 +22,11 @@ struct ControlService {
 }
 
 impl proto::Monitor for ControlService {
-    fn state(&self, _: &ttrpc::TtrpcContext, _: proto::StateRequest) -> ttrpc::Result<proto::StateResponse> {
+    fn state(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        _: proto::StateRequest,
+    ) -> ttrpc::Result<proto::StateResponse> {
         let shared = &self.shared;
         let mut resp = proto::StateResponse {
             id: shared.id.clone(),
@@ -40,7 +44,11 @@ impl proto::Monitor for ControlService {
         Ok(resp)
     }
 
-    fn wait(&self, _: &ttrpc::TtrpcContext, _: proto::WaitRequest) -> ttrpc::Result<proto::WaitResponse> {
+    fn wait(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        _: proto::WaitRequest,
+    ) -> ttrpc::Result<proto::WaitResponse> {
         self.shared.active_waiters.fetch_add(1, Ordering::SeqCst);
         let exit = self.shared.wait_exit();
         let resp = proto::WaitResponse {
@@ -53,7 +61,11 @@ impl proto::Monitor for ControlService {
         Ok(resp)
     }
 
-    fn resize(&self, _: &ttrpc::TtrpcContext, req: proto::ResizeRequest) -> ttrpc::Result<proto::Empty> {
+    fn resize(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        req: proto::ResizeRequest,
+    ) -> ttrpc::Result<proto::Empty> {
         let (Ok(width), Ok(height)) = (u16::try_from(req.width), u16::try_from(req.height)) else {
             return Err(MonitorError::InvalidArgument(format!(
                 "terminal size {}x{} is out of range",
@@ -71,25 +83,41 @@ impl proto::Monitor for ControlService {
             .map_err(Into::into)
     }
 
-    fn reopen_log(&self, _: &ttrpc::TtrpcContext, _: proto::ReopenLogRequest) -> ttrpc::Result<proto::Empty> {
+    fn reopen_log(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        _: proto::ReopenLogRequest,
+    ) -> ttrpc::Result<proto::Empty> {
         self.shared
             .ask_loop(LoopCommand::ReopenLog)
             .map(|()| proto::Empty::default())
             .map_err(Into::into)
     }
 
-    fn close_stdin(&self, _: &ttrpc::TtrpcContext, _: proto::CloseStdinRequest) -> ttrpc::Result<proto::Empty> {
+    fn close_stdin(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        _: proto::CloseStdinRequest,
+    ) -> ttrpc::Result<proto::Empty> {
         self.shared
             .ask_loop(LoopCommand::CloseStdin)
             .map(|()| proto::Empty::default())
             .map_err(Into::into)
     }
 
-    fn exec_sync(&self, _: &ttrpc::TtrpcContext, req: proto::ExecSyncRequest) -> ttrpc::Result<proto::ExecSyncResponse> {
+    fn exec_sync(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        req: proto::ExecSyncRequest,
+    ) -> ttrpc::Result<proto::ExecSyncResponse> {
         crate::exec_sync::run(&self.shared, &req).map_err(Into::into)
     }
 
-    fn stats(&self, _: &ttrpc::TtrpcContext, _: proto::StatsRequest) -> ttrpc::Result<proto::StatsResponse> {
+    fn stats(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        _: proto::StatsRequest,
+    ) -> ttrpc::Result<proto::StatsResponse> {
         let c = &self.shared.counters;
         Ok(proto::StatsResponse {
             log_bytes: Counters::get(&c.log_bytes),

@@ -93,12 +93,14 @@ impl EventLoop {
         add(attach.listener(), TOKEN_ATTACH)?;
         for (fd, token) in [(&io.stdout, TOKEN_STDOUT), (&io.stderr, TOKEN_STDERR)] {
             if let Some(fd) = fd {
-                sys::set_nonblocking(fd.as_fd()).map_err(|e| MonitorError::sys("set O_NONBLOCK", e))?;
+                sys::set_nonblocking(fd.as_fd())
+                    .map_err(|e| MonitorError::sys("set O_NONBLOCK", e))?;
                 add(fd.as_fd(), token)?;
             }
         }
         if let Some(stdin) = &io.stdin {
-            sys::set_nonblocking(stdin.as_fd()).map_err(|e| MonitorError::sys("set O_NONBLOCK", e))?;
+            sys::set_nonblocking(stdin.as_fd())
+                .map_err(|e| MonitorError::sys("set O_NONBLOCK", e))?;
         }
         if let Some(oom) = &oom {
             add(oom.fd(), TOKEN_OOM)?;
@@ -217,7 +219,9 @@ impl EventLoop {
         } else {
             &mut self.io.stderr
         };
-        let Some(fd) = slot.as_ref() else { return false };
+        let Some(fd) = slot.as_ref() else {
+            return false;
+        };
         match nix::unistd::read(fd.as_fd(), &mut self.buf) {
             Ok(0) | Err(nix::errno::Errno::EIO) => {
                 // EOF, or EIO from a PTY whose other side is gone.
@@ -234,7 +238,8 @@ impl EventLoop {
                 };
                 let counters = &self.shared.counters;
                 self.log.write_chunk(stream, &self.buf[..n], counters);
-                self.attach.broadcast(id, &self.buf[..n], &self.epoll, counters);
+                self.attach
+                    .broadcast(id, &self.buf[..n], &self.epoll, counters);
                 true
             }
             Err(_) => false,

@@ -81,7 +81,9 @@ fn validate(req: &ExecSyncRequest) -> Result<()> {
         )));
     }
     if req.args.iter().any(|a| a.contains('\0')) {
-        return Err(MonitorError::InvalidArgument("exec args contain a NUL byte".into()));
+        return Err(MonitorError::InvalidArgument(
+            "exec args contain a NUL byte".into(),
+        ));
     }
     Ok(())
 }
@@ -130,8 +132,8 @@ pub fn run(shared: &Shared, req: &ExecSyncRequest) -> Result<ExecSyncResponse> {
     };
     drop(cmd); // closes our copies of the pipes' write ends
 
-    let deadline = (req.timeout_ms > 0)
-        .then(|| Instant::now() + Duration::from_millis(req.timeout_ms));
+    let deadline =
+        (req.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(req.timeout_ms));
     let outcome = pump(&mut out, &mut err, pidfd.as_ref(), deadline);
     let timed_out = matches!(outcome, Pump::TimedOut);
     if timed_out {
@@ -169,7 +171,12 @@ enum Pump {
 
 /// Copies both pipes into their sinks until the command exited and the pipes went quiet (or
 /// closed), or the deadline passed.
-fn pump(out: &mut Sink, err: &mut Sink, pidfd: Option<&OwnedFd>, deadline: Option<Instant>) -> Pump {
+fn pump(
+    out: &mut Sink,
+    err: &mut Sink,
+    pidfd: Option<&OwnedFd>,
+    deadline: Option<Instant>,
+) -> Pump {
     let mut buf = vec![0u8; 64 * 1024];
     let mut exited = pidfd.is_none();
     loop {
@@ -202,7 +209,11 @@ fn pump(out: &mut Sink, err: &mut Sink, pidfd: Option<&OwnedFd>, deadline: Optio
             });
         }
         fds.push(libc::pollfd {
-            fd: if exited { -1 } else { pidfd.map_or(-1, |p| p.as_raw_fd()) },
+            fd: if exited {
+                -1
+            } else {
+                pidfd.map_or(-1, |p| p.as_raw_fd())
+            },
             events: libc::POLLIN,
             revents: 0,
         });
@@ -217,7 +228,9 @@ fn pump(out: &mut Sink, err: &mut Sink, pidfd: Option<&OwnedFd>, deadline: Optio
             if fds[i].revents == 0 {
                 continue;
             }
-            let Some(pipe) = sink.pipe.as_ref() else { continue };
+            let Some(pipe) = sink.pipe.as_ref() else {
+                continue;
+            };
             match nix::unistd::read(pipe.as_fd(), &mut buf) {
                 Ok(0) | Err(_) => sink.pipe = None,
                 Ok(n) => {

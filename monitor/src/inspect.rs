@@ -18,8 +18,12 @@ pub fn inspect(socket: &Path) -> Result<String> {
     let client = proto::MonitorClient::new(client);
     let ctx = || ttrpc::context::with_timeout(TIMEOUT_NS);
     let rpc = |e: ttrpc::Error| MonitorError::Ttrpc(format!("{}: {e}", socket.display()));
-    let state = client.state(ctx(), &proto::StateRequest::new()).map_err(rpc)?;
-    let stats = client.stats(ctx(), &proto::StatsRequest::new()).map_err(rpc)?;
+    let state = client
+        .state(ctx(), &proto::StateRequest::new())
+        .map_err(rpc)?;
+    let stats = client
+        .stats(ctx(), &proto::StatsRequest::new())
+        .map_err(rpc)?;
     let exited = state.status.enum_value_or_default() == proto::Status::EXITED;
     let json = serde_json::json!({
         "state": {

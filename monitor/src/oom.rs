@@ -40,12 +40,18 @@ fn memory_cgroup(pid: libc::pid_t) -> Option<(PathBuf, bool)> {
     let text = read_small(Path::new(&format!("/proc/{pid}/cgroup"))).ok()?;
     if sys::is_cgroup2(Path::new("/sys/fs/cgroup")) {
         let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-        return Some((Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/')), true));
+        return Some((
+            Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/')),
+            true,
+        ));
     }
     let rel = text.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        controllers.split(',').any(|c| c == "memory").then_some(path)
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then_some(path)
     })?;
     let mount = memory_mount_v1()?;
     Some((mount.join(rel.trim_start_matches('/')), false))

@@ -23,7 +23,13 @@ impl Runtime {
     }
 
     /// `<runtime> [--root R] create --bundle B --pid-file P [--console-socket S] <id>`.
-    pub fn create(&self, id: &str, bundle: &Path, pid_file: &Path, console: Option<&Path>) -> Command {
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        console: Option<&Path>,
+    ) -> Command {
         let mut cmd = self.base();
         cmd.arg("create")
             .arg("--bundle")
@@ -44,7 +50,11 @@ impl Runtime {
     /// these arguments.
     pub fn exec(&self, id: &str, pid_file: &Path, args: &[String]) -> Command {
         let mut cmd = self.base();
-        cmd.arg("exec").arg("--pid-file").arg(pid_file).arg(id).args(args);
+        cmd.arg("exec")
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .args(args);
         cmd
     }
 

@@ -71,7 +71,9 @@ fn check_args(args: &MonitorArgs) -> Result<()> {
         }
     }
     if args.stdin_once && !args.stdin {
-        return Err(MonitorError::InvalidArgument("--stdin-once needs --stdin".into()));
+        return Err(MonitorError::InvalidArgument(
+            "--stdin-once needs --stdin".into(),
+        ));
     }
     for dir in [&args.exit_dir, &args.socket_dir, &args.bundle] {
         if !dir.is_dir() {
@@ -173,7 +175,10 @@ fn monitor(args: MonitorArgs, mut reporter: Reporter, release: OwnedFd) -> i32 {
     attach.close_all();
     // Let blocked Wait calls send their answers before the process (and its threads) ends.
     let deadline = std::time::Instant::now() + WAITER_GRACE;
-    while shared.active_waiters.load(std::sync::atomic::Ordering::SeqCst) > 0
+    while shared
+        .active_waiters
+        .load(std::sync::atomic::Ordering::SeqCst)
+        > 0
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -276,14 +281,18 @@ fn start_container(args: &MonitorArgs, paths: &SocketPaths) -> Result<(libc::pid
         child_stdout = Stdio::from(out_w);
         child_stderr = Stdio::from(err_w);
         // Without a terminal the runtime's errors arrive on the container's stderr pipe.
-        runtime_err = err_r.try_clone().map_err(|e| MonitorError::sys("dup pipe", e))?;
+        runtime_err = err_r
+            .try_clone()
+            .map_err(|e| MonitorError::sys("dup pipe", e))?;
         io.stdout = Some(out_r);
         io.stderr = Some(err_r);
     }
 
     let console = args.terminal.then_some(paths.console.as_path());
     let mut cmd = runtime.create(&args.id, &args.bundle, &paths.pid_file, console);
-    cmd.stdin(child_stdin).stdout(child_stdout).stderr(child_stderr);
+    cmd.stdin(child_stdin)
+        .stdout(child_stdout)
+        .stderr(child_stderr);
     let status = cmd
         .spawn()
         .and_then(|mut child| child.wait())
@@ -291,9 +300,12 @@ fn start_container(args: &MonitorArgs, paths: &SocketPaths) -> Result<(libc::pid
     drop(cmd);
 
     if !status.success() {
-        sys::set_nonblocking(runtime_err.as_fd()).map_err(|e| MonitorError::sys("set O_NONBLOCK", e))?;
+        sys::set_nonblocking(runtime_err.as_fd())
+            .map_err(|e| MonitorError::sys("set O_NONBLOCK", e))?;
         let mut text = Vec::new();
-        let _ = File::from(runtime_err).take(MAX_RUNTIME_ERROR).read_to_end(&mut text);
+        let _ = File::from(runtime_err)
+            .take(MAX_RUNTIME_ERROR)
+            .read_to_end(&mut text);
         let text = String::from_utf8_lossy(&text).trim().to_owned();
         let text = if text.is_empty() {
             format!("{} create exited with {status}", args.runtime.display())
@@ -303,7 +315,15 @@ fn start_container(args: &MonitorArgs, paths: &SocketPaths) -> Result<(libc::pid
         return Err(MonitorError::Runtime(text));
     }
     drop(runtime_err);
-    let created = finish_start(args, paths, io, console_listener, log, attach, runtime.clone());
+    let created = finish_start(
+        args,
+        paths,
+        io,
+        console_listener,
+        log,
+        attach,
+        runtime.clone(),
+    );
     if created.is_err() {
         runtime.delete_force(&args.id);
     }
@@ -331,11 +351,19 @@ fn finish_start(
             .map_err(|e| MonitorError::path("receive terminal", &paths.console, e))?;
         let _ = std::fs::remove_file(&paths.console);
         io.stdin = if args.stdin {
-            Some(master.try_clone().map_err(|e| MonitorError::sys("dup terminal", e))?)
+            Some(
+                master
+                    .try_clone()
+                    .map_err(|e| MonitorError::sys("dup terminal", e))?,
+            )
         } else {
             None
         };
-        io.pty = Some(master.try_clone().map_err(|e| MonitorError::sys("dup terminal", e))?);
+        io.pty = Some(
+            master
+                .try_clone()
+                .map_err(|e| MonitorError::sys("dup terminal", e))?,
+        );
         io.stdout = Some(master);
     }
 
@@ -349,7 +377,9 @@ fn finish_start(
     let oom = OomWatcher::new(pid);
     let signals = sys::sigchld_fd().map_err(|e| MonitorError::sys("create signalfd", e))?;
     let wake = sys::eventfd().map_err(|e| MonitorError::sys("create eventfd", e))?;
-    let wake_loop = wake.try_clone().map_err(|e| MonitorError::sys("dup eventfd", e))?;
+    let wake_loop = wake
+        .try_clone()
+        .map_err(|e| MonitorError::sys("dup eventfd", e))?;
     let (shared, commands) = Shared::new(
         args.id.clone(),
         pid,

@@ -83,7 +83,13 @@ pub fn kill_on_parent_death(cmd: &mut std::process::Command) {
 /// mask, which exec would otherwise inherit from the monitor. Async-signal-safe: it only makes
 /// system calls and allocates nothing.
 fn restore_child_signals() -> io::Result<()> {
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE, libc::SIGCHLD] {
+    for sig in [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGPIPE,
+        libc::SIGCHLD,
+    ] {
         // SAFETY: SIG_DFL installs no handler code; signal() is async-signal-safe.
         if unsafe { libc::signal(sig, libc::SIG_DFL) } == libc::SIG_ERR {
             return Err(io::Error::last_os_error());
@@ -103,8 +109,16 @@ fn restore_child_signals() -> io::Result<()> {
 /// Async-signal-safe.
 fn set_parent_death_kill() -> io::Result<()> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number; no memory is passed.
-    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) })
-        .map(drop)
+    cvt(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })
+    .map(drop)
 }
 
 /// Makes this process the reaper of every orphaned descendant (the container's init is a
@@ -144,7 +158,11 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: F_GETFL/F_SETFL on a valid borrowed fd.
     unsafe {
         let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-        cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+        cvt(libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            flags | libc::O_NONBLOCK,
+        ))?;
     }
     Ok(())
 }
@@ -225,8 +243,13 @@ pub fn drain_signalfd(fd: BorrowedFd<'_>) {
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
     // SAFETY: reads whole siginfo records into a buffer of exactly that size.
-    while unsafe { libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) }
-        == size as isize
+    while unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
+    } == size as isize
     {}
 }
 
@@ -256,7 +279,10 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
 /// Sends a signal; refuses pids that would address a group or every process.
 pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
     if pid <= 1 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing to signal pid {pid}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal pid {pid}"),
+        ));
     }
     // SAFETY: kill with a positive pid (checked above) signals that one process only.
     cvt(unsafe { libc::kill(pid, sig) }).map(drop)
@@ -282,7 +308,11 @@ fn unix_addr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     if bytes.len() >= addr.sun_path.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("socket path {} is longer than {} bytes", path.display(), addr.sun_path.len() - 1),
+            format!(
+                "socket path {} is longer than {} bytes",
+                path.display(),
+                addr.sun_path.len() - 1
+            ),
         ));
     }
     for (slot, byte) in addr.sun_path.iter_mut().zip(bytes) {
@@ -307,7 +337,11 @@ pub fn seqpacket_listener(path: &Path, backlog: libc::c_int) -> io::Result<Owned
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
     cvt(unsafe {
-        libc::bind(sock.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len)
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len,
+        )
     })?;
     // SAFETY: listen on our bound socket.
     cvt(unsafe { libc::listen(sock.as_raw_fd(), backlog) })?;
@@ -369,7 +403,11 @@ pub fn send_packet(fd: BorrowedFd<'_>, stream: u8, data: &[u8]) -> io::Result<()
     msg.msg_iovlen = iov.len();
     // SAFETY: msg points at two iovecs over live buffers; the kernel only reads them.
     let n = unsafe {
-        libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        libc::sendmsg(
+            fd.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
     };
     if n < 0 {
         Err(io::Error::last_os_error())
@@ -404,7 +442,10 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
     // SAFETY: cmsg is checked non-null and lies within `control`.
     if cmsg.is_null() || unsafe { (*cmsg).cmsg_type } != libc::SCM_RIGHTS {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "console socket sent no fd"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "console socket sent no fd",
+        ));
     }
     // SAFETY: an SCM_RIGHTS message carries at least one int-sized fd at CMSG_DATA.
     let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd) };
@@ -422,9 +463,8 @@ impl Epoll {
         // SAFETY: epoll_create1 returns a new fd or -1.
         let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: the fd was just created and is ours.
-        Ok(Epoll {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll { fd })
     }
 
     fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
@@ -446,7 +486,11 @@ impl Epoll {
     }
 
     /// Waits for events; returns how many of `events` were filled.
-    pub fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: libc::c_int) -> io::Result<usize> {
+    pub fn wait(
+        &self,
+        events: &mut [libc::epoll_event],
+        timeout_ms: libc::c_int,
+    ) -> io::Result<usize> {
         // SAFETY: `events` is a valid writable buffer of the given length.
         let n = unsafe {
             libc::epoll_wait(
@@ -481,7 +525,9 @@ pub fn register_v1_oom_event(
     oom_control: BorrowedFd<'_>,
 ) -> io::Result<()> {
     use std::io::Write;
-    let mut control = std::fs::OpenOptions::new().write(true).open(event_control)?;
+    let mut control = std::fs::OpenOptions::new()
+        .write(true)
+        .open(event_control)?;
     // One write: the kernel parses each write(2) as a whole registration.
     let line = format!("{} {}", efd.as_raw_fd(), oom_control.as_raw_fd());
     control.write_all(line.as_bytes())
@@ -508,7 +554,9 @@ pub fn drain_fd(fd: BorrowedFd<'_>) {
 
 /// Whether `path` is on a cgroup2 file system.
 pub fn is_cgroup2(path: &Path) -> bool {
-    let Ok(cpath) = cstring(path) else { return false };
+    let Ok(cpath) = cstring(path) else {
+        return false;
+    };
     // SAFETY: statfs is plain data; zeroed is a valid value to be overwritten.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: cpath is NUL-terminated and st is writable.

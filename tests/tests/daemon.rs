@@ -9,11 +9,18 @@ use crid_tests::harness::crid::{CridOptions, CridProcess};
 #[tokio::test]
 async fn version_status_and_runtime_config() {
     let crid = CridProcess::start(&CridOptions::default());
-    let mode = std::fs::metadata(&crid.socket).expect("socket").permissions().mode();
+    let mode = std::fs::metadata(&crid.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o007, 0, "socket mode {mode:o}");
     let mut rt = crid.runtime().await;
 
-    let v = rt.version(cri::VersionRequest::default()).await.expect("Version").into_inner();
+    let v = rt
+        .version(cri::VersionRequest::default())
+        .await
+        .expect("Version")
+        .into_inner();
     assert_eq!(v.runtime_name, "crid");
     assert_eq!(v.runtime_api_version, "v1");
     assert_eq!(v.version, "0.1.0");
@@ -26,7 +33,13 @@ async fn version_status_and_runtime_config() {
         .expect("Status")
         .into_inner();
     let conditions = status.status.expect("status").conditions;
-    let get = |kind: &str| conditions.iter().find(|c| c.r#type == kind).cloned().expect(kind);
+    let get = |kind: &str| {
+        conditions
+            .iter()
+            .find(|c| c.r#type == kind)
+            .cloned()
+            .expect(kind)
+    };
     let runtime = get("RuntimeReady");
     assert!(runtime.status, "{runtime:?}");
     let network = get("NetworkReady");
@@ -41,8 +54,17 @@ async fn version_status_and_runtime_config() {
         r#"{"cniVersion":"1.0.0","name":"t","plugins":[{"type":"loopback"}]}"#,
     )
     .expect("write cni config");
-    let status = rt.status(cri::StatusRequest::default()).await.expect("Status").into_inner();
-    let network = status.status.expect("status").conditions.into_iter().find(|c| c.r#type == "NetworkReady");
+    let status = rt
+        .status(cri::StatusRequest::default())
+        .await
+        .expect("Status")
+        .into_inner();
+    let network = status
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady");
     assert!(network.expect("NetworkReady").status);
 
     let rc = rt
@@ -50,18 +72,28 @@ async fn version_status_and_runtime_config() {
         .await
         .expect("RuntimeConfig")
         .into_inner();
-    assert_eq!(rc.linux.expect("linux").cgroup_driver, cri::CgroupDriver::Cgroupfs as i32);
+    assert_eq!(
+        rc.linux.expect("linux").cgroup_driver,
+        cri::CgroupDriver::Cgroupfs as i32
+    );
 }
 
 #[tokio::test]
 async fn runtime_not_ready_names_the_missing_runtime() {
     // The drop-in overrides the file's runtime path and cgroup manager.
     let crid = CridProcess::start(&CridOptions {
-        dropin: Some("[runtime]\nruntime_path = \"/nonexistent/runc\"\ncgroup_manager = \"systemd\"\n".into()),
+        dropin: Some(
+            "[runtime]\nruntime_path = \"/nonexistent/runc\"\ncgroup_manager = \"systemd\"\n"
+                .into(),
+        ),
         ..Default::default()
     });
     let mut rt = crid.runtime().await;
-    let status = rt.status(cri::StatusRequest::default()).await.expect("Status").into_inner();
+    let status = rt
+        .status(cri::StatusRequest::default())
+        .await
+        .expect("Status")
+        .into_inner();
     let runtime = status
         .status
         .expect("status")
@@ -71,13 +103,20 @@ async fn runtime_not_ready_names_the_missing_runtime() {
         .expect("RuntimeReady");
     assert!(!runtime.status);
     assert_eq!(runtime.reason, "RuntimeNotReady");
-    assert!(runtime.message.contains("/nonexistent/runc"), "{}", runtime.message);
+    assert!(
+        runtime.message.contains("/nonexistent/runc"),
+        "{}",
+        runtime.message
+    );
     let rc = rt
         .runtime_config(cri::RuntimeConfigRequest::default())
         .await
         .expect("RuntimeConfig")
         .into_inner();
-    assert_eq!(rc.linux.expect("linux").cgroup_driver, cri::CgroupDriver::Systemd as i32);
+    assert_eq!(
+        rc.linux.expect("linux").cgroup_driver,
+        cri::CgroupDriver::Systemd as i32
+    );
 }
 
 #[tokio::test]
@@ -86,14 +125,33 @@ async fn everything_else_is_unimplemented() {
     let mut rt = crid.runtime().await;
     let mut images = crid.images().await;
     let checks = [
-        rt.run_pod_sandbox(cri::RunPodSandboxRequest::default()).await.map(drop),
-        rt.list_containers(cri::ListContainersRequest::default()).await.map(drop),
-        rt.exec_sync(cri::ExecSyncRequest::default()).await.map(drop),
-        rt.container_stats(cri::ContainerStatsRequest::default()).await.map(drop),
-        rt.get_container_events(cri::GetEventsRequest::default()).await.map(drop),
-        images.pull_image(cri::PullImageRequest::default()).await.map(drop),
-        images.list_images(cri::ListImagesRequest::default()).await.map(drop),
-        images.image_fs_info(cri::ImageFsInfoRequest::default()).await.map(drop),
+        rt.run_pod_sandbox(cri::RunPodSandboxRequest::default())
+            .await
+            .map(drop),
+        rt.list_containers(cri::ListContainersRequest::default())
+            .await
+            .map(drop),
+        rt.exec_sync(cri::ExecSyncRequest::default())
+            .await
+            .map(drop),
+        rt.container_stats(cri::ContainerStatsRequest::default())
+            .await
+            .map(drop),
+        rt.get_container_events(cri::GetEventsRequest::default())
+            .await
+            .map(drop),
+        images
+            .pull_image(cri::PullImageRequest::default())
+            .await
+            .map(drop),
+        images
+            .list_images(cri::ListImagesRequest::default())
+            .await
+            .map(drop),
+        images
+            .image_fs_info(cri::ImageFsInfoRequest::default())
+            .await
+            .map(drop),
     ];
     for result in checks {
         let status = result.expect_err("must not succeed");
@@ -106,9 +164,15 @@ async fn everything_else_is_unimplemented() {
 async fn sigterm_stops_cleanly_and_removes_the_socket() {
     let mut crid = CridProcess::start(&CridOptions::default());
     let mut rt = crid.runtime().await;
-    rt.version(cri::VersionRequest::default()).await.expect("Version");
+    rt.version(cri::VersionRequest::default())
+        .await
+        .expect("Version");
     let status = crid.stop_with(nix::sys::signal::Signal::SIGTERM);
-    assert!(status.success(), "exit status {status:?}: {}", crid.stderr());
+    assert!(
+        status.success(),
+        "exit status {status:?}: {}",
+        crid.stderr()
+    );
     assert!(!crid.socket.exists(), "socket left behind");
     // SIGINT too, after a restart on the same socket.
     let mut second = CridProcess::start(&CridOptions::default());
@@ -126,19 +190,34 @@ async fn a_second_instance_refuses_to_start() {
     assert!(stderr.contains("already serving"), "{stderr}");
     // The first one still answers.
     let mut rt = crid.runtime().await;
-    rt.version(cri::VersionRequest::default()).await.expect("Version after refusal");
+    rt.version(cri::VersionRequest::default())
+        .await
+        .expect("Version after refusal");
 }
 
 #[test]
 fn config_and_version_subcommands() {
     let crid = crid_tests::harness::workspace_binary("crid");
-    let out = std::process::Command::new(&crid).arg("config").output().expect("crid config");
+    let out = std::process::Command::new(&crid)
+        .arg("config")
+        .output()
+        .expect("crid config");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for key in ["root =", "runroot =", "listen =", "runtime_path =", "cni_config_dir =", "cgroup_manager ="] {
+    for key in [
+        "root =",
+        "runroot =",
+        "listen =",
+        "runtime_path =",
+        "cni_config_dir =",
+        "cgroup_manager =",
+    ] {
         assert!(text.contains(key), "missing {key}");
     }
-    let out = std::process::Command::new(&crid).arg("version").output().expect("crid version");
+    let out = std::process::Command::new(&crid)
+        .arg("version")
+        .output()
+        .expect("crid version");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("crid "));
     // A bad config file is a clear error naming the key.
     let dir = tempfile::tempdir().expect("tempdir");

@@ -14,7 +14,11 @@ use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAd
 const EXIT_WAIT: Duration = Duration::from_secs(30);
 
 fn lines_of(c: &MonitoredContainer, stream: Stream) -> Vec<String> {
-    c.log_lines().into_iter().filter(|(s, _)| *s == stream).map(|(_, l)| l).collect()
+    c.log_lines()
+        .into_iter()
+        .filter(|(s, _)| *s == stream)
+        .map(|(_, l)| l)
+        .collect()
 }
 
 #[test]
@@ -33,7 +37,11 @@ fn logs_stdout_and_stderr_in_order_with_stream_tags() {
     let raw = std::fs::read(&c.log_path).expect("log");
     for line in raw.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let rec = crid_common::log_line::parse(line).expect("well-formed record");
-        assert!(crid_common::timestamp::parse(rec.timestamp).is_some(), "{}", rec.timestamp);
+        assert!(
+            crid_common::timestamp::parse(rec.timestamp).is_some(),
+            "{}",
+            rec.timestamp
+        );
     }
 }
 
@@ -45,7 +53,12 @@ fn partial_lines_and_a_one_mib_line() {
     c.run(&[]);
     assert_eq!(c.wait_exit_record(EXIT_WAIT).exit_code, 0);
     let out = lines_of(&c, Stream::Stdout);
-    assert_eq!(out.len(), 3, "lines: {:?}", out.iter().map(|l| l.len()).collect::<Vec<_>>());
+    assert_eq!(
+        out.len(),
+        3,
+        "lines: {:?}",
+        out.iter().map(|l| l.len()).collect::<Vec<_>>()
+    );
     assert_eq!(out[0], "no newline then more");
     assert_eq!(out[1].len(), 1 << 20);
     assert!(out[1].bytes().all(|b| b == b'x'));
@@ -53,7 +66,11 @@ fn partial_lines_and_a_one_mib_line() {
     // The 1 MiB line was split into P records closed by an F.
     let raw = String::from_utf8_lossy(&std::fs::read(&c.log_path).expect("log")).into_owned();
     assert!(raw.lines().filter(|l| l.contains(" stdout P xxxx")).count() >= 2);
-    assert!(raw.lines().last().expect("last").contains(" stdout P unterminated tail"));
+    assert!(raw
+        .lines()
+        .last()
+        .expect("last")
+        .contains(" stdout P unterminated tail"));
 }
 
 #[test]
@@ -72,7 +89,11 @@ fn exit_code_137_on_sigkill_and_143_on_sigterm() {
     let c = MonitoredContainer::new(&BundleSpec::sh("sleep 1000"));
     c.run(&[]);
     let out = c.runc(&["kill", &c.id, "KILL"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(c.wait_exit_record(EXIT_WAIT).exit_code, 137);
 
     // A namespace init ignores SIGTERM without a handler; share the host PID namespace so the
@@ -85,7 +106,11 @@ fn exit_code_137_on_sigkill_and_143_on_sigterm() {
     let c = MonitoredContainer::new(&spec);
     c.run(&[]);
     let out = c.runc(&["kill", &c.id, "TERM"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(c.wait_exit_record(EXIT_WAIT).exit_code, 143);
 }
 
@@ -109,13 +134,19 @@ fn oom_kill_is_recorded() {
 fn runtime_failure_reports_the_runtimes_message() {
     let c = MonitoredContainer::new(&BundleSpec::sh("true"));
     let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.bundle.join("config.json")).expect("read")).expect("json");
+        serde_json::from_slice(&std::fs::read(c.bundle.join("config.json")).expect("read"))
+            .expect("json");
     config["process"]["cwd"] = "relative/cwd".into();
     std::fs::write(c.bundle.join("config.json"), config.to_string()).expect("write");
     let report = c.create(&[]);
     assert_eq!(report.pid, -1);
     let message = report.message.expect("message");
-    assert!(message.to_lowercase().contains("cwd must be an absolute path"), "{message}");
+    assert!(
+        message
+            .to_lowercase()
+            .contains("cwd must be an absolute path"),
+        "{message}"
+    );
     assert!(!c.control_socket().exists() && !c.attach_socket().exists());
 }
 
@@ -137,9 +168,18 @@ fn bad_arguments_are_reported_on_the_sync_channel() {
 }
 
 fn attach_client(c: &MonitoredContainer) -> OwnedFd {
-    let fd = socket::socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
-        .expect("socket");
-    socket::connect(fd.as_raw_fd(), &UnixAddr::new(&c.attach_socket()).expect("addr")).expect("connect");
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    socket::connect(
+        fd.as_raw_fd(),
+        &UnixAddr::new(&c.attach_socket()).expect("addr"),
+    )
+    .expect("connect");
     fd
 }
 
@@ -163,9 +203,15 @@ fn attach_round_trip_and_stdin_once() {
     let c = MonitoredContainer::new(&BundleSpec::sh("cat; echo done >&2"));
     let report = c.create(&["--stdin", "--stdin-once"]);
     assert!(report.pid > 0, "{report:?}");
-    let mode = std::fs::metadata(c.attach_socket()).expect("attach socket").permissions().mode();
+    let mode = std::fs::metadata(c.attach_socket())
+        .expect("attach socket")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "attach socket mode {mode:o}");
-    let mode = std::fs::metadata(c.control_socket()).expect("control socket").permissions().mode();
+    let mode = std::fs::metadata(c.control_socket())
+        .expect("control socket")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "control socket mode {mode:o}");
     let client = attach_client(&c);
     c.start();
@@ -186,7 +232,9 @@ fn close_stdin_ends_a_reader() {
     let c = MonitoredContainer::new(&BundleSpec::sh("cat >/dev/null; echo eof"));
     c.run(&["--stdin"]);
     let client = c.client();
-    client.close_stdin(ctx(), &proto::CloseStdinRequest::new()).expect("CloseStdin");
+    client
+        .close_stdin(ctx(), &proto::CloseStdinRequest::new())
+        .expect("CloseStdin");
     assert_eq!(c.wait_exit_record(EXIT_WAIT).exit_code, 0);
     assert_eq!(lines_of(&c, Stream::Stdout), vec!["eof"]);
 }
@@ -238,7 +286,10 @@ fn terminal_mode_with_resize() {
 fn resize_without_terminal_is_a_clear_error() {
     let c = MonitoredContainer::new(&BundleSpec::sh("sleep 1000"));
     c.run(&[]);
-    let err = c.client().resize(ctx(), &proto::ResizeRequest::new()).expect_err("no tty");
+    let err = c
+        .client()
+        .resize(ctx(), &proto::ResizeRequest::new())
+        .expect_err("no tty");
     assert!(format!("{err:?}").contains("no terminal"), "{err:?}");
 }
 
@@ -264,8 +315,12 @@ fn exec(
 fn zombie_children(pid: i32) -> Vec<String> {
     let mut zombies = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.len() > 1 && fields[0] == "Z" && fields[1] == pid.to_string() {
             zombies.push(stat);
@@ -304,8 +359,15 @@ fn exec_sync_output_exit_code_timeout_and_bound() {
         let z = zombie_children(monitor);
         z.is_empty().then_some(())
     });
-    assert!(zombies.is_some(), "zombies under crimon: {:?}", zombie_children(monitor));
-    let stats = c.client().stats(ctx(), &proto::StatsRequest::new()).expect("Stats");
+    assert!(
+        zombies.is_some(),
+        "zombies under crimon: {:?}",
+        zombie_children(monitor)
+    );
+    let stats = c
+        .client()
+        .stats(ctx(), &proto::StatsRequest::new())
+        .expect("Stats");
     assert_eq!(stats.exec_sync_calls, 4);
 }
 
@@ -320,7 +382,10 @@ fn exec_sync_refuses_bad_requests() {
     assert!(format!("{err:?}").contains("INVALID_ARGUMENT"), "{err:?}");
     req.args = vec!["true".into()];
     req.stdout_path = "relative".into();
-    let err = c.client().exec_sync(ctx(), &req).expect_err("relative path");
+    let err = c
+        .client()
+        .exec_sync(ctx(), &req)
+        .expect_err("relative path");
     assert!(format!("{err:?}").contains("not absolute"), "{err:?}");
 }
 
@@ -349,11 +414,15 @@ fn killing_the_caller_leaves_monitor_and_container_running() {
     nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL).expect("kill caller group");
     let _ = caller.wait();
     c.start();
-    let state = c.client().state(ctx(), &proto::StateRequest::new()).expect("State");
+    let state = c
+        .client()
+        .state(ctx(), &proto::StateRequest::new())
+        .expect("State");
     assert!(alive(state.monitor_pid), "monitor died with its caller");
     assert!(alive(state.pid), "container died with the caller");
     // The monitor left the caller's session.
-    let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(state.monitor_pid))).expect("getsid");
+    let sid =
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(state.monitor_pid))).expect("getsid");
     assert_ne!(sid, nix::unistd::getsid(None).expect("getsid"));
     assert_eq!(sid.as_raw(), state.monitor_pid);
 }
@@ -386,7 +455,9 @@ fn reopen_log_after_rename_keeps_every_line() {
         let old = c.log_path.with_extension(format!("log.{n}"));
         std::fs::rename(&c.log_path, &old).expect("rotate");
         rotated.push(old);
-        client.reopen_log(ctx(), &proto::ReopenLogRequest::new()).expect("ReopenLog");
+        client
+            .reopen_log(ctx(), &proto::ReopenLogRequest::new())
+            .expect("ReopenLog");
     }
     assert_eq!(c.wait_exit_record(EXIT_WAIT).exit_code, 0);
     let mut all = Vec::new();
@@ -417,7 +488,9 @@ fn wait_state_stats_inspect_and_the_exit_record_after_the_monitor_is_gone() {
     let c = MonitoredContainer::new(&BundleSpec::sh("read x; echo bye; exit 4"));
     let report = c.run(&["--stdin"]);
     let client = c.client();
-    let state = client.state(ctx(), &proto::StateRequest::new()).expect("State");
+    let state = client
+        .state(ctx(), &proto::StateRequest::new())
+        .expect("State");
     assert_eq!(state.pid, report.pid);
     assert_eq!(state.id, c.id);
     let monitor_pid = state.monitor_pid;
@@ -446,7 +519,9 @@ fn wait_state_stats_inspect_and_the_exit_record_after_the_monitor_is_gone() {
     assert_eq!(rec.exit_code, 4);
     assert_eq!(rec.finished_at, waited.finished_at);
     assert!(crid_common::timestamp::parse(&rec.finished_at).is_some());
-    let gone = wait_for(Duration::from_secs(10), || (!alive(monitor_pid)).then_some(()));
+    let gone = wait_for(Duration::from_secs(10), || {
+        (!alive(monitor_pid)).then_some(())
+    });
     assert!(gone.is_some(), "monitor still running after exit");
     assert!(!c.control_socket().exists() && !c.attach_socket().exists());
     let text = std::fs::read_to_string(c.exit_record_path()).expect("exit record");

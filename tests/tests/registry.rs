@@ -15,7 +15,8 @@ fn builds_busybox_images_and_pushes_them_to_a_local_registry() {
     let (status, body) = http_get(&registry.addr, "/v2/library/busybox/tags/list").expect("tags");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("latest"), "{body}");
-    let (status, _) = http_get(&registry.addr, "/v2/library/busybox/manifests/latest").expect("manifest");
+    let (status, _) =
+        http_get(&registry.addr, "/v2/library/busybox/manifests/latest").expect("manifest");
     assert_eq!(status, 200);
 
     // The image carries the users and groups tests rely on.
@@ -26,7 +27,11 @@ fn builds_busybox_images_and_pushes_them_to_a_local_registry() {
         .arg(&unpacked)
         .output()
         .expect("umoci unpack");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let passwd = std::fs::read_to_string(unpacked.join("rootfs/etc/passwd")).expect("passwd");
     assert!(passwd.contains("tester:x:1000:1000"));
     let group = std::fs::read_to_string(unpacked.join("rootfs/etc/group")).expect("group");

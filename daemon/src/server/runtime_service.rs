@@ -44,7 +44,10 @@ type EventStream =
 
 #[tonic::async_trait]
 impl RuntimeService for Runtime {
-    async fn version(&self, _: Request<cri::VersionRequest>) -> Result<Response<cri::VersionResponse>, Status> {
+    async fn version(
+        &self,
+        _: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
         Ok(Response::new(cri::VersionResponse {
             version: KUBE_RUNTIME_API_VERSION.to_owned(),
             runtime_name: RUNTIME_NAME.to_owned(),
@@ -53,14 +56,18 @@ impl RuntimeService for Runtime {
         }))
     }
 
-    async fn status(&self, request: Request<cri::StatusRequest>) -> Result<Response<cri::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
         let conditions = vec![
             condition("RuntimeReady", status::runtime_condition(&self.config)),
             condition("NetworkReady", status::network_condition(&self.config)),
         ];
         let mut info = HashMap::new();
         if request.get_ref().verbose {
-            let config = serde_json::to_string(&*self.config).map_err(|e| Status::internal(e.to_string()))?;
+            let config = serde_json::to_string(&*self.config)
+                .map_err(|e| Status::internal(e.to_string()))?;
             info.insert("config".to_owned(), config);
         }
         Ok(Response::new(cri::StatusResponse {

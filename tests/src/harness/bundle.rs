@@ -39,7 +39,11 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec) {
         .arg(dir)
         .output()
         .expect("run runc spec");
-    assert!(out.status.success(), "runc spec failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "runc spec failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).expect("read config.json");
     let mut config: serde_json::Value = serde_json::from_str(&text).expect("parse config.json");
@@ -54,5 +58,6 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec) {
             namespaces.retain(|ns| ns["type"] != "pid");
         }
     }
-    std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("encode")).expect("write config.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("encode"))
+        .expect("write config.json");
 }

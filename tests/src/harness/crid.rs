@@ -32,7 +32,10 @@ impl CridProcess {
     /// socket to appear.
     pub fn start(options: &CridOptions) -> Self {
         require::root();
-        let dir = tempfile::Builder::new().prefix("crid-t").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("crid-t")
+            .tempdir()
+            .expect("tempdir");
         let socket = dir.path().join("crid.sock");
         let cni_dir = dir.path().join("net.d");
         std::fs::create_dir_all(&cni_dir).expect("mkdir");
@@ -89,7 +92,12 @@ impl CridProcess {
         self.child = Some(child);
         let socket = self.socket.clone();
         let up = wait_for(Duration::from_secs(20), || socket.exists().then_some(()));
-        assert!(up.is_some(), "crid did not create {} within 20 s: {}", socket.display(), self.stderr());
+        assert!(
+            up.is_some(),
+            "crid did not create {} within 20 s: {}",
+            socket.display(),
+            self.stderr()
+        );
     }
 
     /// crid's standard error so far.

@@ -18,7 +18,16 @@ pub const GROUP: &str = "root:x:0:\ntester:x:1000:\nextra:x:1500:tester\nnogroup
 pub fn write_busybox_rootfs(rootfs: &Path) {
     let busybox = require::tool("busybox");
     let bin = rootfs.join("bin");
-    for dir in ["bin", "etc", "tmp", "root", "home/tester", "proc", "sys", "dev"] {
+    for dir in [
+        "bin",
+        "etc",
+        "tmp",
+        "root",
+        "home/tester",
+        "proc",
+        "sys",
+        "dev",
+    ] {
         std::fs::create_dir_all(rootfs.join(dir)).expect("create rootfs dir");
     }
     std::fs::copy(&busybox, bin.join("busybox")).expect("copy busybox");
@@ -40,8 +49,11 @@ pub fn write_busybox_rootfs(rootfs: &Path) {
     }
     std::fs::write(rootfs.join("etc/passwd"), PASSWD).expect("write passwd");
     std::fs::write(rootfs.join("etc/group"), GROUP).expect("write group");
-    std::fs::set_permissions(rootfs.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
-        .expect("chmod tmp");
+    std::fs::set_permissions(
+        rootfs.join("tmp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .expect("chmod tmp");
 }
 
 /// An OCI image layout `<layout>:<tag>` holding a busybox image with `cmd` as its command.
@@ -63,11 +75,20 @@ pub fn build_oci_busybox(layout: &Path, tag: &str, cmd: &[&str]) -> PathBuf {
     let staging = tempfile::tempdir().expect("tempdir");
     let rootfs = staging.path().join("rootfs");
     write_busybox_rootfs(&rootfs);
-    run(&["insert", "--image", &image, &rootfs.display().to_string(), "/"]);
+    run(&[
+        "insert",
+        "--image",
+        &image,
+        &rootfs.display().to_string(),
+        "/",
+    ]);
     let mut config = vec!["config", "--image", &image, "--config.workingdir", "/"];
     let cmd_flags: Vec<String> = cmd.iter().map(|c| format!("--config.cmd={c}")).collect();
     config.extend(cmd_flags.iter().map(String::as_str));
-    config.extend(["--config.env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]);
+    config.extend([
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ]);
     run(&config);
     layout.to_owned()
 }

@@ -42,7 +42,10 @@ impl MonitoredContainer {
     /// The same with another monitor binary (benchmarks).
     pub fn with_monitor(spec: &BundleSpec, monitor: PathBuf) -> Self {
         require::root();
-        let dir = tempfile::Builder::new().prefix("crimon-t").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("crimon-t")
+            .tempdir()
+            .expect("tempdir");
         let id = unique("ctr");
         let bundle = dir.path().join("bundle");
         std::fs::create_dir_all(&bundle).expect("mkdir bundle");
@@ -109,7 +112,11 @@ impl MonitoredContainer {
     /// `runc start`.
     pub fn start(&self) {
         let out = self.runc(&["start", &self.id]);
-        assert!(out.status.success(), "runc start: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "runc start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs runc with this container's root.
@@ -187,7 +194,10 @@ pub fn parse_report(out: &Output) -> StartReport {
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next())
+        })
         .is_some_and(|state| state != Some('Z') && state.is_some())
 }
 

@@ -42,7 +42,10 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -80,7 +83,10 @@ impl Registry {
         });
         if up.is_none() {
             let _ = registry.child.kill();
-            panic!("docker-registry did not answer on {} within 20 s", registry.addr);
+            panic!(
+                "docker-registry did not answer on {} within 20 s",
+                registry.addr
+            );
         }
         registry
     }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Sets up a Debian machine for crid, as root, from a checkout of this repository.
+#
+#   packaging/setup.sh run    install what crid needs, build it, install it, run it in the
+#                             foreground with its default configuration
+#   packaging/setup.sh test   install what the tests need, build everything once, run the
+#                             whole test suite (format, lints, unit and end-to-end tests)
+#   packaging/setup.sh bench  install what the benchmarks need, build in release, run them
+#
+# A Rust toolchain (rustup, with the version pinned in rust-toolchain.toml) must be present;
+# every system package comes from Debian through apt-get.
+set -euo pipefail
+
+mode=${1:-}
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+# Packages crid needs at run time.
+RUN_PACKAGES=(runc containernetworking-plugins iptables iproute2 ca-certificates)
+# Packages the tests and benchmarks need besides: the peers (crun, conmon, containerd), the
+# registry and image tools, busybox for test images.
+TEST_PACKAGES=(crun conmon containerd docker-registry skopeo umoci busybox-static procps)
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup.sh: run as root (crid runs containers)" >&2
+        exit 1
+    fi
+}
+
+install_packages() {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+need_cargo() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        for dir in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do
+            if [ -x "$dir/cargo" ]; then
+                export PATH="$dir:$PATH"
+                break
+            fi
+        done
+    fi
+    command -v cargo >/dev/null 2>&1 || {
+        echo "setup.sh: missing: cargo (install a Rust toolchain with rustup)" >&2
+        exit 1
+    }
+}
+
+install_crid() {
+    install -m 0755 target/release/crid target/release/crimon /usr/local/bin/
+    install -d -m 0755 /etc/crid /etc/crid/crid.conf.d /etc/cni/net.d
+    [ -e /etc/crid/crid.toml ] || /usr/local/bin/crid config >/etc/crid/crid.toml
+    if ! ls /etc/cni/net.d/*.conf* >/dev/null 2>&1; then
+        install -m 0644 packaging/cni/10-crid-bridge.conflist /etc/cni/net.d/
+    fi
+    if [ -d /etc/systemd/system ]; then
+        install -m 0644 packaging/systemd/crid.service /etc/systemd/system/crid.service
+    fi
+}
+
+case "$mode" in
+run)
+    need_root
+    install_packages "${RUN_PACKAGES[@]}"
+    need_cargo
+    cargo build --release --bins
+    install_crid
+    echo "setup.sh: starting crid (socket /run/crid/crid.sock); stop it with Ctrl-C or SIGTERM"
+    exec /usr/local/bin/crid
+    ;;
+test)
+    need_root
+    install_packages "${RUN_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    need_cargo
+    started=$(date +%s)
+    cargo fmt --all -- --check
+    cargo build --workspace --all-targets
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo test --workspace --no-fail-fast
+    echo "setup.sh: test suite finished in $(( $(date +%s) - started )) s"
+    ;;
+bench)
+    need_root
+    install_packages "${RUN_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    need_cargo
+    cargo build --release --workspace --bins
+    shift
+    exec target/release/crid-bench "$@"
+    ;;
+*)
+    echo "usage: $0 run|test|bench [bench args]" >&2
+    exit 2
+    ;;
+esac
