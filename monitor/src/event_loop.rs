@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crid_common::log_line::Stream;
 use crid_common::monitor_paths::attach_stream;
 
-use crate::attach::{AttachServer, ClientInput, CLIENT_READ_MAX};
+use crate::attach::{AttachServer, ClientInput};
 use crate::error::{MonitorError, Result};
 use crate::log_writer::LogWriter;
 use crate::oom::OomWatcher;
@@ -20,8 +20,9 @@ use crate::sys::{self, Epoll};
 
 /// Bytes read from a container stream at once. A line longer than this is logged as `P`
 /// records ending with an `F` (conmon splits at 8 KiB; a bigger buffer keeps more lines whole
-/// and halves the system calls under heavy output).
-pub const READ_BUFFER: usize = 64 * 1024;
+/// and cuts the system calls under heavy output). At 128 KiB glibc maps it on its own, so
+/// only the pages a read actually filled are ever resident.
+pub const READ_BUFFER: usize = 128 * 1024;
 
 const TOKEN_SIGNAL: u64 = 1;
 const TOKEN_WAKE: u64 = 2;
@@ -254,12 +255,13 @@ impl EventLoop {
     }
 
     fn on_client(&mut self, slot: usize, flags: u32) {
-        let mut input = [0u8; CLIENT_READ_MAX];
+        // Client input shares the output buffer: the loop handles one event at a time.
+        let mut input = std::mem::take(&mut self.buf);
         let counters = &self.shared.counters;
-        match self
+        let event = self
             .attach
-            .on_client_event(slot, flags, &mut input, &self.epoll, counters)
-        {
+            .on_client_event(slot, flags, &mut input, &self.epoll, counters);
+        match event {
             ClientInput::None => {}
             ClientInput::Data(n) => self.write_stdin(&input[..n]),
             ClientInput::Closed => {
@@ -268,6 +270,7 @@ impl EventLoop {
                 }
             }
         }
+        self.buf = input;
     }
 
     /// Writes attach input to the container's stdin without blocking; what does not fit waits

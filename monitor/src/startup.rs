@@ -103,6 +103,7 @@ pub fn launch(args: MonitorArgs) -> i32 {
         return 1;
     }
     sys::set_umask(0o077);
+    sys::single_malloc_arena();
 
     let (release_r, release_w) = match sys::pipe() {
         Ok(p) => p,
@@ -161,6 +162,7 @@ fn monitor(args: MonitorArgs, mut reporter: Reporter, release: OwnedFd) -> i32 {
         shared,
         server,
     } = running;
+    sys::release_startup_memory();
     let (outcome, log, mut attach) = event_loop.run();
     log.sync();
     let record = ExitRecord {

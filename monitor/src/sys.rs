@@ -575,3 +575,39 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> usize {
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     usize::try_from(n).unwrap_or(0)
 }
+
+/// One malloc arena for the whole process: the control server's threads would otherwise each
+/// get an arena of their own, which is resident memory for a process that allocates little.
+/// Call before any thread exists.
+pub fn single_malloc_arena() {
+    // SAFETY: mallopt only changes allocator parameters.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
+/// Gives back to the kernel what start-up used and no longer needs: free heap pages, and the
+/// main thread's stack pages below the current stack pointer (start-up ran deeper than the
+/// event loop ever will). Both come back zero-filled if touched again.
+pub fn release_startup_memory() {
+    // SAFETY: malloc_trim only returns free memory to the kernel.
+    unsafe { libc::malloc_trim(0) };
+    let marker = 0u8;
+    let sp = std::hint::black_box(&marker) as *const u8 as usize;
+    let page = 4096usize;
+    // Nothing below the stack pointer is live (the x86-64 red zone is 128 bytes); the margin
+    // only spares the next few calls from faulting pages back in.
+    let keep_below = (sp & !(page - 1)).saturating_sub(2 * page);
+    let Some(low) = stack_low_end() else { return };
+    if keep_below > low {
+        // SAFETY: [low, keep_below) lies in the main thread's stack mapping, below the live
+        // frames and their margin; DONTNEED on it only drops pages nobody uses.
+        unsafe { libc::madvise(low as *mut libc::c_void, keep_below - low, libc::MADV_DONTNEED) };
+    }
+}
+
+/// The low end of the main thread's stack mapping, from /proc/self/maps.
+fn stack_low_end() -> Option<usize> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[stack]"))?;
+    let range = line.split_whitespace().next()?;
+    usize::from_str_radix(range.split_once('-')?.0, 16).ok()
+}

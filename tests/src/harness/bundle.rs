@@ -16,6 +16,8 @@ pub struct BundleSpec {
     /// Share the host's PID namespace (so the container's init is not a namespace init and
     /// dies of signals it has no handler for, like SIGTERM).
     pub host_pid: bool,
+    /// Read-only bind mounts: (host path, container path).
+    pub bind_mounts: Vec<(std::path::PathBuf, String)>,
 }
 
 impl BundleSpec {
@@ -52,6 +54,16 @@ pub fn write_bundle(dir: &Path, spec: &BundleSpec) {
     config["process"]["args"] = spec.args.clone().into();
     if let Some(limit) = spec.memory_limit {
         config["linux"]["resources"]["memory"] = serde_json::json!({ "limit": limit });
+    }
+    if let Some(mounts) = config["mounts"].as_array_mut() {
+        for (host, dest) in &spec.bind_mounts {
+            mounts.push(serde_json::json!({
+                "destination": dest,
+                "type": "bind",
+                "source": host,
+                "options": ["rbind", "ro"],
+            }));
+        }
     }
     if spec.host_pid {
         if let Some(namespaces) = config["linux"]["namespaces"].as_array_mut() {
