@@ -26,8 +26,9 @@ use crate::shared::Counters;
 /// is 41 bytes, and a bound below a few lines would truncate on every write).
 pub const MIN_LOG_SIZE_MAX: u64 = 4096;
 
-/// iovecs per writev; below IOV_MAX (1024).
-const IOVECS_PER_WRITE: usize = 512;
+/// Records are gathered here and written with one write(2). At 256 KiB glibc maps it on its
+/// own, so only the pages a burst of output filled are resident.
+const OUT_BUFFER: usize = 256 * 1024;
 
 /// The log file and its bound.
 pub struct LogWriter {
@@ -35,6 +36,7 @@ pub struct LogWriter {
     file: File,
     size: u64,
     max: Option<u64>,
+    out: Vec<u8>,
 }
 
 fn open_log(path: &Path) -> Result<File> {
@@ -60,6 +62,7 @@ impl LogWriter {
             file,
             size,
             max: max.filter(|m| *m > 0).map(|m| m.max(MIN_LOG_SIZE_MAX)),
+            out: Vec::new(),
         })
     }
 
@@ -98,11 +101,6 @@ impl LogWriter {
         // records.
         let piece_max = self.max.map_or(usize::MAX, |m| m as usize - HEADER_MAX - 1);
 
-        let mut batch = Batch {
-            iov: [IoSlice::new(&[]); IOVECS_PER_WRITE],
-            used: 0,
-            bytes: 0,
-        };
         let mut records = 0u64;
         let mut rest = data;
         while !rest.is_empty() {
@@ -112,47 +110,65 @@ impl LogWriter {
             };
             rest = &rest[line.len()..];
             while line.len() > piece_max {
-                self.emit(&mut batch, [partial, &line[..piece_max], b"\n"], counters);
+                self.emit([partial, &line[..piece_max], b"\n"], counters);
                 line = &line[piece_max..];
                 records += 1;
             }
             if ends_line {
-                self.emit(&mut batch, [full, line, b""], counters);
+                self.emit([full, line, b""], counters);
             } else {
-                self.emit(&mut batch, [partial, line, b"\n"], counters);
+                self.emit([partial, line, b"\n"], counters);
             }
             records += 1;
         }
-        self.flush(&mut batch, counters);
+        self.flush(counters);
         Counters::add(&counters.log_bytes, data.len() as u64);
         Counters::add(&counters.log_lines, records);
     }
 
-    /// Adds one record (header, text, terminator) to the batch, first making room under the
-    /// bound and flushing a full batch.
-    fn emit<'a>(&mut self, batch: &mut Batch<'a>, parts: [&'a [u8]; 3], counters: &Counters) {
+    /// Adds one record (header, text, terminator) to the output buffer, first making room
+    /// under the bound. Records are copied into one buffer and written with one write(2): for
+    /// short lines that costs far less than a writev of many tiny segments.
+    fn emit(&mut self, parts: [&[u8]; 3], counters: &Counters) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if let Some(max) = self.max {
-            if self.size + (batch.bytes + len) as u64 > max {
-                self.flush(batch, counters);
+            if self.size + (self.out.len() + len) as u64 > max {
+                self.flush(counters);
                 if self.size > 0 && self.file.set_len(0).is_ok() {
                     Counters::add(&counters.log_dropped_bytes, self.size);
                     self.size = 0;
                 }
             }
         }
-        if batch.used + parts.len() > IOVECS_PER_WRITE {
-            self.flush(batch, counters);
+        if self.out.len() + len > OUT_BUFFER {
+            self.flush(counters);
         }
-        for part in parts.into_iter().filter(|p| !p.is_empty()) {
-            batch.iov[batch.used] = IoSlice::new(part);
-            batch.used += 1;
+        if len > OUT_BUFFER {
+            // A record longer than the buffer goes out on its own, uncopied.
+            let mut iov = parts.map(IoSlice::new);
+            self.write_all(&mut iov, counters);
+            return;
         }
-        batch.bytes += len;
+        if self.out.capacity() == 0 {
+            // Allocated on first use: a container that never logs never pays for it.
+            self.out.reserve_exact(OUT_BUFFER);
+        }
+        for part in parts {
+            self.out.extend_from_slice(part);
+        }
     }
 
-    fn flush(&mut self, batch: &mut Batch<'_>, counters: &Counters) {
-        let mut iov = &mut batch.iov[..batch.used];
+    fn flush(&mut self, counters: &Counters) {
+        if self.out.is_empty() {
+            return;
+        }
+        let out = std::mem::take(&mut self.out);
+        self.write_all(&mut [IoSlice::new(&out)], counters);
+        self.out = out;
+        self.out.clear();
+    }
+
+    fn write_all(&mut self, mut iov: &mut [IoSlice<'_>], counters: &Counters) {
         while !iov.is_empty() {
             match self.file.write_vectored(iov) {
                 Ok(0) => break,
@@ -169,16 +185,7 @@ impl LogWriter {
                 }
             }
         }
-        batch.used = 0;
-        batch.bytes = 0;
     }
-}
-
-/// Records waiting for one writev.
-struct Batch<'a> {
-    iov: [IoSlice<'a>; IOVECS_PER_WRITE],
-    used: usize,
-    bytes: usize,
 }
 
 #[cfg(test)]

@@ -600,7 +600,13 @@ pub fn release_startup_memory() {
     if keep_below > low {
         // SAFETY: [low, keep_below) lies in the main thread's stack mapping, below the live
         // frames and their margin; DONTNEED on it only drops pages nobody uses.
-        unsafe { libc::madvise(low as *mut libc::c_void, keep_below - low, libc::MADV_DONTNEED) };
+        unsafe {
+            libc::madvise(
+                low as *mut libc::c_void,
+                keep_below - low,
+                libc::MADV_DONTNEED,
+            )
+        };
     }
 }
 

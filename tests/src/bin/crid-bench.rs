@@ -41,7 +41,11 @@ struct Run {
 fn parent_of(pid: i32) -> anyhow::Result<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').context("stat")?.1;
-    rest.split_whitespace().nth(1).context("ppid")?.parse().context("ppid")
+    rest.split_whitespace()
+        .nth(1)
+        .context("ppid")?
+        .parse()
+        .context("ppid")
 }
 
 fn start(kind: Kind, spec: &BundleSpec) -> anyhow::Result<Run> {
@@ -83,7 +87,11 @@ fn start(kind: Kind, spec: &BundleSpec) -> anyhow::Result<Run> {
                 bail!("conmon exited with {status}");
             }
             let monitor_pid = wait_for(Duration::from_secs(10), || {
-                std::fs::read_to_string(&pidfile).ok()?.trim().parse::<i32>().ok()
+                std::fs::read_to_string(&pidfile)
+                    .ok()?
+                    .trim()
+                    .parse::<i32>()
+                    .ok()
             })
             .context("conmon wrote no pid file")?;
             let created = wait_for(Duration::from_secs(10), || {
@@ -199,7 +207,10 @@ fn measure_throughput(kind: Kind, data: &Path) -> anyhow::Result<Throughput> {
     let spec = BundleSpec {
         args: vec![
             "cat".into(),
-            format!("/data/{}", data.file_name().context("name")?.to_string_lossy()),
+            format!(
+                "/data/{}",
+                data.file_name().context("name")?.to_string_lossy()
+            ),
         ],
         bind_mounts: vec![(dir, "/data".into())],
         ..Default::default()
@@ -254,8 +265,16 @@ fn main() -> anyhow::Result<()> {
     require::root();
     let crimon = workspace_binary("crimon");
     println!("crimon: {}", crimon.display());
-    let conmon_version = Command::new(require::tool("conmon")).arg("--version").output()?;
-    println!("{}", String::from_utf8_lossy(&conmon_version.stdout).lines().next().unwrap_or("conmon"));
+    let conmon_version = Command::new(require::tool("conmon"))
+        .arg("--version")
+        .output()?;
+    println!(
+        "{}",
+        String::from_utf8_lossy(&conmon_version.stdout)
+            .lines()
+            .next()
+            .unwrap_or("conmon")
+    );
 
     println!("\n## memory per monitor, {containers} idle containers each (kB)");
     println!("| monitor | PSS alone | avg PSS | avg anonymous | avg RSS |");
