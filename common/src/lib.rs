@@ -5,6 +5,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod error_chain;
 pub mod exit_record;
 pub mod id;
 pub mod log_line;

@@ -28,14 +28,7 @@ pub enum DaemonError {
 
 impl DaemonError {
     fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        crid_common::error_chain::error_chain(self)
     }
 }
 

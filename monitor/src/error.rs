@@ -54,14 +54,7 @@ impl MonitorError {
 
     /// The full message with its chain of causes, for reporting to a caller.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        text
+        crid_common::error_chain::error_chain(self)
     }
 }
 

@@ -104,7 +104,7 @@ impl LogWriter {
         let mut records = 0u64;
         let mut rest = data;
         while !rest.is_empty() {
-            let (mut line, ends_line) = match rest.iter().position(|b| *b == b'\n') {
+            let (mut line, ends_line) = match memchr::memchr(b'\n', rest) {
                 Some(end) => (&rest[..=end], true),
                 None => (rest, false),
             };

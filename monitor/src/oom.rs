@@ -29,7 +29,11 @@ fn read_small(path: &Path) -> io::Result<String> {
 
 /// The `key value` counter from a cgroup flat-keyed file.
 fn counter(path: &Path, key: &str) -> Option<u64> {
-    read_small(path).ok()?.lines().find_map(|line| {
+    flat_key(&read_small(path).ok()?, key)
+}
+
+fn flat_key(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
         let (k, v) = line.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
@@ -37,15 +41,24 @@ fn counter(path: &Path, key: &str) -> Option<u64> {
 
 /// Where the memory cgroup of `pid` is, and which cgroup version.
 fn memory_cgroup(pid: libc::pid_t) -> Option<(PathBuf, bool)> {
-    let text = read_small(Path::new(&format!("/proc/{pid}/cgroup"))).ok()?;
-    if sys::is_cgroup2(Path::new("/sys/fs/cgroup")) {
-        let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-        return Some((
-            Path::new("/sys/fs/cgroup").join(rel.trim_start_matches('/')),
-            true,
-        ));
+    let proc_cgroup = read_small(Path::new(&format!("/proc/{pid}/cgroup"))).ok()?;
+    let root = Path::new("/sys/fs/cgroup");
+    if sys::is_cgroup2(root) {
+        return Some((cgroup2_dir(&proc_cgroup, root)?, true));
     }
-    let rel = text.lines().find_map(|line| {
+    let mountinfo = read_small(Path::new("/proc/self/mountinfo")).ok()?;
+    Some((memory_dir_v1(&proc_cgroup, &mountinfo)?, false))
+}
+
+/// cgroup v2: the `0::<path>` line under the unified root.
+fn cgroup2_dir(proc_cgroup: &str, root: &Path) -> Option<PathBuf> {
+    let rel = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(root.join(rel.trim_start_matches('/')))
+}
+
+/// cgroup v1: the `memory` controller's line, under the memory controller's mount point.
+fn memory_dir_v1(proc_cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
+    let rel = proc_cgroup.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
         controllers
@@ -53,14 +66,7 @@ fn memory_cgroup(pid: libc::pid_t) -> Option<(PathBuf, bool)> {
             .any(|c| c == "memory")
             .then_some(path)
     })?;
-    let mount = memory_mount_v1()?;
-    Some((mount.join(rel.trim_start_matches('/')), false))
-}
-
-/// Mount point of the v1 memory controller, from /proc/self/mountinfo.
-fn memory_mount_v1() -> Option<PathBuf> {
-    let text = read_small(Path::new("/proc/self/mountinfo")).ok()?;
-    text.lines().find_map(|line| {
+    let mount = mountinfo.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         let mut r = right.split(' ');
         let (fstype, _source, options) = (r.next()?, r.next()?, r.next()?);
@@ -68,7 +74,8 @@ fn memory_mount_v1() -> Option<PathBuf> {
             return None;
         }
         left.split(' ').nth(4).map(PathBuf::from)
-    })
+    })?;
+    Some(mount.join(rel.trim_start_matches('/')))
 }
 
 /// Watches one container's memory cgroup.
@@ -142,5 +149,40 @@ impl OomWatcher {
             self.killed |= now > self.baseline;
         }
         self.killed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_v1_memory_cgroup() {
+        let proc_cgroup = "9:name=systemd:/\n4:memory:/kubepods/pod1/ctr\n3:cpu,cpuacct:/x\n0::/\n";
+        let mountinfo = "30 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+                         35 25 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n";
+        assert_eq!(
+            memory_dir_v1(proc_cgroup, mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/kubepods/pod1/ctr"))
+        );
+        assert_eq!(memory_dir_v1("1:cpu:/x\n", mountinfo), None);
+    }
+
+    #[test]
+    fn finds_the_v2_cgroup_and_reads_counters() {
+        let dir = cgroup2_dir(
+            "0::/kubepods.slice/ctr.scope\n",
+            Path::new("/sys/fs/cgroup"),
+        );
+        assert_eq!(
+            dir,
+            Some(PathBuf::from("/sys/fs/cgroup/kubepods.slice/ctr.scope"))
+        );
+        let events = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(flat_key(events, "oom_kill"), Some(2));
+        assert_eq!(flat_key(events, "oom"), Some(3));
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n";
+        assert_eq!(flat_key(v1, "oom_kill"), Some(1));
+        assert_eq!(flat_key(v1, "missing"), None);
     }
 }

@@ -6,6 +6,35 @@ use std::os::unix::fs::PermissionsExt;
 use crid_proto::cri;
 use crid_tests::harness::crid::{CridOptions, CridProcess};
 
+type Client =
+    crid_proto::cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+/// One condition of a Status call.
+async fn condition(rt: &mut Client, kind: &str) -> cri::RuntimeCondition {
+    let status = rt
+        .status(cri::StatusRequest::default())
+        .await
+        .expect("Status")
+        .into_inner();
+    status
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition"))
+}
+
+/// The cgroup driver RuntimeConfig reports.
+async fn cgroup_driver(rt: &mut Client) -> i32 {
+    let rc = rt
+        .runtime_config(cri::RuntimeConfigRequest::default())
+        .await
+        .expect("RuntimeConfig")
+        .into_inner();
+    rc.linux.expect("linux").cgroup_driver
+}
+
 #[tokio::test]
 async fn version_status_and_runtime_config() {
     let crid = CridProcess::start(&CridOptions::default());
@@ -54,26 +83,9 @@ async fn version_status_and_runtime_config() {
         r#"{"cniVersion":"1.0.0","name":"t","plugins":[{"type":"loopback"}]}"#,
     )
     .expect("write cni config");
-    let status = rt
-        .status(cri::StatusRequest::default())
-        .await
-        .expect("Status")
-        .into_inner();
-    let network = status
-        .status
-        .expect("status")
-        .conditions
-        .into_iter()
-        .find(|c| c.r#type == "NetworkReady");
-    assert!(network.expect("NetworkReady").status);
-
-    let rc = rt
-        .runtime_config(cri::RuntimeConfigRequest::default())
-        .await
-        .expect("RuntimeConfig")
-        .into_inner();
+    assert!(condition(&mut rt, "NetworkReady").await.status);
     assert_eq!(
-        rc.linux.expect("linux").cgroup_driver,
+        cgroup_driver(&mut rt).await,
         cri::CgroupDriver::Cgroupfs as i32
     );
 }
@@ -89,18 +101,7 @@ async fn runtime_not_ready_names_the_missing_runtime() {
         ..Default::default()
     });
     let mut rt = crid.runtime().await;
-    let status = rt
-        .status(cri::StatusRequest::default())
-        .await
-        .expect("Status")
-        .into_inner();
-    let runtime = status
-        .status
-        .expect("status")
-        .conditions
-        .into_iter()
-        .find(|c| c.r#type == "RuntimeReady")
-        .expect("RuntimeReady");
+    let runtime = condition(&mut rt, "RuntimeReady").await;
     assert!(!runtime.status);
     assert_eq!(runtime.reason, "RuntimeNotReady");
     assert!(
@@ -108,13 +109,8 @@ async fn runtime_not_ready_names_the_missing_runtime() {
         "{}",
         runtime.message
     );
-    let rc = rt
-        .runtime_config(cri::RuntimeConfigRequest::default())
-        .await
-        .expect("RuntimeConfig")
-        .into_inner();
     assert_eq!(
-        rc.linux.expect("linux").cgroup_driver,
+        cgroup_driver(&mut rt).await,
         cri::CgroupDriver::Systemd as i32
     );
 }

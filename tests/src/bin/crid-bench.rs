@@ -48,10 +48,16 @@ fn parent_of(pid: i32) -> anyhow::Result<i32> {
         .context("ppid")
 }
 
-fn start(kind: Kind, spec: &BundleSpec) -> anyhow::Result<Run> {
+fn start(kind: Kind, spec: &BundleSpec, log_dir: Option<&Path>) -> anyhow::Result<Run> {
+    let place_log = |mut c: MonitoredContainer| {
+        if let Some(dir) = log_dir {
+            c.log_path = dir.join(format!("{}.log", c.id));
+        }
+        c
+    };
     match kind {
         Kind::Crimon => {
-            let c = MonitoredContainer::new(spec);
+            let c = place_log(MonitoredContainer::new(spec));
             let report = c.create(&[]);
             if report.pid <= 0 {
                 bail!("crimon failed: {:?}", report.message);
@@ -61,7 +67,7 @@ fn start(kind: Kind, spec: &BundleSpec) -> anyhow::Result<Run> {
         }
         Kind::Conmon => {
             let conmon = require::tool("conmon");
-            let c = MonitoredContainer::with_monitor(spec, conmon.clone());
+            let c = place_log(MonitoredContainer::with_monitor(spec, conmon.clone()));
             let pidfile = c.dir.path().join("conmon.pid");
             let status = Command::new(&conmon)
                 .args(["--cid", &c.id, "--cuuid", &c.id, "--name", &c.id])
@@ -147,13 +153,13 @@ fn measure_memory(kind: Kind, count: usize) -> anyhow::Result<MemoryResult> {
         args: vec!["sleep".into(), "1000000".into()],
         ..Default::default()
     };
-    let first = start(kind, &spec)?;
+    let first = start(kind, &spec, None)?;
     first.c.start();
     std::thread::sleep(Duration::from_millis(300));
     let alone_pss = memory_kb(first.monitor_pid)?.0;
     let mut runs = vec![first];
     for _ in 1..count {
-        let run = start(kind, &spec)?;
+        let run = start(kind, &spec, None)?;
         run.c.start();
         runs.push(run);
     }
@@ -202,7 +208,7 @@ struct Throughput {
     cpu_seconds: f64,
 }
 
-fn measure_throughput(kind: Kind, data: &Path) -> anyhow::Result<Throughput> {
+fn measure_throughput(kind: Kind, data: &Path, log_dir: &Path) -> anyhow::Result<Throughput> {
     let dir = data.parent().context("data dir")?.to_owned();
     let spec = BundleSpec {
         args: vec![
@@ -215,7 +221,7 @@ fn measure_throughput(kind: Kind, data: &Path) -> anyhow::Result<Throughput> {
         bind_mounts: vec![(dir, "/data".into())],
         ..Default::default()
     };
-    let run = start(kind, &spec)?;
+    let run = start(kind, &spec, Some(log_dir))?;
     let exit = run.c.exit_record_path();
     let started = Instant::now();
     run.c.start();
@@ -249,6 +255,7 @@ fn main() -> anyhow::Result<()> {
     let mut containers = 10usize;
     let mut gib = 1.0f64;
     let mut what = "monitor".to_owned();
+    let mut log_on_disk = false;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -256,7 +263,8 @@ fn main() -> anyhow::Result<()> {
             "--containers" => containers = it.next().context("--containers N")?.parse()?,
             "--gib" => gib = it.next().context("--gib X")?.parse()?,
             "monitor" => what = arg.clone(),
-            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X])"),
+            "--log-on-disk" => log_on_disk = true,
+            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X] [--log-on-disk])"),
         }
     }
     if what != "monitor" {
@@ -299,22 +307,38 @@ fn main() -> anyhow::Result<()> {
     );
 
     let work = tempfile::Builder::new().prefix("crid-bench").tempdir()?;
+    let log_dir = work.path().join("logs");
+    std::fs::create_dir_all(&log_dir)?;
+    // Logs on a tmpfs by default: the disk's writeback is shared by both monitors and its
+    // noise would drown their own cost. --log-on-disk measures with the disk in the loop.
+    let _tmpfs = if log_on_disk {
+        None
+    } else {
+        Some(TmpfsMount::mount(&log_dir)?)
+    };
     let total = (gib * (1u64 << 30) as f64) as u64;
-    println!("\n## log throughput, {gib} GiB per run, median of {rounds} rounds");
+    println!(
+        "\n## log throughput, {gib} GiB per run, median of {rounds} rounds (monitors interleaved), logs on {}",
+        if log_on_disk { "disk" } else { "tmpfs" }
+    );
     println!("| line size | monitor | MiB/s | monitor CPU s/GiB |");
     println!("|---|---|---|---|");
     for line_len in [120usize, 4096] {
         let data = make_lines_file(work.path(), line_len, total)?;
         let bytes = std::fs::metadata(&data)?.len() as f64;
-        let mut medians = Vec::new();
-        for kind in [Kind::Crimon, Kind::Conmon] {
-            let (mut rates, mut cpus) = (Vec::new(), Vec::new());
-            for _ in 0..rounds {
-                let t = measure_throughput(kind, &data)?;
-                rates.push(bytes / (1 << 20) as f64 / t.seconds);
-                cpus.push(t.cpu_seconds / (bytes / (1u64 << 30) as f64));
+        let kinds = [Kind::Crimon, Kind::Conmon];
+        let mut rates = [Vec::new(), Vec::new()];
+        let mut cpus = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (i, kind) in kinds.iter().enumerate() {
+                let t = measure_throughput(*kind, &data, &log_dir)?;
+                rates[i].push(bytes / (1 << 20) as f64 / t.seconds);
+                cpus[i].push(t.cpu_seconds / (bytes / (1u64 << 30) as f64));
             }
-            let (rate, cpu) = (median(&mut rates), median(&mut cpus));
+        }
+        let mut medians = Vec::new();
+        for (i, kind) in kinds.iter().enumerate() {
+            let (rate, cpu) = (median(&mut rates[i]), median(&mut cpus[i]));
             println!("| {line_len} B | {} | {rate:.0} | {cpu:.2} |", kind.name());
             medians.push((rate, cpu));
         }
@@ -326,4 +350,31 @@ fn main() -> anyhow::Result<()> {
         std::fs::remove_file(&data)?;
     }
     Ok(())
+}
+
+/// A tmpfs mounted for the run and unmounted after it.
+struct TmpfsMount {
+    path: PathBuf,
+}
+
+impl TmpfsMount {
+    fn mount(path: &Path) -> anyhow::Result<Self> {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8g,mode=0700", "crid-bench"])
+            .arg(path)
+            .status()
+            .context("run mount")?;
+        if !status.success() {
+            bail!("mounting a tmpfs on {} failed", path.display());
+        }
+        Ok(TmpfsMount {
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
 }
