@@ -142,6 +142,15 @@ pub fn launch(args: MonitorArgs) -> i32 {
 fn monitor(args: MonitorArgs, mut reporter: Reporter, release: OwnedFd) -> i32 {
     let mut release = File::from(release);
     let paths = SocketPaths::new(&args);
+    // Another monitor may own these paths: refuse before creating (and later removing) any.
+    if let Err(e) = [&paths.control, &paths.attach, &paths.console]
+        .into_iter()
+        .try_for_each(|path| refuse_existing(path))
+    {
+        reporter.report(-1, Some(&e.chain()));
+        let _ = release.write_all(b"1");
+        return 1;
+    }
     let started = start_container(&args, &paths);
     let (pid, running) = match started {
         Ok(ok) => ok,
@@ -237,9 +246,6 @@ fn start_container(args: &MonitorArgs, paths: &SocketPaths) -> Result<(libc::pid
     sys::set_child_subreaper().map_err(|e| MonitorError::sys("become child subreaper", e))?;
     // Best effort: hosts without CAP_SYS_RESOURCE refuse to lower it.
     let _ = sys::set_oom_score_adj(-1000);
-    for path in [&paths.control, &paths.attach, &paths.console] {
-        refuse_existing(path)?;
-    }
     let log = LogWriter::open(&args.log_path, args.log_size_max)?;
     let attach = AttachServer::bind(&paths.attach, TOKEN_CLIENT_BASE)
         .map_err(|e| MonitorError::path("bind attach socket", &paths.attach, e))?;

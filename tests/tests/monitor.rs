@@ -530,3 +530,19 @@ fn wait_state_stats_inspect_and_the_exit_record_after_the_monitor_is_gone() {
     assert_eq!(parsed["oom_killed"], false);
     assert_eq!(lines_of(&c, Stream::Stdout), vec!["bye"]);
 }
+
+#[test]
+fn a_second_monitor_for_the_same_id_is_refused_and_leaves_the_first_alone() {
+    let c = MonitoredContainer::new(&BundleSpec::sh("sleep 1000"));
+    c.run(&[]);
+    let report = c.create(&[]);
+    assert_eq!(report.pid, -1);
+    assert!(report.message.expect("message").contains("already exists"));
+    // The first monitor's sockets are untouched and it still answers.
+    assert!(c.control_socket().exists() && c.attach_socket().exists());
+    let state = c
+        .client()
+        .state(ctx(), &proto::StateRequest::new())
+        .expect("State");
+    assert!(alive(state.pid));
+}
