@@ -36,6 +36,7 @@ pub struct Config {
     pub log_level: String,
     pub runtime: RuntimeConfig,
     pub network: NetworkConfig,
+    pub image: ImageConfig,
 }
 
 /// The OCI runtime and the monitor.
@@ -52,6 +53,40 @@ pub struct RuntimeConfig {
     pub cgroup_manager: CgroupManager,
     /// Bound of each container log file in bytes; 0 means no bound.
     pub log_size_max: u64,
+}
+
+/// Images and registries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// containers-registries.conf(5) v2 file: mirrors, insecure and blocked registries.
+    pub registries_conf: PathBuf,
+    /// Drop-ins for it (`*.conf`, name order).
+    pub registries_conf_dir: PathBuf,
+    /// Global credentials (containers auth.json / docker config.json format).
+    pub auth_file: PathBuf,
+    /// Per-registry CA certificates: `<certs_dir>/<host:port>/*.crt` (containers-certs.d(5)).
+    pub certs_dir: PathBuf,
+    /// Layers fetched at once.
+    pub max_concurrent_downloads: usize,
+    /// Most bytes of file content one layer may unpack to (decompression-bomb bound).
+    pub max_layer_bytes: u64,
+    /// Most entries one layer may hold.
+    pub max_layer_entries: u64,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            registries_conf: "/etc/containers/registries.conf".into(),
+            registries_conf_dir: "/etc/containers/registries.conf.d".into(),
+            auth_file: "/etc/crid/auth.json".into(),
+            certs_dir: "/etc/containers/certs.d".into(),
+            max_concurrent_downloads: 3,
+            max_layer_bytes: 64 << 30,
+            max_layer_entries: 4_000_000,
+        }
+    }
 }
 
 /// CNI networking.
@@ -73,6 +108,7 @@ impl Default for Config {
             log_level: "info".into(),
             runtime: RuntimeConfig::default(),
             network: NetworkConfig::default(),
+            image: ImageConfig::default(),
         }
     }
 }
@@ -229,6 +265,23 @@ log_size_max = {log_size_max}
 cni_config_dir = {cni_config_dir}
 # Directories searched for CNI plugin binaries, in order.
 cni_plugin_dirs = [{plugin_dirs}]
+
+[image]
+# Registries in the containers-registries.conf(5) v2 format: mirrors (tried in order, then the
+# registry), insecure (plain HTTP allowed) and blocked registries.
+registries_conf = {registries_conf}
+# Drop-ins for it, applied in name order.
+registries_conf_dir = {registries_conf_dir}
+# Credentials used when a PullImage request carries none (auth.json / config.json format).
+auth_file = {auth_file}
+# Per-registry CA certificates: <certs_dir>/<host:port>/*.crt.
+certs_dir = {certs_dir}
+# Layers fetched and unpacked at once.
+max_concurrent_downloads = {max_concurrent_downloads}
+# Most bytes one layer may unpack to: a decompression bomb stops here with an error.
+max_layer_bytes = {max_layer_bytes}
+# Most entries one layer may hold.
+max_layer_entries = {max_layer_entries}
 "#,
             root = q(&d.root),
             runroot = q(&d.runroot),
@@ -240,6 +293,13 @@ cni_plugin_dirs = [{plugin_dirs}]
             log_size_max = d.runtime.log_size_max,
             cni_config_dir = q(&d.network.cni_config_dir),
             plugin_dirs = dirs.join(", "),
+            registries_conf = q(&d.image.registries_conf),
+            registries_conf_dir = q(&d.image.registries_conf_dir),
+            auth_file = q(&d.image.auth_file),
+            certs_dir = q(&d.image.certs_dir),
+            max_concurrent_downloads = d.image.max_concurrent_downloads,
+            max_layer_bytes = d.image.max_layer_bytes,
+            max_layer_entries = d.image.max_layer_entries,
         )
     }
 

@@ -24,6 +24,8 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Internal(String),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
 }
 
 impl DaemonError {
@@ -42,6 +44,22 @@ impl From<DaemonError> for tonic::Status {
             DaemonError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             DaemonError::Unimplemented(_) => tonic::Status::unimplemented(message),
             DaemonError::Io { .. } | DaemonError::Internal(_) => tonic::Status::internal(message),
+            DaemonError::Image(image) => {
+                use crate::image::ImageError as E;
+                match image {
+                    E::InvalidReference { .. } | E::InvalidAuth(_) => {
+                        tonic::Status::invalid_argument(message)
+                    }
+                    E::NotFound(_) => tonic::Status::not_found(message),
+                    E::Blocked { .. } => tonic::Status::permission_denied(message),
+                    E::Unavailable(_) => tonic::Status::unavailable(message),
+                    E::Registries(_) => tonic::Status::failed_precondition(message),
+                    E::Registry { .. } | E::PullFailed(_) | E::Invalid(_) | E::Unpack(_) => {
+                        tonic::Status::unknown(message)
+                    }
+                    E::LayerIo(_) | E::Store(_) => tonic::Status::internal(message),
+                }
+            }
         }
     }
 }

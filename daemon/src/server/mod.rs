@@ -28,11 +28,13 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (listener, guard) = listener::bind(&config.listen)?;
+    let store = crate::image::ImageStore::open(config.root.clone(), config.image.clone())
+        .map_err(ServeError::ImageStore)?;
     tracing::info!(socket = %config.listen.display(), "serving CRI v1");
     let runtime = RuntimeServiceServer::new(runtime_service::Runtime::new(config.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let image = ImageServiceServer::new(image_service::Images::new(config.clone()))
+    let image = ImageServiceServer::new(image_service::Images::new(Arc::new(store)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
@@ -66,6 +68,8 @@ pub async fn run(
 pub enum ServeError {
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("cannot open the image store")]
+    ImageStore(#[source] crate::image::ImageError),
     #[error("grpc server failed")]
     Transport(#[source] tonic::transport::Error),
 }
