@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod fsops;
+pub mod overlay;
 pub mod pull;
 pub mod reference;
 pub mod registries;

@@ -137,7 +137,8 @@ fn unpack_stream(
             Some(Compression::Zstd) => Box::new(
                 zstd::stream::read::Decoder::new(&mut compressed).map_err(ImageError::layer_io)?,
             ),
-            Some(Compression::Gzip) => Box::new(flate2::read::GzDecoder::new(&mut compressed)),
+            // Multi-member: parallel gzip writers (pgzip, pigz) emit several members.
+            Some(Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(&mut compressed)),
             Some(Compression::None) => Box::new(&mut compressed),
             None => {
                 return Err(ImageError::Invalid(format!(

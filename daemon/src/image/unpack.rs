@@ -52,8 +52,12 @@ pub enum UnpackError {
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 
-/// The components of an entry path, refusing escapes. `./a/b` and `a/b/` are fine.
+/// The components of an entry path, refusing escapes. `./a/b` and `a/b/` are fine, and so is
+/// `/` alone (umoci writes the layer root so); any other absolute path is refused.
 fn clean_components(raw: &[u8]) -> Result<Vec<&OsStr>, UnpackError> {
+    if raw.iter().all(|b| *b == b'/' || *b == b'.') && !raw.windows(2).any(|w| w == b"..") {
+        return Ok(Vec::new());
+    }
     let path = Path::new(OsStr::from_bytes(raw));
     let hostile = |why| UnpackError::Hostile {
         path: String::from_utf8_lossy(raw).into_owned(),
@@ -114,7 +118,11 @@ pub fn unpack_layer<R: Read>(
 ) -> Result<UnpackedSize, UnpackError> {
     let root = std::fs::File::open(dest).map_err(io_err(dest.as_os_str().as_bytes()))?;
     let root: OwnedFd = root.into();
-    let mut archive = tar::Archive::new(tar);
+    let mut archive = tar::Archive::new(PadToArchiveEnd {
+        inner: tar,
+        read: 0,
+        pad: None,
+    });
     let mut size = UnpackedSize::default();
     // Directory mtimes are set last: creating their children changes them.
     let mut dir_times: Vec<(Vec<u8>, i64)> = Vec::new();
@@ -266,6 +274,35 @@ pub fn unpack_layer<R: Read>(
         }
     }
     Ok(size)
+}
+
+/// Some writers (umoci 0.4) end a layer right after the last entry's data, without the block
+/// padding and the two zero blocks that close a tar archive. At the end of the stream this
+/// supplies them, so such layers unpack. It adds nothing to the digests: the layer's blob
+/// digest and diff id are computed over the real bytes, and a stream cut short fails those.
+struct PadToArchiveEnd<R> {
+    inner: R,
+    read: u64,
+    pad: Option<u64>,
+}
+
+impl<R: Read> Read for PadToArchiveEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(left) = self.pad.as_mut() {
+            let n = (*left).min(buf.len() as u64) as usize;
+            buf[..n].fill(0);
+            *left -= n as u64;
+            return Ok(n);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            let to_block = (512 - self.read % 512) % 512;
+            self.pad = Some(to_block + 1024);
+            return self.read(buf);
+        }
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 /// Extended attributes carried by an entry (`SCHILY.xattr.*`), without `trusted.*`: those
@@ -493,6 +530,9 @@ mod tests {
         refused(RawTar::new().file("../escape", b"x").finish(), "'..'");
         refused(RawTar::new().file("a/../../escape", b"x").finish(), "'..'");
         refused(RawTar::new().file("/escape", b"x").finish(), "absolute");
+        // The layer root itself may be named "/" or "./".
+        let (_dir, result) = unpack(&RawTar::new().dir("/").dir("./").file("ok", b"x").finish());
+        result.expect("root entries are fine");
     }
 
     #[test]
@@ -559,6 +599,22 @@ mod tests {
             many = many.dir(&format!("d{i}/"));
         }
         refused(many.finish(), "entries");
+    }
+
+    #[test]
+    fn tolerates_a_missing_trailer() {
+        let mut tar = RawTar::new().file("a", b"xy").file("b", b"z").0;
+        tar.truncate(3 * 512 + 1); // no padding after "z", no end-of-archive blocks
+        let (dir, result) = unpack(&tar);
+        result.expect("complete entries are kept");
+        assert_eq!(
+            std::fs::read(dir.path().join("layer/a")).expect("read"),
+            b"xy"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("layer/b")).expect("read"),
+            b"z"
+        );
     }
 
     #[test]

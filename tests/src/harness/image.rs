@@ -56,17 +56,22 @@ pub fn write_busybox_rootfs(rootfs: &Path) {
     .expect("chmod tmp");
 }
 
+/// Runs umoci, panicking with its error text on failure.
+pub fn umoci(args: &[&str]) {
+    let out = Command::new(require::tool("umoci"))
+        .args(args)
+        .output()
+        .expect("run umoci");
+    assert!(
+        out.status.success(),
+        "umoci {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// An OCI image layout `<layout>:<tag>` holding a busybox image with `cmd` as its command.
 pub fn build_oci_busybox(layout: &Path, tag: &str, cmd: &[&str]) -> PathBuf {
-    let umoci = require::tool("umoci");
-    let run = |args: &[&str]| {
-        let out = Command::new(&umoci).args(args).output().expect("run umoci");
-        assert!(
-            out.status.success(),
-            "umoci {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = umoci;
     let image = format!("{}:{tag}", layout.display());
     if !layout.join("index.json").exists() {
         run(&["init", "--layout", &layout.display().to_string()]);

@@ -1,0 +1,408 @@
+//! The ImageService end to end: crid pulling from docker-registry on loopback (configured
+//! through registries.conf), images built by the harness from busybox-static.
+
+use std::path::{Path, PathBuf};
+
+use crid_proto::cri;
+use crid_tests::harness::crid::{CridOptions, CridProcess};
+use crid_tests::harness::image::{build_oci_busybox, umoci};
+use crid_tests::harness::registry::Registry;
+
+struct Fixture {
+    registry: Registry,
+    crid: CridProcess,
+    work: tempfile::TempDir,
+    layout: PathBuf,
+}
+
+/// A loopback port nothing listens on.
+fn dead_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    drop(listener);
+    addr
+}
+
+/// A registry holding busybox as library/busybox:latest and test/busybox:{v1,v2}; crid with a
+/// registries.conf that sends docker.io to a dead mirror, then to the test registry (never to
+/// the internet), and marks the test registry insecure (plain HTTP).
+fn fixture(extra_registries: &str) -> Fixture {
+    let registry = Registry::start();
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = work.path().join("layout");
+    build_oci_busybox(&layout, "latest", &["sh"]);
+    umoci(&[
+        "config",
+        "--image",
+        &format!("{}:latest", layout.display()),
+        "--config.user",
+        "1000",
+    ]);
+    registry.push_layout(&layout, "latest", "library/busybox");
+    for tag in ["v1", "v2"] {
+        umoci(&[
+            "tag",
+            "--image",
+            &format!("{}:latest", layout.display()),
+            tag,
+        ]);
+        registry.push_layout(&layout, tag, "test/busybox");
+    }
+    let conf = work.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"docker.io\"\nlocation = \"{dead}\"\n\
+             [[registry.mirror]]\nlocation = \"{dead}\"\ninsecure = true\n\
+             [[registry.mirror]]\nlocation = \"{addr}\"\ninsecure = true\n\n\
+             [[registry]]\nprefix = \"{addr}\"\nlocation = \"{addr}\"\ninsecure = true\n{extra_registries}",
+            dead = dead_address(),
+            addr = registry.addr,
+        ),
+    )
+    .expect("write registries.conf");
+    let crid = CridProcess::start(&CridOptions {
+        extra_toml: format!(
+            "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\nauth_file = \"{}\"\ncerts_dir = \"{}\"\n",
+            conf.display(),
+            work.path().join("registries.conf.d").display(),
+            work.path().join("auth.json").display(),
+            work.path().join("certs.d").display(),
+        ),
+        ..Default::default()
+    });
+    Fixture {
+        registry,
+        crid,
+        work,
+        layout,
+    }
+}
+
+fn spec(image: &str) -> Option<cri::ImageSpec> {
+    Some(cri::ImageSpec {
+        image: image.to_owned(),
+        ..Default::default()
+    })
+}
+
+type Images = cri::image_service_client::ImageServiceClient<tonic::transport::Channel>;
+
+async fn pull(images: &mut Images, image: &str) -> Result<String, tonic::Status> {
+    images
+        .pull_image(cri::PullImageRequest {
+            image: spec(image),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+async fn status(images: &mut Images, image: &str) -> Option<cri::Image> {
+    images
+        .image_status(cri::ImageStatusRequest {
+            image: spec(image),
+            verbose: false,
+        })
+        .await
+        .expect("ImageStatus")
+        .into_inner()
+        .image
+}
+
+fn layer_dirs(root: &Path) -> usize {
+    std::fs::read_dir(root.join("layers"))
+        .expect("layers dir")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name() != "l"))
+        .count()
+}
+
+#[tokio::test]
+async fn pulls_by_tag_digest_and_short_name_through_a_mirror() {
+    let f = fixture("");
+    let mut images = f.crid.images().await;
+    // A short name: docker.io/library/busybox:latest, through the second mirror.
+    let id = pull(&mut images, "busybox").await.expect("pull busybox");
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+    let img = status(&mut images, "busybox").await.expect("present");
+    assert_eq!(img.id, id);
+    assert_eq!(img.repo_tags, vec!["docker.io/library/busybox:latest"]);
+    assert_eq!(img.uid.map(|u| u.value), Some(1000));
+    assert!(img.size > 1_000_000, "size {}", img.size);
+    let digest = img.repo_digests[0]
+        .split_once('@')
+        .expect("digest ref")
+        .1
+        .to_owned();
+
+    // By tag and by digest from the registry itself: the same image, its layers fetched once.
+    let by_tag = pull(&mut images, &format!("{}/test/busybox:v1", f.registry.addr))
+        .await
+        .expect("pull by tag");
+    assert_eq!(by_tag, id);
+    let by_digest = pull(
+        &mut images,
+        &format!("{}/test/busybox@{digest}", f.registry.addr),
+    )
+    .await
+    .expect("pull by digest");
+    assert_eq!(by_digest, id);
+    let img = status(&mut images, &id).await.expect("by id");
+    assert!(img
+        .repo_tags
+        .contains(&format!("{}/test/busybox:v1", f.registry.addr)));
+    assert!(img
+        .repo_digests
+        .contains(&format!("{}/test/busybox@{digest}", f.registry.addr)));
+    assert_eq!(layer_dirs(&f.crid.dir.path().join("root")), 1);
+
+    // Listing, with and without a filter, and a verbose status.
+    let all = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images;
+    assert_eq!(all.len(), 1);
+    let filtered = images
+        .list_images(cri::ListImagesRequest {
+            filter: Some(cri::ImageFilter {
+                image: spec("docker.io/library/nothere:1"),
+            }),
+        })
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images;
+    assert!(filtered.is_empty());
+    let verbose = images
+        .image_status(cri::ImageStatusRequest {
+            image: spec("busybox"),
+            verbose: true,
+        })
+        .await
+        .expect("verbose")
+        .into_inner();
+    assert!(verbose.info["info"].contains("diff_ids"));
+
+    let fs = images
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .expect("ImageFsInfo")
+        .into_inner();
+    let usage = &fs.image_filesystems[0];
+    assert!(usage.used_bytes.as_ref().expect("bytes").value > 1_000_000);
+    assert!(usage.inodes_used.as_ref().expect("inodes").value > 100);
+}
+
+#[tokio::test]
+async fn errors_name_the_problem() {
+    let f = fixture(&format!(
+        "\n[[registry]]\nprefix = \"{}/blocked\"\nblocked = true\n",
+        "127.0.0.9:5000"
+    ));
+    let mut images = f.crid.images().await;
+    let err = pull(&mut images, &format!("{}/test/nothere:v1", f.registry.addr))
+        .await
+        .expect_err("missing");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(err.message().contains("test/nothere"), "{err:?}");
+    let err = pull(
+        &mut images,
+        &format!("{}/test/busybox:nosuchtag", f.registry.addr),
+    )
+    .await
+    .expect_err("missing tag");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    let err = pull(&mut images, "Bad Reference!")
+        .await
+        .expect_err("malformed");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let dead = dead_address();
+    let err = pull(&mut images, &format!("{dead}/x/y:1"))
+        .await
+        .expect_err("unreachable");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains(&dead), "{err:?}");
+    let err = pull(&mut images, "127.0.0.9:5000/blocked/x:1")
+        .await
+        .expect_err("blocked");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    // Nothing half-stored.
+    assert!(images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images
+        .is_empty());
+    assert_eq!(layer_dirs(&f.crid.dir.path().join("root")), 0);
+}
+
+#[tokio::test]
+async fn removing_one_tag_keeps_the_image_and_its_other_tags() {
+    let f = fixture("");
+    let mut images = f.crid.images().await;
+    let v1 = format!("{}/test/busybox:v1", f.registry.addr);
+    let v2 = format!("{}/test/busybox:v2", f.registry.addr);
+    let id = pull(&mut images, &v1).await.expect("v1");
+    assert_eq!(pull(&mut images, &v2).await.expect("v2"), id);
+    let remove = |image: String| cri::RemoveImageRequest {
+        image: spec(&image),
+    };
+    images
+        .remove_image(remove(v1.clone()))
+        .await
+        .expect("remove v1");
+    let img = status(&mut images, &v2).await.expect("still there");
+    assert_eq!(img.repo_tags, vec![v2.clone()]);
+    assert!(status(&mut images, &v1).await.is_none());
+    images
+        .remove_image(remove(v2.clone()))
+        .await
+        .expect("remove v2");
+    assert!(status(&mut images, &id).await.is_none());
+    assert_eq!(
+        layer_dirs(&f.crid.dir.path().join("root")),
+        0,
+        "unused layers removed"
+    );
+    // Idempotent, and by id too.
+    images.remove_image(remove(v2)).await.expect("remove again");
+    let id = pull(&mut images, &v1).await.expect("pull again");
+    images
+        .remove_image(remove(id.clone()))
+        .await
+        .expect("remove by id");
+    assert!(status(&mut images, &id).await.is_none());
+}
+
+#[tokio::test]
+async fn concurrent_pulls_do_the_work_once() {
+    let f = fixture("");
+    let image = format!("{}/test/busybox:v1", f.registry.addr);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let socket = f.crid.socket.clone();
+        let image = image.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut images = Images::new(crid_tests::harness::crid::connect(&socket).await);
+            pull(&mut images, &image).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.expect("join").expect("pull"));
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1);
+    let root = f.crid.dir.path().join("root");
+    assert_eq!(layer_dirs(&root), 1);
+    assert_eq!(
+        std::fs::read_dir(root.join("tmp")).expect("tmp").count(),
+        0,
+        "no leftovers"
+    );
+}
+
+#[tokio::test]
+async fn shared_layers_whiteouts_and_opaque_dirs_in_the_merged_overlay() {
+    let f = fixture("");
+    // derived = busybox + a layer adding /opt/app, removing /bin/ls and replacing /etc.
+    let base = format!("{}:latest", f.layout.display());
+    umoci(&["tag", "--image", &base, "derived"]);
+    let derived = format!("{}:derived", f.layout.display());
+    let extra = f.work.path().join("extra");
+    std::fs::create_dir_all(extra.join("app")).expect("mkdir");
+    std::fs::write(extra.join("app/hello"), "hello\n").expect("write");
+    std::fs::create_dir_all(extra.join("etc")).expect("mkdir");
+    std::fs::write(extra.join("etc/only"), "only\n").expect("write");
+    umoci(&[
+        "insert",
+        "--image",
+        &derived,
+        &extra.join("app").display().to_string(),
+        "/opt/app",
+    ]);
+    umoci(&["insert", "--image", &derived, "--whiteout", "/bin/ls"]);
+    umoci(&[
+        "insert",
+        "--image",
+        &derived,
+        "--opaque",
+        &extra.join("etc").display().to_string(),
+        "/etc",
+    ]);
+    f.registry.push_layout(&f.layout, "derived", "test/derived");
+
+    let mut images = f.crid.images().await;
+    pull(&mut images, &format!("{}/test/busybox:v1", f.registry.addr))
+        .await
+        .expect("base");
+    let id = pull(
+        &mut images,
+        &format!("{}/test/derived:derived", f.registry.addr),
+    )
+    .await
+    .expect("derived");
+    let root = f.crid.dir.path().join("root");
+    assert_eq!(
+        layer_dirs(&root),
+        4,
+        "the base layer is shared, three new ones"
+    );
+
+    // Mount the derived image's rootfs and check it file by file.
+    let record: crid_daemon::image::store::ImageRecord = serde_json::from_slice(
+        &std::fs::read(root.join("images").join(format!("{}.json", &id[7..]))).expect("record"),
+    )
+    .expect("record json");
+    let paths = crid_daemon::image::store::StorePaths { root: root.clone() };
+    let ctr = f.work.path().join("ctr");
+    for d in ["upper", "work", "merged"] {
+        std::fs::create_dir_all(ctr.join(d)).expect("mkdir");
+    }
+    let merged = ctr.join("merged");
+    crid_daemon::image::overlay::mount_rootfs(
+        &paths,
+        &record.layers,
+        &ctr.join("upper"),
+        &ctr.join("work"),
+        &merged,
+    )
+    .expect("mount overlay");
+    // Unmount even when a check fails, so no mount outlives the test.
+    let checks = std::panic::catch_unwind(|| {
+        assert_eq!(
+            std::fs::read_to_string(merged.join("opt/app/hello")).expect("new file"),
+            "hello\n"
+        );
+        assert!(!merged.join("bin/ls").exists(), "whiteout hides /bin/ls");
+        assert!(merged.join("bin/cat").exists(), "other applets stay");
+        assert_eq!(
+            std::fs::read_to_string(merged.join("etc/only")).expect("opaque dir content"),
+            "only\n"
+        );
+        assert!(
+            !merged.join("etc/passwd").exists(),
+            "opaque /etc hides the base's files"
+        );
+        let sh = std::fs::symlink_metadata(merged.join("bin/sh")).expect("sh");
+        assert!(sh.file_type().is_symlink());
+        // Writes land in the container's upper directory only.
+        std::fs::write(merged.join("tmp/scratch"), "x").expect("write in container rootfs");
+    });
+    crid_daemon::image::overlay::unmount_rootfs(&merged).expect("unmount");
+    if let Err(panic) = checks {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(ctr.join("upper/tmp/scratch").exists());
+    for layer in &record.layers {
+        assert!(!paths.layer_diff(layer).join("tmp/scratch").exists());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(&merged.display().to_string()),
+        "overlay left mounted"
+    );
+}
