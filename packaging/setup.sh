@@ -19,7 +19,7 @@ cd "$top"
 RUN_PACKAGES=(runc containernetworking-plugins iptables iproute2 ca-certificates)
 # Packages the tests and benchmarks need besides: the peers (crun, conmon, containerd), the
 # registry and image tools, busybox for test images.
-TEST_PACKAGES=(crun conmon containerd docker-registry skopeo umoci busybox-static procps)
+TEST_PACKAGES=(crun conmon containerd docker-registry skopeo umoci busybox-static procps openssl apache2-utils)
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then

@@ -51,6 +51,7 @@ impl From<DaemonError> for tonic::Status {
                         tonic::Status::invalid_argument(message)
                     }
                     E::NotFound(_) => tonic::Status::not_found(message),
+                    E::Unauthorized { .. } => tonic::Status::unauthenticated(message),
                     E::Blocked { .. } => tonic::Status::permission_denied(message),
                     E::Unavailable(_) => tonic::Status::unavailable(message),
                     E::Registries(_) => tonic::Status::failed_precondition(message),

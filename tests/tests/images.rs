@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crid_proto::cri;
 use crid_tests::harness::crid::{CridOptions, CridProcess};
 use crid_tests::harness::image::{build_oci_busybox, umoci};
-use crid_tests::harness::registry::Registry;
+use crid_tests::harness::registry::{Registry, RegistryOptions};
 
 struct Fixture {
     registry: Registry,
@@ -405,4 +405,86 @@ async fn shared_layers_whiteouts_and_opaque_dirs_in_the_merged_overlay() {
         !mounts.contains(&merged.display().to_string()),
         "overlay left mounted"
     );
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_from_certs_d_and_basic_auth() {
+    let registry = Registry::start_with(&RegistryOptions {
+        tls: true,
+        credentials: Some(("puller".into(), "s3cret".into())),
+    });
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = work.path().join("layout");
+    build_oci_busybox(&layout, "latest", &["sh"]);
+    registry.push_layout(&layout, "latest", "private/busybox");
+    // The CA in certs.d/<host:port>/ca.crt; the registry is not marked insecure.
+    let certs = work.path().join("certs.d").join(&registry.addr);
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    std::fs::copy(registry.ca_cert.as_ref().expect("ca"), certs.join("ca.crt")).expect("copy ca");
+    let auth_file = work.path().join("auth.json");
+    let crid = CridProcess::start(&CridOptions {
+        extra_toml: format!(
+            "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\nauth_file = \"{}\"\ncerts_dir = \"{}\"\n",
+            work.path().join("none.conf").display(),
+            work.path().join("none.d").display(),
+            auth_file.display(),
+            work.path().join("certs.d").display(),
+        ),
+        ..Default::default()
+    });
+    let mut images = crid.images().await;
+    let image = format!("{}/private/busybox:latest", registry.addr);
+    let err = pull(&mut images, &image).await.expect_err("no credentials");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    let with = |auth: cri::AuthConfig| cri::PullImageRequest {
+        image: spec(&image),
+        auth: Some(auth),
+        ..Default::default()
+    };
+    let wrong = images
+        .pull_image(with(cri::AuthConfig {
+            username: "puller".into(),
+            password: "wrong".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("wrong password");
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+    let id = images
+        .pull_image(with(cri::AuthConfig {
+            username: "puller".into(),
+            password: "s3cret".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("username and password")
+        .into_inner()
+        .image_ref;
+    images
+        .remove_image(cri::RemoveImageRequest { image: spec(&id) })
+        .await
+        .expect("remove");
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode("puller:s3cret");
+    images
+        .pull_image(with(cri::AuthConfig {
+            auth: encoded.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("base64 auth");
+    images
+        .remove_image(cri::RemoveImageRequest { image: spec(&id) })
+        .await
+        .expect("remove");
+    // Credentials from the auth file when the request has none.
+    std::fs::write(
+        &auth_file,
+        format!(
+            "{{\"auths\":{{\"{}\":{{\"auth\":\"{encoded}\"}}}}}}",
+            registry.addr
+        ),
+    )
+    .expect("write auth.json");
+    assert_eq!(pull(&mut images, &image).await.expect("auth file"), id);
 }

@@ -25,6 +25,8 @@ pub enum ImageError {
     InvalidReference { reference: String, why: String },
     #[error("invalid credentials: {0}")]
     InvalidAuth(String),
+    #[error("registry {host} refused the credentials for {reference} (unauthorized)")]
+    Unauthorized { reference: String, host: String },
     #[error("image {0} not found")]
     NotFound(String),
     #[error("pulling {reference} is blocked by the registry configuration (prefix {prefix})")]

@@ -70,6 +70,19 @@ fn is_not_found(err: &OciDistributionError) -> bool {
     }
 }
 
+fn is_unauthorized(err: &OciDistributionError) -> bool {
+    match err {
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        OciDistributionError::ServerError { code, .. } => *code == 401 || *code == 403,
+        _ => false,
+    }
+}
+
 fn is_unreachable(err: &OciDistributionError) -> bool {
     matches!(err, OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout())
 }
@@ -192,6 +205,7 @@ impl ImageStore {
             })?;
         let mut failures = Vec::new();
         let mut not_found = false;
+        let mut unauthorized = None;
         for endpoint in &endpoints {
             let target = match (reference.digest(), reference.tag()) {
                 (Some(d), _) => Reference::with_digest(
@@ -213,12 +227,21 @@ impl ImageStore {
                 Ok(id) => return Ok(id),
                 Err(ImageError::Registry { err, .. }) => {
                     not_found |= is_not_found(&err);
+                    if is_unauthorized(&err) {
+                        unauthorized.get_or_insert_with(|| endpoint.host.clone());
+                    }
                     let unreachable = is_unreachable(&err);
                     tracing::info!(endpoint = %endpoint.host, error = %err, "pull attempt failed");
                     failures.push((endpoint.host.clone(), err.to_string(), unreachable));
                 }
                 Err(other) => return Err(other),
             }
+        }
+        if let Some(host) = unauthorized {
+            return Err(ImageError::Unauthorized {
+                reference: reference.whole(),
+                host,
+            });
         }
         if not_found {
             return Err(ImageError::NotFound(reference.whole()));

@@ -13,7 +13,91 @@ use super::require;
 pub struct Registry {
     child: Child,
     pub addr: String,
+    /// The CA that signed the registry's certificate (TLS registries only).
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// User and password the registry demands (htpasswd registries only).
+    pub credentials: Option<(String, String)>,
     _dir: tempfile::TempDir,
+}
+
+/// How to run the registry.
+#[derive(Debug, Default, Clone)]
+pub struct RegistryOptions {
+    /// Serve HTTPS with a certificate for 127.0.0.1 signed by a fresh test CA.
+    pub tls: bool,
+    /// Demand HTTP basic authentication (htpasswd, bcrypt) with these credentials.
+    pub credentials: Option<(String, String)>,
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it, made with openssl.
+fn make_certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let openssl = require::tool("openssl");
+    let p = |name: &str| dir.join(name);
+    run(
+        Command::new(&openssl)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=crid test CA",
+            ])
+            .arg("-keyout")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.crt")),
+        "openssl: make CA",
+    );
+    run(
+        Command::new(&openssl)
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(p("server.key"))
+            .arg("-out")
+            .arg(p("server.csr")),
+        "openssl: make server key",
+    );
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext.cnf");
+    run(
+        Command::new(&openssl)
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(p("server.csr"))
+            .arg("-CA")
+            .arg(p("ca.crt"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("server.crt"))
+            .arg("-extfile")
+            .arg(p("ext.cnf")),
+        "openssl: sign server certificate",
+    );
+    (p("ca.crt"), p("server.crt"), p("server.key"))
 }
 
 fn free_port() -> u16 {
@@ -50,21 +134,46 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
 }
 
 impl Registry {
-    /// Starts a registry with filesystem storage on 127.0.0.1 and waits until it answers.
+    /// Starts a plain-HTTP registry with filesystem storage on 127.0.0.1.
     pub fn start() -> Self {
+        Self::start_with(&RegistryOptions::default())
+    }
+
+    /// Starts a registry on 127.0.0.1 and waits until it answers.
+    pub fn start_with(options: &RegistryOptions) -> Self {
         let binary = require::tool("docker-registry");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("write registry config");
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        let mut ca_cert = None;
+        if options.tls {
+            let (ca, cert, key) = make_certificates(dir.path());
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+            ca_cert = Some(ca);
+        }
+        if let Some((user, password)) = &options.credentials {
+            let htpasswd = dir.path().join("htpasswd");
+            let out = Command::new(require::tool("htpasswd"))
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("run htpasswd");
+            assert!(out.status.success(), "htpasswd failed");
+            std::fs::write(&htpasswd, &out.stdout).expect("write htpasswd");
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: crid-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, yaml).expect("write registry config");
         let child = Command::new(binary)
             .arg("serve")
             .arg(&config)
@@ -76,10 +185,17 @@ impl Registry {
         let mut registry = Registry {
             child,
             addr,
+            ca_cert,
+            credentials: options.credentials.clone(),
             _dir: dir,
         };
+        let plain = !options.tls && options.credentials.is_none();
         let up = super::wait_for(Duration::from_secs(20), || {
-            matches!(http_get(&registry.addr, "/v2/"), Ok((200, _))).then_some(())
+            if plain {
+                matches!(http_get(&registry.addr, "/v2/"), Ok((200, _))).then_some(())
+            } else {
+                TcpStream::connect(&registry.addr).ok().map(drop)
+            }
         });
         if up.is_none() {
             let _ = registry.child.kill();
@@ -94,8 +210,12 @@ impl Registry {
     /// Pushes `<layout>:<tag>` to `<registry>/<repo>:<tag>` with skopeo.
     pub fn push_layout(&self, layout: &Path, tag: &str, repo: &str) {
         let skopeo = require::tool("skopeo");
-        let out = Command::new(skopeo)
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        let mut cmd = Command::new(skopeo);
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some((user, password)) = &self.credentials {
+            cmd.arg(format!("--dest-creds={user}:{password}"));
+        }
+        let out = cmd
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{repo}:{tag}", self.addr))
             .output()
