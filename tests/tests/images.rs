@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crid_proto::cri;
 use crid_tests::harness::crid::{CridOptions, CridProcess};
-use crid_tests::harness::image::{build_oci_busybox, umoci};
+use crid_tests::harness::image::{build_oci_busybox, reencode_layers, umoci, LayerEncoding};
 use crid_tests::harness::registry::{Registry, RegistryOptions};
 
 struct Fixture {
@@ -487,4 +487,39 @@ async fn tls_with_a_ca_from_certs_d_and_basic_auth() {
     )
     .expect("write auth.json");
     assert_eq!(pull(&mut images, &image).await.expect("auth file"), id);
+}
+
+#[tokio::test]
+async fn zstd_and_docker_schema2_images() {
+    let f = fixture("");
+    reencode_layers(&f.layout, "latest", "zstd", LayerEncoding::Zstd);
+    // (skopeo always compresses on the way to a registry; uncompressed layers are covered by
+    // the daemon's unit tests of the streaming unpack.)
+    let cases: [(&str, &[&str], &str); 2] = [
+        ("zstd", &[], "tar+zstd"),
+        ("latest", &["--format", "v2s2"], "rootfs.diff.tar.gzip"),
+    ];
+    let mut images = f.crid.images().await;
+    let mut ids = Vec::new();
+    for (tag, flags, media) in cases {
+        f.registry
+            .push_layout_with(&f.layout, tag, "formats/busybox", flags);
+        let (_, manifest) = crid_tests::harness::registry::http_get(
+            &f.registry.addr,
+            &format!("/v2/formats/busybox/manifests/{tag}"),
+        )
+        .expect("manifest");
+        assert!(manifest.contains(media), "{tag}: {manifest}");
+        let id = pull(
+            &mut images,
+            &format!("{}/formats/busybox:{tag}", f.registry.addr),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("pull {tag}: {e:?}"));
+        ids.push(id);
+    }
+    // Whatever the transport encoding, the image (config) and its layer are the same.
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(layer_dirs(&f.crid.dir.path().join("root")), 1);
 }

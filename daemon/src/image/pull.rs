@@ -433,3 +433,88 @@ impl ImageStore {
         locks.entry(chain.to_owned()).or_default().clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn tar_with_one_file() -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "hello.txt", &b"hello"[..])
+            .expect("append");
+        builder.into_inner().expect("finish")
+    }
+
+    #[test]
+    fn unpacks_gzip_zstd_and_plain_layers_and_reports_both_digests() {
+        let tar = tar_with_one_file();
+        let diff_id = format!("sha256:{:x}", Sha256::digest(&tar));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        let zst = zstd::encode_all(&tar[..], 3).expect("zstd");
+        for (media, blob) in [
+            ("application/vnd.oci.image.layer.v1.tar", tar.clone()),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", gz),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                tar_gz(&tar),
+            ),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", zst),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let limits = UnpackLimits {
+                max_bytes: 1 << 20,
+                max_entries: 100,
+            };
+            let (meta, digest, count, got_diff) =
+                unpack_stream(&blob[..], media, dir.path(), limits).expect(media);
+            assert_eq!(
+                std::fs::read(dir.path().join("hello.txt")).expect("file"),
+                b"hello",
+                "{media}"
+            );
+            assert_eq!(meta.bytes, 5);
+            assert_eq!(
+                digest,
+                format!("sha256:{:x}", Sha256::digest(&blob)),
+                "{media}"
+            );
+            assert_eq!(count, blob.len() as u64);
+            assert_eq!(got_diff, diff_id, "{media}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = UnpackLimits {
+            max_bytes: 1 << 20,
+            max_entries: 100,
+        };
+        assert!(unpack_stream(&tar[..], "application/x-unknown", dir.path(), limits).is_err());
+    }
+
+    fn tar_gz(tar: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(tar).expect("gzip");
+        gz.finish().expect("gzip")
+    }
+
+    #[test]
+    fn chain_ids_follow_the_oci_definition() {
+        let diffs = vec!["sha256:a".to_owned(), "sha256:b".to_owned()];
+        let chains = chain_ids(&diffs);
+        assert_eq!(chains[0], "sha256:a");
+        assert_eq!(
+            chains[1],
+            format!("sha256:{:x}", Sha256::digest("sha256:a sha256:b"))
+        );
+    }
+}

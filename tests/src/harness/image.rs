@@ -97,3 +97,74 @@ pub fn build_oci_busybox(layout: &Path, tag: &str, cmd: &[&str]) -> PathBuf {
     run(&config);
     layout.to_owned()
 }
+
+/// Layer encodings a layout can be rewritten to.
+#[derive(Debug, Clone, Copy)]
+pub enum LayerEncoding {
+    Zstd,
+    Uncompressed,
+}
+
+fn write_blob(layout: &Path, bytes: &[u8]) -> (String, u64) {
+    use sha2::Digest;
+    let hex = format!("{:x}", sha2::Sha256::digest(bytes));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).expect("write blob");
+    (format!("sha256:{hex}"), bytes.len() as u64)
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("read json")).expect("parse json")
+}
+
+/// Adds `<layout>:<to_tag>`: the image of `from_tag` with its gzip layers re-encoded. The
+/// uncompressed tars (diff ids) and the config stay the same, so it is the same image.
+pub fn reencode_layers(layout: &Path, from_tag: &str, to_tag: &str, encoding: LayerEncoding) {
+    use std::io::Read;
+    let index_path = layout.join("index.json");
+    let mut index = read_json(&index_path);
+    let manifests = index["manifests"].as_array().expect("manifests").clone();
+    let source = manifests
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == from_tag)
+        .expect("source tag");
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let mut manifest = read_json(&blob(source["digest"].as_str().expect("digest")));
+    for layer in manifest["layers"].as_array_mut().expect("layers") {
+        let gz = std::fs::read(blob(layer["digest"].as_str().expect("digest"))).expect("layer");
+        let mut tar = Vec::new();
+        flate2::read::MultiGzDecoder::new(&gz[..])
+            .read_to_end(&mut tar)
+            .expect("gunzip");
+        let (bytes, media) = match encoding {
+            LayerEncoding::Zstd => (
+                zstd::encode_all(&tar[..], 3).expect("zstd"),
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
+            LayerEncoding::Uncompressed => (tar, "application/vnd.oci.image.layer.v1.tar"),
+        };
+        let (digest, size) = write_blob(layout, &bytes);
+        layer["mediaType"] = media.into();
+        layer["digest"] = digest.into();
+        layer["size"] = size.into();
+    }
+    let bytes = serde_json::to_vec(&manifest).expect("encode manifest");
+    let (digest, size) = write_blob(layout, &bytes);
+    index["manifests"]
+        .as_array_mut()
+        .expect("manifests")
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": size,
+            "annotations": { "org.opencontainers.image.ref.name": to_tag },
+        }));
+    std::fs::write(
+        &index_path,
+        serde_json::to_vec(&index).expect("encode index"),
+    )
+    .expect("write index");
+}

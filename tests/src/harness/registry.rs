@@ -209,9 +209,15 @@ impl Registry {
 
     /// Pushes `<layout>:<tag>` to `<registry>/<repo>:<tag>` with skopeo.
     pub fn push_layout(&self, layout: &Path, tag: &str, repo: &str) {
+        self.push_layout_with(layout, tag, repo, &[]);
+    }
+
+    /// The same with extra `skopeo copy` flags (manifest format, compression).
+    pub fn push_layout_with(&self, layout: &Path, tag: &str, repo: &str, flags: &[&str]) {
         let skopeo = require::tool("skopeo");
         let mut cmd = Command::new(skopeo);
-        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(flags);
         if let Some((user, password)) = &self.credentials {
             cmd.arg(format!("--dest-creds={user}:{password}"));
         }
