@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crid_proto::cri;
 use crid_tests::harness::crid::{CridOptions, CridProcess};
-use crid_tests::harness::image::{build_oci_busybox, reencode_layers, umoci, LayerEncoding};
+use crid_tests::harness::image::{
+    add_random_layers, build_oci_busybox, reencode_layers, umoci, LayerEncoding,
+};
 use crid_tests::harness::registry::{Registry, RegistryOptions};
 
 struct Fixture {
@@ -522,4 +524,52 @@ async fn zstd_and_docker_schema2_images() {
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(layer_dirs(&f.crid.dir.path().join("root")), 1);
+}
+
+// Multi-threaded: the test blocks while it watches the pull that another task drives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crid_killed_during_a_pull_leaks_nothing_and_the_next_pull_works() {
+    let mut f = fixture("");
+    add_random_layers(&f.layout, "latest", "big", 3, 48 << 20);
+    f.registry.push_layout(&f.layout, "big", "test/big");
+    let image = format!("{}/test/big:big", f.registry.addr);
+    let root = f.crid.dir.path().join("root");
+    let socket = f.crid.socket.clone();
+    let puller = {
+        let image = image.clone();
+        tokio::spawn(async move {
+            let mut images = Images::new(crid_tests::harness::crid::connect(&socket).await);
+            pull(&mut images, &image).await
+        })
+    };
+    // Kill crid once a layer is being unpacked.
+    let tmp = root.join("tmp");
+    let busy = crid_tests::harness::wait_for(std::time::Duration::from_secs(30), || {
+        std::fs::read_dir(&tmp).ok()?.next().map(drop)
+    });
+    if busy.is_none() {
+        panic!("the pull never started unpacking: {:?}", puller.await);
+    }
+    f.crid.stop_with(nix::sys::signal::Signal::SIGKILL);
+    assert!(
+        puller.await.expect("join").is_err(),
+        "the interrupted pull must fail"
+    );
+
+    f.crid.restart();
+    assert_eq!(
+        std::fs::read_dir(&tmp).expect("tmp").count(),
+        0,
+        "leftovers removed at start"
+    );
+    let mut images = f.crid.images().await;
+    assert!(
+        status(&mut images, &image).await.is_none(),
+        "no half-pulled image is visible"
+    );
+    let id = pull(&mut images, &image).await.expect("pull after restart");
+    let img = status(&mut images, &id).await.expect("present");
+    assert!(img.size > 3 * (48 << 20), "size {}", img.size);
+    assert_eq!(layer_dirs(&root), 4);
+    assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0);
 }

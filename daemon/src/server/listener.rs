@@ -39,9 +39,12 @@ impl Drop for SocketGuard {
     }
 }
 
-/// Binds `socket` (mode 0600) after taking `<socket>.lock`. A socket file left by a crid that
-/// died is replaced; one whose lock is held refuses the start.
-pub fn bind(socket: &Path) -> Result<(tokio::net::UnixListener, SocketGuard), ListenError> {
+/// The single-instance lock, `<socket>.lock`, held for the process's life.
+pub struct InstanceLock(nix::fcntl::Flock<File>);
+
+/// Takes `<socket>.lock`; a held lock refuses the start. Taken before anything else touches
+/// crid's state (a second instance must not, say, clean the first one's work in progress).
+pub fn lock(socket: &Path) -> Result<InstanceLock, ListenError> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
     }
@@ -54,15 +57,21 @@ pub fn bind(socket: &Path) -> Result<(tokio::net::UnixListener, SocketGuard), Li
         .write(true)
         .open(&lock_path)
         .map_err(io("open lock file", &lock_path))?;
-    let lock = match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
-        Err(_) => {
-            return Err(ListenError::AlreadyRunning {
-                socket: socket.to_owned(),
-                lock: lock_path,
-            })
-        }
-    };
+    match nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(InstanceLock(lock)),
+        Err(_) => Err(ListenError::AlreadyRunning {
+            socket: socket.to_owned(),
+            lock: lock_path,
+        }),
+    }
+}
+
+/// Binds `socket` (mode 0600) under the instance lock. A socket file left by a crid that died
+/// is replaced.
+pub fn bind(
+    socket: &Path,
+    lock: InstanceLock,
+) -> Result<(tokio::net::UnixListener, SocketGuard), ListenError> {
     // We hold the lock, so a socket file here is a dead crid's leftover.
     match std::fs::remove_file(socket) {
         Ok(()) => tracing::warn!(socket = %socket.display(), "removed stale socket"),
@@ -76,7 +85,7 @@ pub fn bind(socket: &Path) -> Result<(tokio::net::UnixListener, SocketGuard), Li
         listener,
         SocketGuard {
             socket: socket.to_owned(),
-            _lock: lock,
+            _lock: lock.0,
         },
     ))
 }

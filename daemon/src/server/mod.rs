@@ -27,9 +27,11 @@ pub async fn run(
     config: Arc<Config>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (listener, guard) = listener::bind(&config.listen)?;
+    let lock = listener::lock(&config.listen)?;
+    // Ready (leftovers of interrupted pulls cleaned) before the socket accepts a call.
     let store = crate::image::ImageStore::open(config.root.clone(), config.image.clone())
         .map_err(ServeError::ImageStore)?;
+    let (listener, guard) = listener::bind(&config.listen, lock)?;
     tracing::info!(socket = %config.listen.display(), "serving CRI v1");
     let runtime = RuntimeServiceServer::new(runtime_service::Runtime::new(config.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -91,13 +91,24 @@ impl CridProcess {
             .expect("start crid");
         self.child = Some(child);
         let socket = self.socket.clone();
-        let up = wait_for(Duration::from_secs(20), || socket.exists().then_some(()));
+        // Connectable, not merely present: a killed crid leaves its socket file behind.
+        let up = wait_for(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&socket)
+                .ok()
+                .map(drop)
+        });
         assert!(
             up.is_some(),
             "crid did not create {} within 20 s: {}",
             socket.display(),
             self.stderr()
         );
+    }
+
+    /// Starts crid again with the same configuration (after it stopped or was killed).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "crid is still running");
+        self.spawn();
     }
 
     /// crid's standard error so far.

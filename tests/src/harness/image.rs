@@ -168,3 +168,46 @@ pub fn reencode_layers(layout: &Path, from_tag: &str, to_tag: &str, encoding: La
     )
     .expect("write index");
 }
+
+/// Adds `layers` layers of `bytes_per_layer` random (incompressible) bytes each on top of
+/// `<layout>:<base_tag>`, as `<layout>:<tag>`: a big multi-layer image for pull tests and the
+/// pull benchmark.
+pub fn add_random_layers(
+    layout: &Path,
+    base_tag: &str,
+    tag: &str,
+    layers: usize,
+    bytes_per_layer: usize,
+) {
+    use std::io::Write;
+    umoci(&[
+        "tag",
+        "--image",
+        &format!("{}:{base_tag}", layout.display()),
+        tag,
+    ]);
+    let image = format!("{}:{tag}", layout.display());
+    let staging = tempfile::tempdir().expect("tempdir");
+    let mut urandom = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
+    for n in 0..layers {
+        let dir = staging.path().join(format!("layer{n}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mut file = std::fs::File::create(dir.join("data.bin")).expect("create");
+        let mut left = bytes_per_layer;
+        let mut buf = vec![0u8; 1 << 20];
+        while left > 0 {
+            let n = left.min(buf.len());
+            std::io::Read::read_exact(&mut urandom, &mut buf[..n]).expect("read urandom");
+            file.write_all(&buf[..n]).expect("write");
+            left -= n;
+        }
+        drop(file);
+        umoci(&[
+            "insert",
+            "--image",
+            &image,
+            &dir.display().to_string(),
+            &format!("/data/{n}"),
+        ]);
+    }
+}
