@@ -262,13 +262,13 @@ fn main() -> anyhow::Result<()> {
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--containers" => containers = it.next().context("--containers N")?.parse()?,
             "--gib" => gib = it.next().context("--gib X")?.parse()?,
-            "monitor" => what = arg.clone(),
+            "monitor" | "pull" => what = arg.clone(),
             "--log-on-disk" => log_on_disk = true,
-            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X] [--log-on-disk])"),
+            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X] [--log-on-disk] | crid-bench pull [--rounds N])"),
         }
     }
-    if what != "monitor" {
-        bail!("unknown benchmark {what}");
+    if what == "pull" {
+        return pull_bench(rounds);
     }
     require::root();
     let crimon = workspace_binary("crimon");
@@ -377,4 +377,106 @@ impl Drop for TmpfsMount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.path).status();
     }
+}
+
+/// Pull and unpack of a multi-layer image of about 220 MB (busybox plus four 50 MiB layers of
+/// random data), crid against containerd's CRI plugin, the same CRI client for both; the
+/// image is removed (and its layers with it) after every pull, so each pull starts cold.
+fn pull_bench(rounds: usize) -> anyhow::Result<()> {
+    use crid_proto::cri;
+    use crid_tests::harness::containerd::Containerd;
+    use crid_tests::harness::crid::{CridOptions, CridProcess};
+    use crid_tests::harness::image::{add_random_layers, build_oci_busybox};
+    use crid_tests::harness::registry::Registry;
+
+    require::root();
+    let registry = Registry::start();
+    let work = tempfile::Builder::new()
+        .prefix("crid-bench-pull")
+        .tempdir()?;
+    let layout = work.path().join("layout");
+    build_oci_busybox(&layout, "latest", &["sh"]);
+    add_random_layers(&layout, "latest", "big", 4, 50 << 20);
+    registry.push_layout(&layout, "big", "bench/big");
+    let image = format!("{}/bench/big:big", registry.addr);
+    let conf = work.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = \"{0}\"\nlocation = \"{0}\"\ninsecure = true\n",
+            registry.addr
+        ),
+    )?;
+    let crid = CridProcess::start(&CridOptions {
+        extra_toml: format!(
+            "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\n",
+            conf.display(),
+            work.path().join("none.d").display()
+        ),
+        ..Default::default()
+    });
+    let containerd = Containerd::start(&[&registry.addr]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (mut crid_times, mut ctd_times) = (Vec::new(), Vec::new());
+    runtime.block_on(async {
+        let mut clients = [
+            cri::image_service_client::ImageServiceClient::new(
+                crid_tests::harness::crid::connect(&crid.socket).await,
+            ),
+            cri::image_service_client::ImageServiceClient::new(
+                crid_tests::harness::crid::connect(&containerd.socket).await,
+            ),
+        ];
+        let spec = || {
+            Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            })
+        };
+        for round in 0..rounds {
+            // Alternate who goes first.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for which in order {
+                let client = &mut clients[which];
+                let started = Instant::now();
+                let id = client
+                    .pull_image(cri::PullImageRequest {
+                        image: spec(),
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| format!("pull with {}", ["crid", "containerd"][which]))?
+                    .into_inner()
+                    .image_ref;
+                let took = started.elapsed().as_secs_f64();
+                client
+                    .remove_image(cri::RemoveImageRequest {
+                        image: Some(cri::ImageSpec {
+                            image: id,
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+                    .with_context(|| format!("remove with {}", ["crid", "containerd"][which]))?;
+                if which == 0 {
+                    crid_times.push(took);
+                } else {
+                    ctd_times.push(took);
+                }
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let (c, d) = (median(&mut crid_times), median(&mut ctd_times));
+    println!(
+        "## pull and unpack, ~220 MB image (5 layers), median of {rounds} rounds, cold each time"
+    );
+    println!("| runtime | median s |");
+    println!("|---|---|");
+    println!("| crid | {c:.2} |");
+    println!("| containerd 1.6 (CRI) | {d:.2} |");
+    println!("| ratio crid/containerd | {:.2}x |", c / d);
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The harness: images, registry, bundles, crimon and crid launchers.
 
 pub mod bundle;
+pub mod containerd;
 pub mod crid;
 pub mod image;
 pub mod monitor;
