@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crid_proto::cri;
 use crid_tests::harness::crid::{CridOptions, CridProcess};
 use crid_tests::harness::image::{
-    add_random_layers, build_oci_busybox, reencode_layers, umoci, LayerEncoding,
+    add_index, add_random_layers, build_oci_busybox, reencode_layers, umoci, LayerEncoding,
 };
 use crid_tests::harness::registry::{Registry, RegistryOptions};
 
@@ -572,4 +572,40 @@ async fn crid_killed_during_a_pull_leaks_nothing_and_the_next_pull_works() {
     assert!(img.size > 3 * (48 << 20), "size {}", img.size);
     assert_eq!(layer_dirs(&root), 4);
     assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0);
+}
+
+#[tokio::test]
+async fn a_multi_arch_index_resolves_to_the_host_platform() {
+    let f = fixture("");
+    let image = |tag: &str| format!("{}:{tag}", f.layout.display());
+    // An arm64 variant that differs in config (so in id) from the host's amd64 one.
+    umoci(&["tag", "--image", &image("latest"), "arm"]);
+    umoci(&[
+        "config",
+        "--image",
+        &image("arm"),
+        "--architecture",
+        "arm64",
+        "--config.env",
+        "VARIANT=arm",
+    ]);
+    add_index(&f.layout, "multi", &[("arm", "arm64"), ("latest", "amd64")]);
+    f.registry
+        .push_layout_with(&f.layout, "multi", "test/multi", &["--all"]);
+    let mut images = f.crid.images().await;
+    let id = pull(
+        &mut images,
+        &format!("{}/test/multi:multi", f.registry.addr),
+    )
+    .await
+    .expect("pull index");
+    let host = pull(&mut images, &format!("{}/test/busybox:v1", f.registry.addr))
+        .await
+        .expect("pull amd64");
+    assert_eq!(
+        std::env::consts::ARCH,
+        "x86_64",
+        "this test assumes an amd64 host"
+    );
+    assert_eq!(id, host, "the index resolved to the amd64 image");
 }

@@ -211,3 +211,41 @@ pub fn add_random_layers(
         ]);
     }
 }
+
+/// Adds `<layout>:<tag>`, a multi-platform image index over existing tags, given as
+/// `(tag, architecture)` pairs (all linux).
+pub fn add_index(layout: &Path, tag: &str, platforms: &[(&str, &str)]) {
+    let index_path = layout.join("index.json");
+    let mut index = read_json(&index_path);
+    let manifests = index["manifests"].as_array().expect("manifests").clone();
+    let mut entries = Vec::new();
+    for (source, arch) in platforms {
+        let found = manifests
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == *source)
+            .expect("platform tag");
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": found["digest"],
+            "size": found["size"],
+            "platform": { "architecture": arch, "os": "linux" },
+        }));
+    }
+    let image_index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let bytes = serde_json::to_vec(&image_index).expect("encode index");
+    let (digest, size) = write_blob(layout, &bytes);
+    index["manifests"]
+        .as_array_mut()
+        .expect("manifests")
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest,
+            "size": size,
+            "annotations": { "org.opencontainers.image.ref.name": tag },
+        }));
+    std::fs::write(&index_path, serde_json::to_vec(&index).expect("encode")).expect("write index");
+}
