@@ -78,7 +78,7 @@ fn a_hundred_and_twenty_layers_mount_and_stack_in_order() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!mounts.contains(&merged.display().to_string()));
     // A layer that is not in the store is an error, not a partial mount.
-    let missing = vec!["sha256:00".repeat(1)];
+    let missing = vec!["sha256:00".to_owned()];
     assert!(mount_rootfs(
         &paths,
         &missing,
