@@ -55,9 +55,9 @@ impl From<DaemonError> for tonic::Status {
                     E::Blocked { .. } => tonic::Status::permission_denied(message),
                     E::Unavailable(_) => tonic::Status::unavailable(message),
                     E::Registries(_) => tonic::Status::failed_precondition(message),
-                    E::Registry { .. } | E::PullFailed(_) | E::Invalid(_) | E::Unpack(_) => {
-                        tonic::Status::unknown(message)
-                    }
+                    // The image itself is unacceptable: bad digests, hostile layers.
+                    E::Invalid(_) | E::Unpack(_) => tonic::Status::failed_precondition(message),
+                    E::Registry { .. } | E::PullFailed(_) => tonic::Status::unknown(message),
                     E::LayerIo(_) | E::Store(_) => tonic::Status::internal(message),
                 }
             }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use crid_proto::cri;
 use crid_tests::harness::crid::{CridOptions, CridProcess};
 use crid_tests::harness::image::{
-    add_index, add_random_layers, build_oci_busybox, reencode_layers, umoci, LayerEncoding,
+    add_index, add_random_layers, add_single_layer_image, build_oci_busybox, raw_tar,
+    reencode_layers, umoci, LayerEncoding,
 };
 use crid_tests::harness::registry::{Registry, RegistryOptions};
 
@@ -608,4 +609,76 @@ async fn a_multi_arch_index_resolves_to_the_host_platform() {
         "this test assumes an amd64 host"
     );
     assert_eq!(id, host, "the index resolved to the amd64 image");
+}
+
+#[tokio::test]
+async fn hostile_layers_are_refused_with_a_clear_error_and_nothing_written_outside() {
+    use tar::EntryType::{Link, Regular, Symlink};
+    let f = fixture("");
+    let outside = f.work.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+    let outside_str = outside.display().to_string();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "traversal",
+            raw_tar(&[("../../../escape", Regular, "", b"x")]),
+            "'..'",
+        ),
+        (
+            "absolute",
+            raw_tar(&[("/etc/escape", Regular, "", b"x")]),
+            "absolute",
+        ),
+        (
+            "symlink",
+            raw_tar(&[
+                ("evil", Symlink, &outside_str, b""),
+                ("evil/owned", Regular, "", b"x"),
+            ]),
+            "symlink",
+        ),
+        (
+            "hardlink",
+            raw_tar(&[("pw", Link, "../../../../etc/passwd", b"")]),
+            "'..'",
+        ),
+    ];
+    let mut images = f.crid.images().await;
+    for (tag, tar, why) in &cases {
+        add_single_layer_image(&f.layout, tag, tar);
+        f.registry.push_layout(&f.layout, tag, "hostile/image");
+        let err = pull(
+            &mut images,
+            &format!("{}/hostile/image:{tag}", f.registry.addr),
+        )
+        .await
+        .expect_err("hostile layer must be refused");
+        assert_eq!(
+            err.code(),
+            tonic::Code::FailedPrecondition,
+            "{tag}: {err:?}"
+        );
+        assert!(err.message().contains(why), "{tag}: {err:?}");
+        assert!(err.message().contains("layer entry"), "{tag}: {err:?}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&outside).expect("outside").count(),
+        0,
+        "nothing written outside"
+    );
+    let root = f.crid.dir.path().join("root");
+    assert!(!root.join("escape").exists() && !f.crid.dir.path().join("escape").exists());
+    assert_eq!(layer_dirs(&root), 0, "no layer kept");
+    assert_eq!(
+        std::fs::read_dir(root.join("tmp")).expect("tmp").count(),
+        0,
+        "no leftovers"
+    );
+    assert!(images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images
+        .is_empty());
 }

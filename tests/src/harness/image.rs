@@ -249,3 +249,66 @@ pub fn add_index(layout: &Path, tag: &str, platforms: &[(&str, &str)]) {
         }));
     std::fs::write(&index_path, serde_json::to_vec(&index).expect("encode")).expect("write index");
 }
+
+/// One entry of a hand-made layer: name (written as is, unchecked), type, link target, data.
+pub type RawEntry<'a> = (&'a str, tar::EntryType, &'a str, &'a [u8]);
+
+/// A tar stream with names written raw, so hostile ones (`..`, absolute) go in unchecked.
+pub fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, kind, link, data) in entries {
+        let mut header = tar::Header::new_ustar();
+        {
+            let raw = header.as_old_mut();
+            raw.name[..name.len()].copy_from_slice(name.as_bytes());
+            raw.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        header.set_entry_type(*kind);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append(&header, *data).expect("append");
+    }
+    builder.into_inner().expect("finish tar")
+}
+
+/// Adds `<layout>:<tag>`: a single-layer image whose layer is `tar` (gzip-compressed).
+pub fn add_single_layer_image(layout: &Path, tag: &str, tar: &[u8]) {
+    use sha2::Digest;
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(tar).expect("gzip");
+    let gz = gz.finish().expect("gzip");
+    let (layer_digest, layer_size) = write_blob(layout, &gz);
+    let diff_id = format!("sha256:{:x}", sha2::Sha256::digest(tar));
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Cmd": ["sh"] },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+    });
+    let (config_digest, config_size) =
+        write_blob(layout, &serde_json::to_vec(&config).expect("config"));
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer_size }],
+    });
+    let (digest, size) = write_blob(layout, &serde_json::to_vec(&manifest).expect("manifest"));
+    let index_path = layout.join("index.json");
+    let mut index = read_json(&index_path);
+    index["manifests"]
+        .as_array_mut()
+        .expect("manifests")
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": size,
+            "annotations": { "org.opencontainers.image.ref.name": tag },
+        }));
+    std::fs::write(&index_path, serde_json::to_vec(&index).expect("encode")).expect("write index");
+}
