@@ -52,6 +52,7 @@ fn fixture(extra_registries: &str) -> Fixture {
         registry.push_layout(&layout, tag, "test/busybox");
     }
     let conf = work.path().join("registries.conf");
+    std::fs::create_dir_all(work.path().join("registries.conf.d")).expect("mkdir drop-ins");
     std::fs::write(
         &conf,
         format!(
@@ -681,4 +682,60 @@ async fn hostile_layers_are_refused_with_a_clear_error_and_nothing_written_outsi
         .into_inner()
         .images
         .is_empty());
+}
+
+/// A fake registry on loopback: `/v2/` answers 200, every other request gets a 200 response
+/// streaming `body_bytes` of JSON-looking filler. Serves `connections` connections, then ends.
+fn endless_manifest_server(body_bytes: usize, connections: usize) -> String {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(connections) {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            if request_line.starts_with("GET /v2/ ") {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                );
+                continue;
+            }
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n",
+            );
+            let chunk = vec![b' '; 64 * 1024];
+            let mut sent = 0;
+            while sent < body_bytes && stream.write_all(&chunk).is_ok() {
+                sent += chunk.len();
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_oversized_manifest_is_refused_while_it_streams() {
+    let f = fixture("");
+    // 64 MiB of manifest: crid must stop reading at its 4 MiB bound.
+    let addr = endless_manifest_server(64 << 20, 8);
+    std::fs::write(
+        f.work.path().join("registries.conf.d").join("fake.conf"),
+        format!("[[registry]]\nprefix = \"{addr}\"\nlocation = \"{addr}\"\ninsecure = true\n"),
+    )
+    .expect("write drop-in");
+    let mut images = f.crid.images().await;
+    let err = pull(&mut images, &format!("{addr}/huge/manifest:latest"))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("larger than 4194304 bytes"),
+        "{err:?}"
+    );
 }

@@ -3,6 +3,7 @@
 
 pub mod auth;
 mod fsops;
+pub mod manifest;
 pub mod overlay;
 pub mod pull;
 pub mod reference;

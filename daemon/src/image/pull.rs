@@ -176,8 +176,23 @@ fn unpack_stream(
 }
 
 impl ImageStore {
-    fn client_for(&self, endpoint: &Endpoint) -> Client {
-        let mut config = ClientConfig {
+    /// The registry client (auth, blobs) and the HTTP client (bounded manifest reads) for
+    /// one endpoint, both trusting the endpoint's certs.d CAs.
+    fn clients_for(&self, endpoint: &Endpoint) -> Result<(Client, reqwest::Client), ImageError> {
+        let cas = super::auth::ca_certificates(&self.config.certs_dir, &endpoint.host);
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(60));
+        for ca in &cas {
+            let cert = reqwest::Certificate::from_pem(&ca.data).map_err(|e| {
+                ImageError::Invalid(format!("CA certificate for {}: {e}", endpoint.host))
+            })?;
+            http = http.add_root_certificate(cert);
+        }
+        let http = http
+            .build()
+            .map_err(|e| ImageError::Invalid(format!("HTTP client for {}: {e}", endpoint.host)))?;
+        let config = ClientConfig {
             protocol: if endpoint.insecure {
                 ClientProtocol::HttpsExcept(vec![endpoint.host.clone()])
             } else {
@@ -186,11 +201,10 @@ impl ImageStore {
             max_concurrent_download: self.config.max_concurrent_downloads,
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(60)),
+            extra_root_certificates: cas,
             ..Default::default()
         };
-        config.extra_root_certificates =
-            super::auth::ca_certificates(&self.config.certs_dir, &endpoint.host);
-        Client::new(config)
+        Ok((Client::new(config), http))
     }
 
     /// Pulls `reference` and returns the image id.
@@ -222,8 +236,12 @@ impl ImageStore {
             let auth = auth.clone().unwrap_or_else(|| {
                 super::auth::from_auth_file(&self.config.auth_file, &endpoint.host)
             });
-            let client = self.client_for(endpoint);
-            match self.pull_from(&client, &target, &auth, &reference).await {
+            let (client, http) = self.clients_for(endpoint)?;
+            let scheme = if endpoint.insecure { "http" } else { "https" };
+            match self
+                .pull_from(&client, &http, scheme, &target, &auth, &reference)
+                .await
+            {
                 Ok(id) => return Ok(id),
                 Err(ImageError::Registry { err, .. }) => {
                     not_found |= is_not_found(&err);
@@ -264,9 +282,12 @@ impl ImageStore {
         )))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn pull_from(
         &self,
         client: &Client,
+        http: &reqwest::Client,
+        scheme: &str,
         target: &Reference,
         auth: &RegistryAuth,
         requested: &Reference,
@@ -275,16 +296,32 @@ impl ImageStore {
             reference: target.whole(),
             err,
         };
-        let (manifest, manifest_digest, config) = client
-            .pull_manifest_and_config(target, auth)
+        let fetched = match super::manifest::fetch(client, http, scheme, target, auth).await {
+            Ok(fetched) => fetched,
+            Err(super::manifest::FetchError::Registry(err)) => return Err(registry(err)),
+            Err(super::manifest::FetchError::Content(err)) => return Err(err),
+        };
+        let (manifest, manifest_digest) = (fetched.manifest, fetched.digest);
+        // The config through the blob stream, read with a bound.
+        let mut config_bytes = Vec::new();
+        let mut stream = client
+            .pull_blob_stream(target, &manifest.config)
             .await
-            .map_err(registry)?;
-        if config.len() > MAX_CONFIG_BYTES {
-            return Err(ImageError::Invalid(format!(
-                "image config of {} exceeds {MAX_CONFIG_BYTES} bytes",
-                target.whole()
-            )));
+            .map_err(registry)?
+            .stream;
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            let chunk = chunk.map_err(|e| registry(OciDistributionError::IoError(e)))?;
+            if config_bytes.len() + chunk.len() > MAX_CONFIG_BYTES {
+                return Err(ImageError::Invalid(format!(
+                    "image config of {} exceeds {MAX_CONFIG_BYTES} bytes",
+                    target.whole()
+                )));
+            }
+            config_bytes.extend_from_slice(&chunk);
         }
+        let config = String::from_utf8(config_bytes).map_err(|_| {
+            ImageError::Invalid(format!("image config of {} is not UTF-8", target.whole()))
+        })?;
         let config_digest = format!("sha256:{:x}", Sha256::digest(config.as_bytes()));
         if config_digest != manifest.config.digest {
             return Err(ImageError::Invalid(format!(
