@@ -416,6 +416,7 @@ async fn tls_with_a_ca_from_certs_d_and_basic_auth() {
     let registry = Registry::start_with(&RegistryOptions {
         tls: true,
         credentials: Some(("puller".into(), "s3cret".into())),
+        ..Default::default()
     });
     let work = tempfile::tempdir().expect("tempdir");
     let layout = work.path().join("layout");
@@ -738,4 +739,46 @@ async fn an_oversized_manifest_is_refused_while_it_streams() {
         err.message().contains("larger than 4194304 bytes"),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn client_certificates_from_certs_d() {
+    let registry = Registry::start_with(&RegistryOptions {
+        tls: true,
+        client_certs: true,
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = work.path().join("layout");
+    build_oci_busybox(&layout, "latest", &["sh"]);
+    registry.push_layout(&layout, "latest", "mtls/busybox");
+    let certs = work.path().join("certs.d").join(&registry.addr);
+    std::fs::create_dir_all(&certs).expect("mkdir");
+    std::fs::copy(registry.ca_cert.as_ref().expect("ca"), certs.join("ca.crt")).expect("copy ca");
+    let crid = CridProcess::start(&CridOptions {
+        extra_toml: format!(
+            "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\ncerts_dir = \"{}\"\n",
+            work.path().join("none.conf").display(),
+            work.path().join("none.d").display(),
+            work.path().join("certs.d").display(),
+        ),
+        ..Default::default()
+    });
+    let mut images = crid.images().await;
+    let image = format!("{}/mtls/busybox:latest", registry.addr);
+    // Without a client certificate the registry refuses the handshake.
+    pull(&mut images, &image)
+        .await
+        .expect_err("no client certificate");
+    let client_dir = registry.certs_dir.as_ref().expect("client certs");
+    for name in ["client.cert", "client.key"] {
+        std::fs::copy(client_dir.join(name), certs.join(name)).expect("copy client cert");
+    }
+    if let Err(e) = pull(&mut images, &image).await {
+        panic!(
+            "pull with client certificate: {e:?}\nregistry log:\n{}\ncrid log:\n{}",
+            registry.log(),
+            crid.stderr()
+        );
+    }
 }

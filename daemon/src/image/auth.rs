@@ -77,6 +77,25 @@ pub fn from_auth_file(path: &Path, host: &str) -> RegistryAuth {
         .unwrap_or(RegistryAuth::Anonymous)
 }
 
+/// The client certificate for `host`: `<certs_dir>/<host>/<name>.cert` with its key
+/// `<name>.key`, as one PEM bundle (certificate, then key).
+pub fn client_identity(certs_dir: &Path, host: &str) -> Option<Vec<u8>> {
+    let dir = certs_dir.join(host);
+    let mut certs: Vec<_> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cert"))
+        .collect();
+    certs.sort();
+    let cert = certs.into_iter().next()?;
+    let key = cert.with_extension("key");
+    let mut pem = std::fs::read(&cert).ok()?;
+    pem.push(b'\n');
+    pem.extend(std::fs::read(&key).ok()?);
+    Some(pem)
+}
+
 /// CA certificates for `host` from `<certs_dir>/<host>/*.crt`.
 pub fn ca_certificates(certs_dir: &Path, host: &str) -> Vec<Certificate> {
     let dir = certs_dir.join(host);

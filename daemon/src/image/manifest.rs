@@ -1,8 +1,11 @@
-//! Fetching manifests with a size bound. oci-client reads a manifest whole into memory,
-//! however large; a registry (or a man in the middle of an insecure one) could make crid
-//! allocate without limit (the class of CVE-2023-25153). Here the body is read as it streams
-//! and refused past [`MAX_MANIFEST_BYTES`]; oci-client still does the authentication (its
-//! bearer token is reused) and the blob transfers.
+//! crid's side of the registry protocol: manifests read with a size bound, blobs streamed,
+//! over an HTTP client that carries the certs.d CAs and client certificate.
+//!
+//! oci-client reads a manifest whole into memory, however large, so a registry (or a man in
+//! the middle of an insecure one) could make crid allocate without limit (the class of
+//! CVE-2023-25153); and it cannot present a client certificate. Here manifests are read as
+//! they stream and refused past [`MAX_MANIFEST_BYTES`]. oci-client still does the bearer-token
+//! flow when a registry's challenge asks for it.
 
 use futures_util::StreamExt;
 use oci_client::errors::OciDistributionError;
@@ -47,129 +50,191 @@ pub enum FetchError {
     Content(ImageError),
 }
 
-async fn get_bounded(
-    http: &reqwest::Client,
-    url: &str,
-    authorization: Option<&str>,
-) -> Result<(Vec<u8>, String), FetchError> {
-    let mut request = http.get(url).header("Accept", ACCEPT);
-    if let Some(value) = authorization {
-        request = request.header("Authorization", value);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| FetchError::Registry(OciDistributionError::RequestError(e)))?;
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    if status != 200 {
-        return Err(FetchError::Registry(server_error(
-            url,
-            status,
-            format!("HTTP {status}"),
-        )));
-    }
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
-    {
-        return Err(too_large(url));
-    }
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| FetchError::Registry(OciDistributionError::RequestError(e)))?;
-        if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
-            return Err(too_large(url));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((body, content_type))
-}
-
 fn too_large(url: &str) -> FetchError {
     FetchError::Content(ImageError::Invalid(format!(
         "manifest at {url} is larger than {MAX_MANIFEST_BYTES} bytes"
     )))
 }
 
-/// Fetches the manifest of `target` (resolving an index to the host platform).
-pub async fn fetch(
-    client: &Client,
-    http: &reqwest::Client,
-    scheme: &str,
-    target: &Reference,
-    auth: &RegistryAuth,
-) -> Result<Fetched, FetchError> {
-    let token = client
-        .auth(target, auth, RegistryOperation::Pull)
-        .await
-        .map_err(FetchError::Registry)?;
-    let authorization = match (&token, auth) {
-        (Some(token), _) => Some(format!("Bearer {token}")),
-        (None, RegistryAuth::Basic(user, pass)) => {
-            use base64::Engine;
-            let encoded =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-            Some(format!("Basic {encoded}"))
-        }
-        _ => None,
-    };
-    let base = format!(
-        "{scheme}://{}/v2/{}/manifests/",
-        target.resolve_registry(),
-        target.repository()
-    );
-    let first = target.digest().or(target.tag()).unwrap_or("latest");
-    let mut wanted_digest = target.digest().map(str::to_owned);
-    let mut url = format!("{base}{first}");
-    for _ in 0..2 {
-        let (body, content_type) = get_bounded(http, &url, authorization.as_deref()).await?;
-        let digest = format!("sha256:{:x}", Sha256::digest(&body));
-        if let Some(wanted) = &wanted_digest {
-            if *wanted != digest {
-                return Err(FetchError::Content(ImageError::Invalid(format!(
-                    "manifest at {url} has digest {digest}, expected {wanted}"
-                ))));
+/// One registry endpoint as crid talks to it: the HTTP client (with certs.d CAs and client
+/// identity), the base URL and the Authorization header the registry asked for.
+pub struct Session {
+    http: reqwest::Client,
+    base: String,
+    repository: String,
+    authorization: Option<String>,
+}
+
+impl Session {
+    /// Probes `/v2/` and authenticates as the registry's challenge asks: nothing, HTTP Basic
+    /// with the credentials, or a bearer token obtained through oci-client's token flow.
+    pub async fn open(
+        client: &Client,
+        http: reqwest::Client,
+        scheme: &str,
+        target: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<Session, FetchError> {
+        let base = format!("{scheme}://{}", target.resolve_registry());
+        let probe = http
+            .get(format!("{base}/v2/"))
+            .send()
+            .await
+            .map_err(|e| FetchError::Registry(OciDistributionError::RequestError(e)))?;
+        let challenge = probe
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let basic = || match auth {
+            RegistryAuth::Basic(user, pass) => {
+                use base64::Engine;
+                let encoded =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                Some(format!("Basic {encoded}"))
             }
-        }
-        let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            FetchError::Content(ImageError::Invalid(format!("manifest at {url}: {e}")))
-        })?;
-        let media_type = doc["mediaType"]
-            .as_str()
-            .unwrap_or(&content_type)
-            .to_owned();
-        if media_type.contains("index")
-            || media_type.contains("manifest.list")
-            || doc.get("manifests").is_some()
-        {
-            let index: OciImageIndex = serde_json::from_value(doc).map_err(|e| {
-                FetchError::Content(ImageError::Invalid(format!("index at {url}: {e}")))
-            })?;
-            let chosen = oci_client::client::current_platform_resolver(&index.manifests)
-                .ok_or_else(|| {
-                    FetchError::Content(ImageError::Invalid(format!(
-                        "index at {url} has no image for linux/{}",
-                        std::env::consts::ARCH
-                    )))
-                })?;
-            url = format!("{base}{chosen}");
-            wanted_digest = Some(chosen);
-            continue;
-        }
-        let manifest: OciImageManifest = serde_json::from_value(doc).map_err(|e| {
-            FetchError::Content(ImageError::Invalid(format!("manifest at {url}: {e}")))
-        })?;
-        return Ok(Fetched { manifest, digest });
+            _ => None,
+        };
+        let authorization = match probe.status().as_u16() {
+            401 if challenge.starts_with("bearer") => client
+                .auth(target, auth, RegistryOperation::Pull)
+                .await
+                .map_err(FetchError::Registry)?
+                .map(|token| format!("Bearer {token}")),
+            401 => basic(),
+            _ => None,
+        };
+        Ok(Session {
+            http,
+            base,
+            repository: target.repository().to_owned(),
+            authorization,
+        })
     }
-    Err(FetchError::Content(ImageError::Invalid(format!(
-        "index at {url} points at another index"
-    ))))
+
+    fn get(&self, url: &str, accept: Option<&str>) -> reqwest::RequestBuilder {
+        let mut request = self.http.get(url);
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        if let Some(value) = &self.authorization {
+            request = request.header("Authorization", value);
+        }
+        request
+    }
+
+    /// A blob as a stream of bytes (redirects are followed; reqwest drops the Authorization
+    /// header when a redirect leaves the host).
+    pub async fn blob(
+        &self,
+        digest: &str,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>>,
+        OciDistributionError,
+    > {
+        let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.repository);
+        let response = self
+            .get(&url, None)
+            .send()
+            .await
+            .map_err(OciDistributionError::RequestError)?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(server_error(&url, status, format!("HTTP {status}")));
+        }
+        Ok(response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(std::io::Error::other)))
+    }
+
+    /// The manifest of `target`'s tag or digest (an index resolved to the host platform).
+    pub async fn manifest(&self, target: &Reference) -> Result<Fetched, FetchError> {
+        let base = format!("{}/v2/{}/manifests/", self.base, self.repository);
+        let first = target.digest().or(target.tag()).unwrap_or("latest");
+        let mut wanted_digest = target.digest().map(str::to_owned);
+        let mut url = format!("{base}{first}");
+        for _ in 0..2 {
+            let (body, content_type) = self.get_bounded(&url).await?;
+            let digest = format!("sha256:{:x}", Sha256::digest(&body));
+            if let Some(wanted) = &wanted_digest {
+                if *wanted != digest {
+                    return Err(FetchError::Content(ImageError::Invalid(format!(
+                        "manifest at {url} has digest {digest}, expected {wanted}"
+                    ))));
+                }
+            }
+            let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+                FetchError::Content(ImageError::Invalid(format!("manifest at {url}: {e}")))
+            })?;
+            let media_type = doc["mediaType"]
+                .as_str()
+                .unwrap_or(&content_type)
+                .to_owned();
+            if media_type.contains("index")
+                || media_type.contains("manifest.list")
+                || doc.get("manifests").is_some()
+            {
+                let index: OciImageIndex = serde_json::from_value(doc).map_err(|e| {
+                    FetchError::Content(ImageError::Invalid(format!("index at {url}: {e}")))
+                })?;
+                let chosen = oci_client::client::current_platform_resolver(&index.manifests)
+                    .ok_or_else(|| {
+                        FetchError::Content(ImageError::Invalid(format!(
+                            "index at {url} has no image for linux/{}",
+                            std::env::consts::ARCH
+                        )))
+                    })?;
+                url = format!("{base}{chosen}");
+                wanted_digest = Some(chosen);
+                continue;
+            }
+            let manifest: OciImageManifest = serde_json::from_value(doc).map_err(|e| {
+                FetchError::Content(ImageError::Invalid(format!("manifest at {url}: {e}")))
+            })?;
+            return Ok(Fetched { manifest, digest });
+        }
+        Err(FetchError::Content(ImageError::Invalid(format!(
+            "index at {url} points at another index"
+        ))))
+    }
+
+    async fn get_bounded(&self, url: &str) -> Result<(Vec<u8>, String), FetchError> {
+        let response = self
+            .get(url, Some(ACCEPT))
+            .send()
+            .await
+            .map_err(|e| FetchError::Registry(OciDistributionError::RequestError(e)))?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if status != 200 {
+            return Err(FetchError::Registry(server_error(
+                url,
+                status,
+                format!("HTTP {status}"),
+            )));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
+        {
+            return Err(too_large(url));
+        }
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| FetchError::Registry(OciDistributionError::RequestError(e)))?;
+            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                return Err(too_large(url));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, content_type))
+    }
 }

@@ -6,7 +6,6 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use futures_util::TryStreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
@@ -14,6 +13,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
+use super::manifest::{FetchError, Session};
 use super::registries::Endpoint;
 use super::store::{hex_of, ImageRecord, LayerMeta};
 use super::unpack::{self, UnpackLimits};
@@ -189,6 +189,12 @@ impl ImageStore {
             })?;
             http = http.add_root_certificate(cert);
         }
+        if let Some(pem) = super::auth::client_identity(&self.config.certs_dir, &endpoint.host) {
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                ImageError::Invalid(format!("client certificate for {}: {e}", endpoint.host))
+            })?;
+            http = http.identity(identity);
+        }
         let http = http
             .build()
             .map_err(|e| ImageError::Invalid(format!("HTTP client for {}: {e}", endpoint.host)))?;
@@ -238,10 +244,15 @@ impl ImageStore {
             });
             let (client, http) = self.clients_for(endpoint)?;
             let scheme = if endpoint.insecure { "http" } else { "https" };
-            match self
-                .pull_from(&client, &http, scheme, &target, &auth, &reference)
-                .await
-            {
+            let attempt = match Session::open(&client, http, scheme, &target, &auth).await {
+                Ok(session) => self.pull_from(&session, &target, &reference).await,
+                Err(FetchError::Registry(err)) => Err(ImageError::Registry {
+                    reference: target.whole(),
+                    err,
+                }),
+                Err(FetchError::Content(err)) => Err(err),
+            };
+            match attempt {
                 Ok(id) => return Ok(id),
                 Err(ImageError::Registry { err, .. }) => {
                     not_found |= is_not_found(&err);
@@ -250,7 +261,8 @@ impl ImageStore {
                     }
                     let unreachable = is_unreachable(&err);
                     tracing::info!(endpoint = %endpoint.host, error = %err, "pull attempt failed");
-                    failures.push((endpoint.host.clone(), err.to_string(), unreachable));
+                    let why = crid_common::error_chain::error_chain(&err);
+                    failures.push((endpoint.host.clone(), why, unreachable));
                 }
                 Err(other) => return Err(other),
             }
@@ -282,33 +294,30 @@ impl ImageStore {
         )))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn pull_from(
         &self,
-        client: &Client,
-        http: &reqwest::Client,
-        scheme: &str,
+        session: &Session,
         target: &Reference,
-        auth: &RegistryAuth,
         requested: &Reference,
     ) -> Result<String, ImageError> {
         let registry = |err| ImageError::Registry {
             reference: target.whole(),
             err,
         };
-        let fetched = match super::manifest::fetch(client, http, scheme, target, auth).await {
+        let fetched = match session.manifest(target).await {
             Ok(fetched) => fetched,
-            Err(super::manifest::FetchError::Registry(err)) => return Err(registry(err)),
-            Err(super::manifest::FetchError::Content(err)) => return Err(err),
+            Err(FetchError::Registry(err)) => return Err(registry(err)),
+            Err(FetchError::Content(err)) => return Err(err),
         };
         let (manifest, manifest_digest) = (fetched.manifest, fetched.digest);
         // The config through the blob stream, read with a bound.
         let mut config_bytes = Vec::new();
-        let mut stream = client
-            .pull_blob_stream(target, &manifest.config)
-            .await
-            .map_err(registry)?
-            .stream;
+        let mut stream = Box::pin(
+            session
+                .blob(&manifest.config.digest)
+                .await
+                .map_err(registry)?,
+        );
         while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
             let chunk = chunk.map_err(|e| registry(OciDistributionError::IoError(e)))?;
             if config_bytes.len() + chunk.len() > MAX_CONFIG_BYTES {
@@ -349,7 +358,7 @@ impl ImageStore {
             .zip(&chains)
         {
             tasks.push(self.ensure_layer(
-                client,
+                session,
                 target,
                 layer.clone(),
                 diff_id.clone(),
@@ -388,7 +397,7 @@ impl ImageStore {
     /// Makes sure one layer is present, downloading and unpacking it at most once at a time.
     async fn ensure_layer(
         &self,
-        client: &Client,
+        session: &Session,
         target: &Reference,
         layer: OciDescriptor,
         diff_id: String,
@@ -413,15 +422,14 @@ impl ImageStore {
                 .join(format!("layer-{}-{}", hex_of(&chain), std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(tmp.join("diff")).map_err(ImageError::layer_io)?;
-        let stream = client
-            .pull_blob_stream(target, &layer)
+        let stream = session
+            .blob(&layer.digest)
             .await
             .map_err(|err| ImageError::Registry {
                 reference: target.whole(),
                 err,
             })?;
-        let reader =
-            tokio_util::io::StreamReader::new(stream.stream.map_err(std::io::Error::other));
+        let reader = tokio_util::io::StreamReader::new(Box::pin(stream));
         let bridge = tokio_util::io::SyncIoBridge::new(reader);
         let limits = UnpackLimits {
             max_bytes: self.config.max_layer_bytes,

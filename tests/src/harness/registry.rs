@@ -17,6 +17,9 @@ pub struct Registry {
     pub ca_cert: Option<std::path::PathBuf>,
     /// User and password the registry demands (htpasswd registries only).
     pub credentials: Option<(String, String)>,
+    /// A directory holding `ca.crt`, `client.cert` and `client.key` (client-certificate
+    /// registries only): a containers-certs.d(5) directory for this registry.
+    pub certs_dir: Option<std::path::PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -27,6 +30,8 @@ pub struct RegistryOptions {
     pub tls: bool,
     /// Demand HTTP basic authentication (htpasswd, bcrypt) with these credentials.
     pub credentials: Option<(String, String)>,
+    /// With `tls`: demand a client certificate signed by the test CA.
+    pub client_certs: bool,
 }
 
 fn run(cmd: &mut Command, what: &str) {
@@ -36,6 +41,50 @@ fn run(cmd: &mut Command, what: &str) {
         "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A client certificate signed by the test CA in `ca_dir`, written with the CA as a certs.d
+/// directory: `out/ca.crt`, `out/client.cert`, `out/client.key`.
+fn make_client_certificate(ca_dir: &Path, out: &Path) {
+    let openssl = require::tool("openssl");
+    std::fs::create_dir_all(out).expect("mkdir");
+    run(
+        Command::new(&openssl)
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=crid test client",
+            ])
+            .arg("-keyout")
+            .arg(out.join("client.key"))
+            .arg("-out")
+            .arg(ca_dir.join("client.csr")),
+        "openssl: make client key",
+    );
+    std::fs::write(
+        ca_dir.join("client-ext.cnf"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("write ext");
+    run(
+        Command::new(&openssl)
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(ca_dir.join("client.csr"))
+            .arg("-CA")
+            .arg(ca_dir.join("ca.crt"))
+            .arg("-CAkey")
+            .arg(ca_dir.join("ca.key"))
+            .arg("-out")
+            .arg(out.join("client.cert"))
+            .arg("-extfile")
+            .arg(ca_dir.join("client-ext.cnf")),
+        "openssl: sign client certificate",
+    );
+    std::fs::copy(ca_dir.join("ca.crt"), out.join("ca.crt")).expect("copy ca");
 }
 
 /// A test CA and a server certificate for 127.0.0.1 signed by it, made with openssl.
@@ -151,6 +200,7 @@ impl Registry {
             dir.path().join("data").display()
         );
         let mut ca_cert = None;
+        let mut certs_dir = None;
         if options.tls {
             let (ca, cert, key) = make_certificates(dir.path());
             yaml.push_str(&format!(
@@ -158,6 +208,12 @@ impl Registry {
                 cert.display(),
                 key.display()
             ));
+            if options.client_certs {
+                let client_dir = dir.path().join("client-certs");
+                make_client_certificate(dir.path(), &client_dir);
+                yaml.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+                certs_dir = Some(client_dir);
+            }
             ca_cert = Some(ca);
         }
         if let Some((user, password)) = &options.credentials {
@@ -174,18 +230,20 @@ impl Registry {
             ));
         }
         std::fs::write(&config, yaml).expect("write registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
         let child = Command::new(binary)
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start docker-registry");
         let mut registry = Registry {
             child,
             addr,
             ca_cert,
+            certs_dir,
             credentials: options.credentials.clone(),
             _dir: dir,
         };
@@ -207,6 +265,11 @@ impl Registry {
         registry
     }
 
+    /// The registry's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()
+    }
+
     /// Pushes `<layout>:<tag>` to `<registry>/<repo>:<tag>` with skopeo.
     pub fn push_layout(&self, layout: &Path, tag: &str, repo: &str) {
         self.push_layout_with(layout, tag, repo, &[]);
@@ -220,6 +283,9 @@ impl Registry {
             .args(flags);
         if let Some((user, password)) = &self.credentials {
             cmd.arg(format!("--dest-creds={user}:{password}"));
+        }
+        if let Some(dir) = &self.certs_dir {
+            cmd.arg(format!("--dest-cert-dir={}", dir.display()));
         }
         let out = cmd
             .arg(format!("oci:{}:{tag}", layout.display()))
