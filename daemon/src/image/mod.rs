@@ -248,3 +248,18 @@ pub fn user_of(user: &str) -> (Option<i64>, String) {
         Err(_) => (None, user_part.to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::user_of;
+
+    #[test]
+    fn user_from_image_config() {
+        assert_eq!(user_of(""), (None, String::new()));
+        assert_eq!(user_of("1000"), (Some(1000), String::new()));
+        assert_eq!(user_of("1000:1000"), (Some(1000), String::new()));
+        assert_eq!(user_of("tester"), (None, "tester".to_owned()));
+        assert_eq!(user_of("tester:extra"), (None, "tester".to_owned()));
+        assert_eq!(user_of("0"), (Some(0), String::new()));
+    }
+}
