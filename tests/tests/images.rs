@@ -411,32 +411,61 @@ async fn shared_layers_whiteouts_and_opaque_dirs_in_the_merged_overlay() {
     );
 }
 
-#[tokio::test]
-async fn tls_with_a_ca_from_certs_d_and_basic_auth() {
+/// A TLS registry (with `options`) holding busybox as `<repo>:latest`, and a crid that trusts
+/// its CA through `certs.d/<host:port>/ca.crt`, with an auth file at `work/auth.json`.
+struct SecureSetup {
+    registry: Registry,
+    work: tempfile::TempDir,
+    certs: PathBuf,
+    crid: CridProcess,
+}
+
+fn secure_setup(options: RegistryOptions, repo: &str) -> SecureSetup {
     let registry = Registry::start_with(&RegistryOptions {
         tls: true,
-        credentials: Some(("puller".into(), "s3cret".into())),
-        ..Default::default()
+        ..options
     });
     let work = tempfile::tempdir().expect("tempdir");
     let layout = work.path().join("layout");
     build_oci_busybox(&layout, "latest", &["sh"]);
-    registry.push_layout(&layout, "latest", "private/busybox");
+    registry.push_layout(&layout, "latest", repo);
     // The CA in certs.d/<host:port>/ca.crt; the registry is not marked insecure.
     let certs = work.path().join("certs.d").join(&registry.addr);
     std::fs::create_dir_all(&certs).expect("mkdir");
     std::fs::copy(registry.ca_cert.as_ref().expect("ca"), certs.join("ca.crt")).expect("copy ca");
-    let auth_file = work.path().join("auth.json");
     let crid = CridProcess::start(&CridOptions {
         extra_toml: format!(
             "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\nauth_file = \"{}\"\ncerts_dir = \"{}\"\n",
             work.path().join("none.conf").display(),
             work.path().join("none.d").display(),
-            auth_file.display(),
+            work.path().join("auth.json").display(),
             work.path().join("certs.d").display(),
         ),
         ..Default::default()
     });
+    SecureSetup {
+        registry,
+        work,
+        certs,
+        crid,
+    }
+}
+
+#[tokio::test]
+async fn tls_with_a_ca_from_certs_d_and_basic_auth() {
+    let SecureSetup {
+        registry,
+        work,
+        crid,
+        ..
+    } = secure_setup(
+        RegistryOptions {
+            credentials: Some(("puller".into(), "s3cret".into())),
+            ..Default::default()
+        },
+        "private/busybox",
+    );
+    let auth_file = work.path().join("auth.json");
     let mut images = crid.images().await;
     let image = format!("{}/private/busybox:latest", registry.addr);
     let err = pull(&mut images, &image).await.expect_err("no credentials");
@@ -743,27 +772,19 @@ async fn an_oversized_manifest_is_refused_while_it_streams() {
 
 #[tokio::test]
 async fn client_certificates_from_certs_d() {
-    let registry = Registry::start_with(&RegistryOptions {
-        tls: true,
-        client_certs: true,
-        ..Default::default()
-    });
-    let work = tempfile::tempdir().expect("tempdir");
-    let layout = work.path().join("layout");
-    build_oci_busybox(&layout, "latest", &["sh"]);
-    registry.push_layout(&layout, "latest", "mtls/busybox");
-    let certs = work.path().join("certs.d").join(&registry.addr);
-    std::fs::create_dir_all(&certs).expect("mkdir");
-    std::fs::copy(registry.ca_cert.as_ref().expect("ca"), certs.join("ca.crt")).expect("copy ca");
-    let crid = CridProcess::start(&CridOptions {
-        extra_toml: format!(
-            "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\ncerts_dir = \"{}\"\n",
-            work.path().join("none.conf").display(),
-            work.path().join("none.d").display(),
-            work.path().join("certs.d").display(),
-        ),
-        ..Default::default()
-    });
+    // `_work` holds certs.d: it must live as long as the test.
+    let SecureSetup {
+        registry,
+        work: _work,
+        certs,
+        crid,
+    } = secure_setup(
+        RegistryOptions {
+            client_certs: true,
+            ..Default::default()
+        },
+        "mtls/busybox",
+    );
     let mut images = crid.images().await;
     let image = format!("{}/mtls/busybox:latest", registry.addr);
     // Without a client certificate the registry refuses the handshake.

@@ -116,17 +116,43 @@ fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("read json")).expect("parse json")
 }
 
+/// The `index.json` entry tagged `tag`.
+fn index_entry(layout: &Path, tag: &str) -> serde_json::Value {
+    let index = read_json(&layout.join("index.json"));
+    index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .cloned()
+        .unwrap_or_else(|| panic!("no tag {tag} in {}", layout.display()))
+}
+
+/// Adds an entry for a manifest or index blob to `index.json`, tagged `tag`.
+fn tag_in_index(layout: &Path, media_type: &str, digest: &str, size: u64, tag: &str) {
+    let index_path = layout.join("index.json");
+    let mut index = read_json(&index_path);
+    index["manifests"]
+        .as_array_mut()
+        .expect("manifests")
+        .push(serde_json::json!({
+            "mediaType": media_type,
+            "digest": digest,
+            "size": size,
+            "annotations": { "org.opencontainers.image.ref.name": tag },
+        }));
+    std::fs::write(
+        &index_path,
+        serde_json::to_vec(&index).expect("encode index"),
+    )
+    .expect("write index");
+}
+
 /// Adds `<layout>:<to_tag>`: the image of `from_tag` with its gzip layers re-encoded. The
 /// uncompressed tars (diff ids) and the config stay the same, so it is the same image.
 pub fn reencode_layers(layout: &Path, from_tag: &str, to_tag: &str, encoding: LayerEncoding) {
     use std::io::Read;
-    let index_path = layout.join("index.json");
-    let mut index = read_json(&index_path);
-    let manifests = index["manifests"].as_array().expect("manifests").clone();
-    let source = manifests
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == from_tag)
-        .expect("source tag");
+    let source = index_entry(layout, from_tag);
     let blob = |digest: &str| {
         layout
             .join("blobs/sha256")
@@ -153,20 +179,13 @@ pub fn reencode_layers(layout: &Path, from_tag: &str, to_tag: &str, encoding: La
     }
     let bytes = serde_json::to_vec(&manifest).expect("encode manifest");
     let (digest, size) = write_blob(layout, &bytes);
-    index["manifests"]
-        .as_array_mut()
-        .expect("manifests")
-        .push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest,
-            "size": size,
-            "annotations": { "org.opencontainers.image.ref.name": to_tag },
-        }));
-    std::fs::write(
-        &index_path,
-        serde_json::to_vec(&index).expect("encode index"),
-    )
-    .expect("write index");
+    tag_in_index(
+        layout,
+        "application/vnd.oci.image.manifest.v1+json",
+        &digest,
+        size,
+        to_tag,
+    );
 }
 
 /// Adds `layers` layers of `bytes_per_layer` random (incompressible) bytes each on top of
@@ -215,15 +234,9 @@ pub fn add_random_layers(
 /// Adds `<layout>:<tag>`, a multi-platform image index over existing tags, given as
 /// `(tag, architecture)` pairs (all linux).
 pub fn add_index(layout: &Path, tag: &str, platforms: &[(&str, &str)]) {
-    let index_path = layout.join("index.json");
-    let mut index = read_json(&index_path);
-    let manifests = index["manifests"].as_array().expect("manifests").clone();
     let mut entries = Vec::new();
     for (source, arch) in platforms {
-        let found = manifests
-            .iter()
-            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == *source)
-            .expect("platform tag");
+        let found = index_entry(layout, source);
         entries.push(serde_json::json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": found["digest"],
@@ -238,16 +251,13 @@ pub fn add_index(layout: &Path, tag: &str, platforms: &[(&str, &str)]) {
     });
     let bytes = serde_json::to_vec(&image_index).expect("encode index");
     let (digest, size) = write_blob(layout, &bytes);
-    index["manifests"]
-        .as_array_mut()
-        .expect("manifests")
-        .push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": digest,
-            "size": size,
-            "annotations": { "org.opencontainers.image.ref.name": tag },
-        }));
-    std::fs::write(&index_path, serde_json::to_vec(&index).expect("encode")).expect("write index");
+    tag_in_index(
+        layout,
+        "application/vnd.oci.image.index.v1+json",
+        &digest,
+        size,
+        tag,
+    );
 }
 
 /// One entry of a hand-made layer: name (written as is, unchecked), type, link target, data.
@@ -299,16 +309,11 @@ pub fn add_single_layer_image(layout: &Path, tag: &str, tar: &[u8]) {
         "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer_size }],
     });
     let (digest, size) = write_blob(layout, &serde_json::to_vec(&manifest).expect("manifest"));
-    let index_path = layout.join("index.json");
-    let mut index = read_json(&index_path);
-    index["manifests"]
-        .as_array_mut()
-        .expect("manifests")
-        .push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest,
-            "size": size,
-            "annotations": { "org.opencontainers.image.ref.name": tag },
-        }));
-    std::fs::write(&index_path, serde_json::to_vec(&index).expect("encode")).expect("write index");
+    tag_in_index(
+        layout,
+        "application/vnd.oci.image.manifest.v1+json",
+        &digest,
+        size,
+        tag,
+    );
 }

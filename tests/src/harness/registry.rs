@@ -43,56 +43,65 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
-/// A client certificate signed by the test CA in `ca_dir`, written with the CA as a certs.d
-/// directory: `out/ca.crt`, `out/client.cert`, `out/client.key`.
-fn make_client_certificate(ca_dir: &Path, out: &Path) {
+/// Makes `<out>/<name>.key` and a certificate `<out>/<name>.<ext>` for `subject`, signed by
+/// the CA in `ca_dir` with the given X.509 extensions.
+fn sign_certificate(
+    ca_dir: &Path,
+    out: &Path,
+    name: &str,
+    ext: &str,
+    subject: &str,
+    extensions: &str,
+) {
     let openssl = require::tool("openssl");
     std::fs::create_dir_all(out).expect("mkdir");
+    let csr = ca_dir.join(format!("{name}.csr"));
+    let ext_file = ca_dir.join(format!("{name}-ext.cnf"));
     run(
         Command::new(&openssl)
-            .args([
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=crid test client",
-            ])
+            .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", subject])
             .arg("-keyout")
-            .arg(out.join("client.key"))
+            .arg(out.join(format!("{name}.key")))
             .arg("-out")
-            .arg(ca_dir.join("client.csr")),
-        "openssl: make client key",
+            .arg(&csr),
+        "openssl: make key",
     );
-    std::fs::write(
-        ca_dir.join("client-ext.cnf"),
-        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .expect("write ext");
+    std::fs::write(&ext_file, extensions).expect("write extensions");
     run(
         Command::new(&openssl)
             .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
             .arg("-in")
-            .arg(ca_dir.join("client.csr"))
+            .arg(&csr)
             .arg("-CA")
             .arg(ca_dir.join("ca.crt"))
             .arg("-CAkey")
             .arg(ca_dir.join("ca.key"))
             .arg("-out")
-            .arg(out.join("client.cert"))
+            .arg(out.join(format!("{name}.{ext}")))
             .arg("-extfile")
-            .arg(ca_dir.join("client-ext.cnf")),
-        "openssl: sign client certificate",
+            .arg(&ext_file),
+        "openssl: sign certificate",
+    );
+}
+
+/// A client certificate signed by the test CA in `ca_dir`, written with the CA as a certs.d
+/// directory: `out/ca.crt`, `out/client.cert`, `out/client.key`.
+fn make_client_certificate(ca_dir: &Path, out: &Path) {
+    sign_certificate(
+        ca_dir,
+        out,
+        "client",
+        "cert",
+        "/CN=crid test client",
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
     );
     std::fs::copy(ca_dir.join("ca.crt"), out.join("ca.crt")).expect("copy ca");
 }
 
 /// A test CA and a server certificate for 127.0.0.1 signed by it, made with openssl.
 fn make_certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let openssl = require::tool("openssl");
-    let p = |name: &str| dir.join(name);
     run(
-        Command::new(&openssl)
+        Command::new(require::tool("openssl"))
             .args([
                 "req",
                 "-x509",
@@ -105,48 +114,24 @@ fn make_certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std
                 "/CN=crid test CA",
             ])
             .arg("-keyout")
-            .arg(p("ca.key"))
+            .arg(dir.join("ca.key"))
             .arg("-out")
-            .arg(p("ca.crt")),
+            .arg(dir.join("ca.crt")),
         "openssl: make CA",
     );
-    run(
-        Command::new(&openssl)
-            .args([
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(p("server.key"))
-            .arg("-out")
-            .arg(p("server.csr")),
-        "openssl: make server key",
-    );
-    std::fs::write(
-        p("ext.cnf"),
+    sign_certificate(
+        dir,
+        dir,
+        "server",
+        "crt",
+        "/CN=127.0.0.1",
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write ext.cnf");
-    run(
-        Command::new(&openssl)
-            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-            .arg("-in")
-            .arg(p("server.csr"))
-            .arg("-CA")
-            .arg(p("ca.crt"))
-            .arg("-CAkey")
-            .arg(p("ca.key"))
-            .arg("-out")
-            .arg(p("server.crt"))
-            .arg("-extfile")
-            .arg(p("ext.cnf")),
-        "openssl: sign server certificate",
     );
-    (p("ca.crt"), p("server.crt"), p("server.key"))
+    (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    )
 }
 
 fn free_port() -> u16 {
