@@ -18,6 +18,21 @@ struct Fixture {
     layout: PathBuf,
 }
 
+/// crid with its image configuration in `work`: `registries.conf`, `registries.conf.d/`,
+/// `auth.json` and `certs.d/` (each may be absent).
+fn crid_for(work: &Path) -> CridProcess {
+    CridProcess::start(&CridOptions {
+        extra_toml: format!(
+            "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\nauth_file = \"{}\"\ncerts_dir = \"{}\"\n",
+            work.join("registries.conf").display(),
+            work.join("registries.conf.d").display(),
+            work.join("auth.json").display(),
+            work.join("certs.d").display(),
+        ),
+        ..Default::default()
+    })
+}
+
 /// A loopback port nothing listens on.
 fn dead_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -65,16 +80,7 @@ fn fixture(extra_registries: &str) -> Fixture {
         ),
     )
     .expect("write registries.conf");
-    let crid = CridProcess::start(&CridOptions {
-        extra_toml: format!(
-            "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\nauth_file = \"{}\"\ncerts_dir = \"{}\"\n",
-            conf.display(),
-            work.path().join("registries.conf.d").display(),
-            work.path().join("auth.json").display(),
-            work.path().join("certs.d").display(),
-        ),
-        ..Default::default()
-    });
+    let crid = crid_for(work.path());
     Fixture {
         registry,
         crid,
@@ -433,16 +439,7 @@ fn secure_setup(options: RegistryOptions, repo: &str) -> SecureSetup {
     let certs = work.path().join("certs.d").join(&registry.addr);
     std::fs::create_dir_all(&certs).expect("mkdir");
     std::fs::copy(registry.ca_cert.as_ref().expect("ca"), certs.join("ca.crt")).expect("copy ca");
-    let crid = CridProcess::start(&CridOptions {
-        extra_toml: format!(
-            "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\nauth_file = \"{}\"\ncerts_dir = \"{}\"\n",
-            work.path().join("none.conf").display(),
-            work.path().join("none.d").display(),
-            work.path().join("auth.json").display(),
-            work.path().join("certs.d").display(),
-        ),
-        ..Default::default()
-    });
+    let crid = crid_for(work.path());
     SecureSetup {
         registry,
         work,
