@@ -481,6 +481,15 @@ async fn tls_with_a_ca_from_certs_d_and_basic_auth() {
         .await
         .expect_err("wrong password");
     assert_eq!(wrong.code(), tonic::Code::Unauthenticated, "{wrong:?}");
+    // A registry token is sent as a bearer token; this registry wants Basic and refuses it.
+    let bearer = images
+        .pull_image(with(cri::AuthConfig {
+            registry_token: "not-a-valid-token".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("bearer token refused");
+    assert_eq!(bearer.code(), tonic::Code::Unauthenticated, "{bearer:?}");
     let id = images
         .pull_image(with(cri::AuthConfig {
             username: "puller".into(),

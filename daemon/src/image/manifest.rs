@@ -96,13 +96,15 @@ impl Session {
             }
             _ => None,
         };
-        let authorization = match probe.status().as_u16() {
-            401 if challenge.starts_with("bearer") => client
+        let authorization = match (probe.status().as_u16(), auth) {
+            // A CRI registry_token is a bearer token, ready to send.
+            (401, RegistryAuth::Bearer(token)) => Some(format!("Bearer {token}")),
+            (401, _) if challenge.starts_with("bearer") => client
                 .auth(target, auth, RegistryOperation::Pull)
                 .await
                 .map_err(FetchError::Registry)?
                 .map(|token| format!("Bearer {token}")),
-            401 => basic(),
+            (401, _) => basic(),
             _ => None,
         };
         Ok(Session {
