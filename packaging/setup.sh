@@ -79,8 +79,15 @@ test)
     cargo fmt --all -- --check
     cargo build --workspace --all-targets
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo test --workspace --no-fail-fast
+    log=$(mktemp)
+    status=0
+    cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
     echo "setup.sh: test suite finished in $(( $(date +%s) - started )) s"
+    # One closing line over every test binary (cargo's own last lines are the doc tests').
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+         END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+    rm -f "$log"
+    exit "$status"
     ;;
 bench)
     need_root

@@ -429,7 +429,8 @@ fn killing_the_caller_leaves_monitor_and_container_running() {
 
 #[test]
 fn monitor_ignores_termination_signals_and_keeps_the_exit_code() {
-    let c = MonitoredContainer::new(&BundleSpec::sh("sleep 0.5; exit 7"));
+    // Long enough for the signals to arrive while the container still runs, even under load.
+    let c = MonitoredContainer::new(&BundleSpec::sh("sleep 2; exit 7"));
     c.run(&[]);
     let monitor = nix::unistd::Pid::from_raw(c.monitor_pid());
     for sig in [
@@ -445,7 +446,8 @@ fn monitor_ignores_termination_signals_and_keeps_the_exit_code() {
 #[test]
 fn reopen_log_after_rename_keeps_every_line() {
     let c = MonitoredContainer::new(&BundleSpec::sh(
-        "i=0; while [ $i -lt 3000 ]; do echo line$i; i=$((i+1)); [ $((i % 100)) = 0 ] && usleep 10000; done; true",
+        // At least 1.5 s of output (30 pauses of 50 ms): the five rotations below take ~0.2 s.
+        "i=0; while [ $i -lt 3000 ]; do echo line$i; i=$((i+1)); [ $((i % 100)) = 0 ] && usleep 50000; done; true",
     ));
     c.run(&[]);
     let client = c.client();
