@@ -6,5 +6,6 @@ pub mod config;
 pub mod error;
 pub mod image;
 pub mod logging;
+pub mod monitor_client;
 pub mod server;
 pub mod status;
