@@ -1,0 +1,202 @@
+//! crid-pinns: creates a pod's namespaces and pins them to files, so they live without any
+//! process in them (a pod needs no infra container; CRI-O's pinns does the same).
+//!
+//! `crid-pinns --dir DIR --id ID [--net] [--ipc] [--uts] [--hostname NAME] [--sysctl K=V]…`
+//! unshares the namespaces in this (single-threaded) process, sets the hostname and the
+//! sysctls inside them, then bind-mounts `/proc/self/ns/<kind>` onto `DIR/<kind>/ID`. crid runs
+//! it as a separate program because unshare must not happen in its threaded async runtime.
+//! On any failure everything made so far is undone; the exit status is 0 only on success.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "crid-pinns", version)]
+struct Args {
+    /// Directory under which `<kind>/<id>` files are made.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The pod sandbox id (names the files).
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    net: bool,
+    #[arg(long)]
+    ipc: bool,
+    #[arg(long)]
+    uts: bool,
+    /// Hostname inside the new UTS namespace.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// A namespaced sysctl to set inside the new namespaces, `key=value` (repeatable).
+    #[arg(long = "sysctl")]
+    sysctls: Vec<String>,
+}
+
+/// Longest hostname (HOST_NAME_MAX).
+const MAX_HOSTNAME: usize = 64;
+
+fn fail(message: String) -> ! {
+    eprintln!("crid-pinns: {message}");
+    std::process::exit(1);
+}
+
+/// `/proc/sys/…` for a sysctl key; keys hold only `[A-Za-z0-9_.-]` segments (no `..`, no `/`),
+/// values no newline (CVE-2022-0811 came from an unchecked value).
+fn sysctl_path(key: &str, value: &str) -> Result<PathBuf, String> {
+    let segments_ok = !key.is_empty()
+        && key.split('.').all(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+    if !segments_ok {
+        return Err(format!("invalid sysctl key {key:?}"));
+    }
+    if value.contains(['\n', '\0', '+', '=']) {
+        return Err(format!("invalid value {value:?} for sysctl {key}"));
+    }
+    Ok(Path::new("/proc/sys").join(key.replace('.', "/")))
+}
+
+struct Pinned {
+    files: Vec<PathBuf>,
+}
+
+impl Pinned {
+    fn undo(&self) {
+        for file in &self.files {
+            if let Ok(c) = CString::new(file.as_os_str().as_encoded_bytes()) {
+                // SAFETY: c is NUL-terminated; MNT_DETACH on a non-mount is a harmless EINVAL.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    crid_common::id::validate(&args.id).map_err(|e| e.to_string())?;
+    if let Some(name) = &args.hostname {
+        if !args.uts {
+            return Err("--hostname needs --uts".into());
+        }
+        if name.is_empty() || name.len() > MAX_HOSTNAME || name.contains(['\0', '/']) {
+            return Err(format!("invalid hostname {name:?}"));
+        }
+    }
+    let mut sysctls = Vec::new();
+    for pair in &args.sysctls {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("sysctl {pair:?} is not key=value"))?;
+        sysctls.push((sysctl_path(key, value)?, value.to_owned(), key.to_owned()));
+    }
+    let kinds: Vec<(&str, libc::c_int)> = [
+        (args.net, "net", libc::CLONE_NEWNET),
+        (args.ipc, "ipc", libc::CLONE_NEWIPC),
+        (args.uts, "uts", libc::CLONE_NEWUTS),
+    ]
+    .into_iter()
+    .filter(|(on, _, _)| *on)
+    .map(|(_, kind, flag)| (kind, flag))
+    .collect();
+    if kinds.is_empty() {
+        return Err("no namespace requested (--net, --ipc, --uts)".into());
+    }
+
+    let mut pinned = Pinned { files: Vec::new() };
+    let result = (|| {
+        for (kind, _) in &kinds {
+            let dir = args.dir.join(kind);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+            let file = dir.join(&args.id);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&file)
+                .map_err(|e| format!("create {}: {e}", file.display()))?;
+            pinned.files.push(file);
+        }
+        let flags = kinds.iter().fold(0, |acc, (_, flag)| acc | flag);
+        // SAFETY: unshare takes flags only; this process has a single thread.
+        if unsafe { libc::unshare(flags) } != 0 {
+            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+        }
+        if let Some(name) = &args.hostname {
+            // SAFETY: the pointer and length describe `name`'s bytes.
+            if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+                return Err(format!("sethostname: {}", std::io::Error::last_os_error()));
+            }
+        }
+        for (path, value, key) in &sysctls {
+            std::fs::write(path, value).map_err(|e| format!("set sysctl {key}: {e}"))?;
+        }
+        for (kind, _) in &kinds {
+            let source =
+                CString::new(format!("/proc/self/ns/{kind}")).map_err(|e| e.to_string())?;
+            let target = args.dir.join(kind).join(&args.id);
+            let target_c =
+                CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+            // SAFETY: both paths are NUL-terminated; a bind mount has no fs type or data.
+            let rc = unsafe {
+                libc::mount(
+                    source.as_ptr(),
+                    target_c.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(format!(
+                    "pin {kind} namespace at {}: {}",
+                    target.display(),
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        pinned.undo();
+    }
+    result
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(message) = run(&args) {
+        fail(message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sysctl_path;
+
+    #[test]
+    fn sysctl_keys_and_values_are_checked() {
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward", "1").expect("ok"),
+            std::path::Path::new("/proc/sys/net/ipv4/ip_forward")
+        );
+        assert!(sysctl_path("net.core.somaxconn", "1024").is_ok());
+        for key in [
+            "",
+            "net..x",
+            "../etc",
+            "net/ipv4",
+            "kernel.shm_rmid_forced/../x",
+        ] {
+            assert!(sysctl_path(key, "1").is_err(), "{key}");
+        }
+        // CVE-2022-0811: a value smuggling a second assignment.
+        assert!(sysctl_path("kernel.shm_rmid_forced", "1+kernel.core_pattern=|/x").is_err());
+        assert!(sysctl_path("net.ipv4.ip_forward", "1\nkernel.x=2").is_err());
+    }
+}
