@@ -7,5 +7,6 @@ pub mod error;
 pub mod image;
 pub mod logging;
 pub mod monitor_client;
+pub mod network;
 pub mod server;
 pub mod status;

@@ -1,0 +1,3 @@
+//! Pod networking.
+
+pub mod cni;
