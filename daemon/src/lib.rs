@@ -8,5 +8,6 @@ pub mod image;
 pub mod logging;
 pub mod monitor_client;
 pub mod network;
+pub mod sandbox;
 pub mod server;
 pub mod status;
