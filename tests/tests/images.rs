@@ -108,6 +108,16 @@ async fn pull(images: &mut Images, image: &str) -> Result<String, tonic::Status>
         .map(|r| r.into_inner().image_ref)
 }
 
+/// ListImages without a filter.
+async fn all_images(images: &mut Images) -> Vec<cri::Image> {
+    images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images
+}
+
 async fn status(images: &mut Images, image: &str) -> Option<cri::Image> {
     images
         .image_status(cri::ImageStatusRequest {
@@ -167,12 +177,7 @@ async fn pulls_by_tag_digest_and_short_name_through_a_mirror() {
     assert_eq!(layer_dirs(&f.crid.dir.path().join("root")), 1);
 
     // Listing, with and without a filter, and a verbose status.
-    let all = images
-        .list_images(cri::ListImagesRequest::default())
-        .await
-        .expect("ListImages")
-        .into_inner()
-        .images;
+    let all = all_images(&mut images).await;
     assert_eq!(all.len(), 1);
     let filtered = images
         .list_images(cri::ListImagesRequest {
@@ -239,13 +244,7 @@ async fn errors_name_the_problem() {
         .expect_err("blocked");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     // Nothing half-stored.
-    assert!(images
-        .list_images(cri::ListImagesRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .images
-        .is_empty());
+    assert!(all_images(&mut images).await.is_empty());
     assert_eq!(layer_dirs(&f.crid.dir.path().join("root")), 0);
 }
 
@@ -712,13 +711,7 @@ async fn hostile_layers_are_refused_with_a_clear_error_and_nothing_written_outsi
         0,
         "no leftovers"
     );
-    assert!(images
-        .list_images(cri::ListImagesRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .images
-        .is_empty());
+    assert!(all_images(&mut images).await.is_empty());
 }
 
 /// A fake registry on loopback: `/v2/` answers 200, every other request gets a 200 response

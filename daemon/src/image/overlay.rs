@@ -9,9 +9,9 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::fsops;
 use super::store::StorePaths;
 
 /// Longest option string passed to mount(2) (the kernel copies one page).
@@ -29,11 +29,6 @@ pub enum OverlayError {
         #[source]
         err: io::Error,
     },
-}
-
-fn cstr(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 /// Mounts the overlay of `layers` (base first) with `upper`/`work` at `target`.
@@ -64,7 +59,7 @@ pub fn mount_rootfs(
     );
     if options.len() <= MAX_MOUNT_OPTIONS {
         let (source, fstype) = (c"overlay", c"overlay");
-        let target_c = cstr(target).map_err(fail("mount overlay on", target))?;
+        let target_c = fsops::c(target).map_err(fail("mount overlay on", target))?;
         let data = CString::new(options)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
             .map_err(fail("mount overlay on", target))?;
@@ -96,7 +91,7 @@ fn syscall_fd(ret: libc::c_long) -> io::Result<OwnedFd> {
 }
 
 fn fsconfig_string(fs: &OwnedFd, key: &std::ffi::CStr, value: &Path) -> io::Result<()> {
-    let value = cstr(value)?;
+    let value = fsops::c(value)?;
     // SAFETY: key and value are NUL-terminated; FSCONFIG_SET_STRING takes aux = 0.
     let rc = unsafe {
         libc::syscall(
@@ -157,7 +152,7 @@ fn mount_with_fsconfig(
             0,
         )
     })?;
-    let target_c = cstr(target)?;
+    let target_c = fsops::c(target)?;
     // SAFETY: moves the detached mount (AT_EMPTY_PATH on mnt) onto the NUL-terminated target.
     let rc = unsafe {
         libc::syscall(
@@ -177,7 +172,7 @@ fn mount_with_fsconfig(
 
 /// Unmounts a root filesystem; an unmounted target is fine.
 pub fn unmount_rootfs(target: &Path) -> Result<(), OverlayError> {
-    let target_c = cstr(target).map_err(|err| OverlayError::Io {
+    let target_c = fsops::c(target).map_err(|err| OverlayError::Io {
         what: "unmount",
         path: target.to_owned(),
         err,

@@ -176,8 +176,8 @@ fn unpack_stream(
 }
 
 impl ImageStore {
-    /// The registry client (auth, blobs) and the HTTP client (bounded manifest reads) for
-    /// one endpoint, both trusting the endpoint's certs.d CAs.
+    /// The registry client (bearer-token flow only) and the HTTP client (manifests and blobs,
+    /// with the client certificate) for one endpoint, both trusting the endpoint's certs.d CAs.
     fn clients_for(&self, endpoint: &Endpoint) -> Result<(Client, reqwest::Client), ImageError> {
         let cas = super::auth::ca_certificates(&self.config.certs_dir, &endpoint.host);
         let mut http = reqwest::Client::builder()
@@ -204,7 +204,6 @@ impl ImageStore {
             } else {
                 ClientProtocol::Https
             },
-            max_concurrent_download: self.config.max_concurrent_downloads,
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(60)),
             extra_root_certificates: cas,

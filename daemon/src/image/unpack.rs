@@ -172,7 +172,7 @@ pub fn unpack_layer<R: Read>(
         match kind {
             t if t.is_dir() => {
                 fsops::mkdir(parent.as_fd(), &cname, 0o700).map_err(io_err(&raw))?;
-                apply_owner_mode_xattrs(parent.as_fd(), &cname, uid, gid, mode, &xattrs, true)
+                apply_owner_mode_xattrs(parent.as_fd(), &cname, uid, gid, mode, &xattrs)
                     .map_err(io_err(&raw))?;
                 dir_times.push((raw.clone(), mtime));
                 continue;
@@ -190,7 +190,7 @@ pub fn unpack_layer<R: Read>(
                 }
                 size.bytes += copied;
                 drop(file);
-                apply_owner_mode_xattrs(parent.as_fd(), &cname, uid, gid, mode, &xattrs, true)
+                apply_owner_mode_xattrs(parent.as_fd(), &cname, uid, gid, mode, &xattrs)
                     .map_err(io_err(&raw))?;
             }
             t if t.is_symlink() => {
@@ -333,13 +333,10 @@ fn apply_owner_mode_xattrs(
     gid: u32,
     mode: u32,
     xattrs: &[(CString, Vec<u8>)],
-    set_mode: bool,
 ) -> io::Result<()> {
     fsops::chown(parent, name, uid, gid)?;
-    if set_mode {
-        // After chown: chown clears setuid/setgid.
-        fsops::chmod(parent, name, mode)?;
-    }
+    // After chown: chown clears setuid/setgid.
+    fsops::chmod(parent, name, mode)?;
     if !xattrs.is_empty() {
         let fd = fsops::open_entry(parent, name)?;
         for (key, value) in xattrs {
