@@ -308,18 +308,23 @@ max_layer_entries = {max_layer_entries}
         if !self.runtime.monitor_path.as_os_str().is_empty() {
             return Some(self.runtime.monitor_path.clone());
         }
-        let beside = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("crimon")));
-        if let Some(path) = beside.filter(|p| p.is_file()) {
-            return Some(path);
-        }
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("crimon"))
-                .find(|p| p.is_file())
-        })
+        helper_binary("crimon")
     }
+}
+
+/// A helper program (crimon, crid-pinns) next to the running crid, else on $PATH.
+pub fn helper_binary(name: &str) -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)));
+    if let Some(path) = beside.filter(|p| p.is_file()) {
+        return Some(path);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 #[cfg(test)]

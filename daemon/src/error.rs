@@ -23,13 +23,28 @@ pub enum DaemonError {
         err: std::io::Error,
     },
     #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
     Internal(String),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Overlay(#[from] crate::image::overlay::OverlayError),
+    #[error(transparent)]
+    Cni(#[from] crate::network::cni::CniError),
+    #[error(transparent)]
+    Namespace(#[from] crate::sandbox::namespaces::NamespaceError),
+    #[error(transparent)]
+    Runtime(#[from] crate::oci_runtime::RuntimeError),
+    #[error(transparent)]
+    Monitor(#[from] crate::monitor_client::MonitorClientError),
+    #[error(transparent)]
+    Spec(#[from] crate::container::spec::SpecError),
 }
 
 impl DaemonError {
-    fn chain(&self) -> String {
+    /// The message with every cause, as clients see it.
+    pub fn chain(&self) -> String {
         crid_common::error_chain::error_chain(self)
     }
 }
@@ -43,7 +58,30 @@ impl From<DaemonError> for tonic::Status {
             DaemonError::AlreadyExists(_) => tonic::Status::already_exists(message),
             DaemonError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             DaemonError::Unimplemented(_) => tonic::Status::unimplemented(message),
+            DaemonError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
             DaemonError::Io { .. } | DaemonError::Internal(_) => tonic::Status::internal(message),
+            DaemonError::Overlay(_) | DaemonError::Namespace(_) => tonic::Status::internal(message),
+            // A plugin's or the runtime's own failure: its message says what went wrong.
+            DaemonError::Cni(_) => tonic::Status::unknown(message),
+            DaemonError::Runtime(crate::oci_runtime::RuntimeError::TimedOut { .. }) => {
+                tonic::Status::deadline_exceeded(message)
+            }
+            DaemonError::Runtime(_) => tonic::Status::unknown(message),
+            DaemonError::Monitor(monitor) => {
+                use crate::monitor_client::MonitorClientError as M;
+                match monitor {
+                    M::CreateFailed { .. } => tonic::Status::unknown(message),
+                    M::CreateTimedOut { .. } => tonic::Status::deadline_exceeded(message),
+                    M::Call { .. } => tonic::Status::unavailable(message),
+                    M::Spawn { .. } | M::BadReport { .. } | M::ExecOutput { .. } => {
+                        tonic::Status::internal(message)
+                    }
+                }
+            }
+            DaemonError::Spec(crate::container::spec::SpecError::Invalid(_)) => {
+                tonic::Status::invalid_argument(message)
+            }
+            DaemonError::Spec(_) => tonic::Status::internal(message),
             DaemonError::Image(image) => {
                 use crate::image::ImageError as E;
                 match image {

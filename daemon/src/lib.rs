@@ -3,11 +3,14 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod container;
 pub mod error;
 pub mod image;
 pub mod logging;
 pub mod monitor_client;
 pub mod network;
+pub mod oci_runtime;
 pub mod sandbox;
 pub mod server;
+pub mod state;
 pub mod status;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crid_daemon::network::cni::{pod_ip, Attachment, CniError, NetworkList};
+use crid_daemon::network::cni::{ips, Attachment, CniError, NetworkList};
 use crid_tests::harness::{require, workspace_binary};
 
 fn ip(args: &[&str]) -> String {
@@ -101,7 +101,7 @@ async fn add_assigns_an_address_and_del_releases_it() {
         runtime_config: serde_json::json!({}),
     };
     let result = list.add(&dirs, &pod).await.expect("ADD");
-    let addr = pod_ip(&result).expect("pod ip");
+    let addr = ips(&result).into_iter().next().expect("pod ip");
     assert!(
         addr.starts_with(&format!("10.233.{subnet_octet}.")),
         "{addr}"

@@ -1,10 +1,16 @@
 //! crid-pinns: creates a pod's namespaces and pins them to files, so they live without any
 //! process in them (a pod needs no infra container; CRI-O's pinns does the same).
 //!
-//! `crid-pinns --dir DIR --id ID [--net] [--ipc] [--uts] [--hostname NAME] [--sysctl K=V]…`
+//! `crid-pinns --dir DIR --id ID [--net] [--ipc] [--uts] [--pid] [--hostname NAME] [--sysctl K=V]…`
 //! unshares the namespaces in this (single-threaded) process, sets the hostname and the
 //! sysctls inside them, then bind-mounts `/proc/self/ns/<kind>` onto `DIR/<kind>/ID`. crid runs
 //! it as a separate program because unshare must not happen in its threaded async runtime.
+//!
+//! A PID namespace cannot live without its init process, so `--pid` also forks a holder: a
+//! process that is PID 1 of the new namespace and only sleeps (reaping nothing: SIGCHLD is
+//! ignored, so the kernel reaps). Its namespace is pinned at `DIR/pid/ID` and its pid printed
+//! on standard output as `{"holder_pid":N}`; killing it ends the namespace and everything in it.
+//!
 //! On any failure everything made so far is undone; the exit status is 0 only on success.
 
 #![allow(unsafe_code)]
@@ -29,6 +35,9 @@ struct Args {
     ipc: bool,
     #[arg(long)]
     uts: bool,
+    /// Also make a PID namespace, held by a forked holder process.
+    #[arg(long)]
+    pid: bool,
     /// Hostname inside the new UTS namespace.
     #[arg(long)]
     hostname: Option<String>,
@@ -65,10 +74,15 @@ fn sysctl_path(key: &str, value: &str) -> Result<PathBuf, String> {
 
 struct Pinned {
     files: Vec<PathBuf>,
+    holder: Option<libc::pid_t>,
 }
 
 impl Pinned {
     fn undo(&self) {
+        if let Some(pid) = self.holder {
+            // SAFETY: kill takes plain integers; the pid is our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         for file in &self.files {
             if let Ok(c) = CString::new(file.as_os_str().as_encoded_bytes()) {
                 // SAFETY: c is NUL-terminated; MNT_DETACH on a non-mount is a harmless EINVAL.
@@ -105,13 +119,20 @@ fn run(args: &Args) -> Result<(), String> {
     .filter(|(on, _, _)| *on)
     .map(|(_, kind, flag)| (kind, flag))
     .collect();
-    if kinds.is_empty() {
-        return Err("no namespace requested (--net, --ipc, --uts)".into());
+    if kinds.is_empty() && !args.pid {
+        return Err("no namespace requested (--net, --ipc, --uts, --pid)".into());
     }
 
-    let mut pinned = Pinned { files: Vec::new() };
+    let mut pinned = Pinned {
+        files: Vec::new(),
+        holder: None,
+    };
     let result = (|| {
-        for (kind, _) in &kinds {
+        let pinned_kinds = kinds
+            .iter()
+            .map(|(kind, _)| *kind)
+            .chain(args.pid.then_some("pid"));
+        for kind in pinned_kinds {
             let dir = args.dir.join(kind);
             std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
             let file = dir.join(&args.id);
@@ -124,7 +145,7 @@ fn run(args: &Args) -> Result<(), String> {
         }
         let flags = kinds.iter().fold(0, |acc, (_, flag)| acc | flag);
         // SAFETY: unshare takes flags only; this process has a single thread.
-        if unsafe { libc::unshare(flags) } != 0 {
+        if flags != 0 && unsafe { libc::unshare(flags) } != 0 {
             return Err(format!("unshare: {}", std::io::Error::last_os_error()));
         }
         if let Some(name) = &args.hostname {
@@ -137,28 +158,19 @@ fn run(args: &Args) -> Result<(), String> {
             std::fs::write(path, value).map_err(|e| format!("set sysctl {key}: {e}"))?;
         }
         for (kind, _) in &kinds {
-            let source =
-                CString::new(format!("/proc/self/ns/{kind}")).map_err(|e| e.to_string())?;
-            let target = args.dir.join(kind).join(&args.id);
-            let target_c =
-                CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
-            // SAFETY: both paths are NUL-terminated; a bind mount has no fs type or data.
-            let rc = unsafe {
-                libc::mount(
-                    source.as_ptr(),
-                    target_c.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                )
-            };
-            if rc != 0 {
-                return Err(format!(
-                    "pin {kind} namespace at {}: {}",
-                    target.display(),
-                    std::io::Error::last_os_error()
-                ));
-            }
+            pin(
+                &format!("/proc/self/ns/{kind}"),
+                &args.dir.join(kind).join(&args.id),
+            )?;
+        }
+        if args.pid {
+            let holder = fork_pid_holder()?;
+            pinned.holder = Some(holder);
+            pin(
+                &format!("/proc/{holder}/ns/pid"),
+                &args.dir.join("pid").join(&args.id),
+            )?;
+            println!("{{\"holder_pid\":{holder}}}");
         }
         Ok(())
     })();
@@ -166,6 +178,74 @@ fn run(args: &Args) -> Result<(), String> {
         pinned.undo();
     }
     result
+}
+
+fn pin(source: &str, target: &Path) -> Result<(), String> {
+    let source_c = CString::new(source).map_err(|e| e.to_string())?;
+    let target_c = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: both paths are NUL-terminated; a bind mount has no fs type or data.
+    let rc = unsafe {
+        libc::mount(
+            source_c.as_ptr(),
+            target_c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "pin {source} at {}: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Makes a new PID namespace and forks its init: a holder that sleeps until killed.
+fn fork_pid_holder() -> Result<libc::pid_t, String> {
+    // SAFETY: unshare takes flags only; this process has a single thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        return Err(format!(
+            "unshare pid namespace: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: single-threaded, so the child may run anything; it only makes plain syscalls.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        hold();
+    }
+    Ok(pid)
+}
+
+/// The holder's life: detached from crid's session and stdio, deaf to every signal that can be
+/// ignored (as PID 1 of its namespace, only SIGKILL from outside ends it), never reaping.
+fn hold() -> ! {
+    // SAFETY: plain syscalls on constant arguments; no memory is shared with the parent.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        loop {
+            libc::pause();
+        }
+    }
 }
 
 fn main() {

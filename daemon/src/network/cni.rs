@@ -257,12 +257,16 @@ impl NetworkList {
     }
 }
 
-/// The first IP address of a CNI result (CNI ≥ 0.3 `ips[].address`, CIDR stripped).
-pub fn pod_ip(result: &Value) -> Option<String> {
+/// Every IP address of a CNI result (CNI >= 0.3 `ips[].address`, CIDR suffix stripped), the
+/// pod's primary one first.
+pub fn ips(result: &Value) -> Vec<String> {
     result["ips"]
-        .as_array()?
-        .iter()
-        .filter_map(|ip| ip["address"].as_str())
-        .map(|cidr| cidr.split('/').next().unwrap_or(cidr).to_owned())
-        .next()
+        .as_array()
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip["address"].as_str())
+                .map(|cidr| cidr.split('/').next().unwrap_or(cidr).to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -1,5 +1,9 @@
-//! Pod sandboxes. So far: the files a pod gets and the sysctl rules; the lifecycle comes with
-//! the pod/container issue.
+//! Pod sandboxes: namespaces pinned by crid-pinns (no infra container), CNI networking, the
+//! pod's /dev/shm and files, and the sysctl rules.
 
 pub mod files;
+pub mod lifecycle;
+pub mod namespaces;
+pub mod network;
+pub mod shm;
 pub mod sysctl;

@@ -1,5 +1,6 @@
 //! The CRI gRPC server on a unix socket.
 
+mod cri_views;
 mod image_service;
 mod listener;
 mod runtime_service;
@@ -31,12 +32,18 @@ pub async fn run(
     // Ready (leftovers of interrupted pulls cleaned) before the socket accepts a call.
     let store = crate::image::ImageStore::open(config.root.clone(), config.image.clone())
         .map_err(ServeError::ImageStore)?;
+    let store = Arc::new(store);
+    let state = Arc::new(
+        crate::state::State::load(config.clone(), store.clone()).map_err(ServeError::State)?,
+    );
+    crate::container::lifecycle::recover(&state);
+    crate::sandbox::lifecycle::recover(&state);
     let (listener, guard) = listener::bind(&config.listen, lock)?;
     tracing::info!(socket = %config.listen.display(), "serving CRI v1");
-    let runtime = RuntimeServiceServer::new(runtime_service::Runtime::new(config.clone()))
+    let runtime = RuntimeServiceServer::new(runtime_service::Runtime::new(config.clone(), state))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let image = ImageServiceServer::new(image_service::Images::new(Arc::new(store)))
+    let image = ImageServiceServer::new(image_service::Images::new(store))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
@@ -72,6 +79,8 @@ pub enum ServeError {
     Listen(#[from] ListenError),
     #[error("cannot open the image store")]
     ImageStore(#[source] crate::image::ImageError),
+    #[error("cannot load pod and container records")]
+    State(#[source] crate::error::DaemonError),
     #[error("grpc server failed")]
     Transport(#[source] tonic::transport::Error),
 }

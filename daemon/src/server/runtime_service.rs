@@ -1,5 +1,6 @@
-//! The CRI RuntimeService. Version, Status and RuntimeConfig are real; every other RPC answers
-//! UNIMPLEMENTED until its issue lands (see the README's table).
+//! The CRI RuntimeService: version and status, the pod and container lifecycle, ExecSync and
+//! ReopenContainerLog. RPCs whose issue has not landed answer UNIMPLEMENTED (see the README's
+//! table).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -8,8 +9,13 @@ use std::sync::Arc;
 use crid_proto::cri::{self, runtime_service_server::RuntimeService};
 use tonic::{Request, Response, Status};
 
+use super::cri_views;
 use super::unimplemented::unimplemented_rpcs;
 use crate::config::{CgroupManager, Config};
+use crate::container::lifecycle as containers;
+use crate::error::DaemonError;
+use crate::sandbox::lifecycle as pods;
+use crate::state::State;
 use crate::status::{self, Condition};
 
 /// The runtime name reported by Version.
@@ -22,11 +28,24 @@ const KUBE_RUNTIME_API_VERSION: &str = "0.1.0";
 /// The runtime service.
 pub struct Runtime {
     config: Arc<Config>,
+    state: Arc<State>,
 }
 
 impl Runtime {
-    pub fn new(config: Arc<Config>) -> Self {
-        Runtime { config }
+    pub fn new(config: Arc<Config>, state: Arc<State>) -> Self {
+        Runtime { config, state }
+    }
+}
+
+fn ok<T>(value: T) -> Result<Response<T>, Status> {
+    Ok(Response::new(value))
+}
+
+/// Absent objects are fine for Stop and Remove (the CRI says so).
+fn absent_ok(result: Result<(), DaemonError>) -> Result<(), DaemonError> {
+    match result {
+        Err(DaemonError::NotFound(_)) => Ok(()),
+        other => other,
     }
 }
 
@@ -92,23 +111,177 @@ impl RuntimeService for Runtime {
         }))
     }
 
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let request = request.into_inner();
+        let config = request
+            .config
+            .ok_or_else(|| DaemonError::InvalidArgument("config is missing".into()))?;
+        let pod_sandbox_id = pods::run(&self.state, config, &request.runtime_handler).await?;
+        ok(cri::RunPodSandboxResponse { pod_sandbox_id })
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        pods::stop(&self.state, &request.get_ref().pod_sandbox_id).await?;
+        ok(cri::StopPodSandboxResponse {})
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        pods::remove(&self.state, &request.get_ref().pod_sandbox_id).await?;
+        ok(cri::RemovePodSandboxResponse {})
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let request = request.into_inner();
+        let pod = self.state.pod(&request.pod_sandbox_id)?;
+        let info = if request.verbose {
+            cri_views::pod_info(&pod)
+        } else {
+            HashMap::new()
+        };
+        ok(cri::PodSandboxStatusResponse {
+            status: Some(cri_views::pod_status(&pod)),
+            info,
+            containers_statuses: Vec::new(),
+            timestamp: crate::state::persist::now_nanos(),
+        })
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let mut items: Vec<cri::PodSandbox> = self
+            .state
+            .pods()
+            .iter()
+            .map(|p| cri_views::pod_summary(p))
+            .filter(|p| cri_views::pod_matches(p, &filter))
+            .collect();
+        items.sort_by_key(|p| p.created_at);
+        ok(cri::ListPodSandboxResponse { items })
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let request = request.into_inner();
+        let config = request
+            .config
+            .ok_or_else(|| DaemonError::InvalidArgument("config is missing".into()))?;
+        let container_id =
+            containers::create(&self.state, &request.pod_sandbox_id, config).await?;
+        ok(cri::CreateContainerResponse { container_id })
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        let container = self.state.container(&request.get_ref().container_id)?;
+        containers::start(&self.state, &container).await?;
+        ok(cri::StartContainerResponse {})
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        let result = async {
+            let container = self.state.container(&request.container_id)?;
+            containers::stop(&self.state, &container, request.timeout).await
+        };
+        absent_ok(result.await)?;
+        ok(cri::StopContainerResponse {})
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        let result = async {
+            let container = self.state.container(&request.get_ref().container_id)?;
+            containers::remove(&self.state, &container).await
+        };
+        absent_ok(result.await)?;
+        ok(cri::RemoveContainerResponse {})
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let mut containers: Vec<cri::Container> = self
+            .state
+            .containers()
+            .iter()
+            .map(|c| cri_views::container_summary(&self.state, c))
+            .filter(|c| cri_views::container_matches(c, &filter))
+            .collect();
+        containers.sort_by_key(|c| c.created_at);
+        ok(cri::ListContainersResponse { containers })
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let request = request.into_inner();
+        let container = self.state.container(&request.container_id)?;
+        let info = if request.verbose {
+            cri_views::container_info(&container)
+        } else {
+            HashMap::new()
+        };
+        ok(cri::ContainerStatusResponse {
+            status: Some(cri_views::container_status(&self.state, &container)),
+            info,
+        })
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let request = request.into_inner();
+        let container = self.state.container(&request.container_id)?;
+        let output =
+            containers::exec_sync(&self.state, &container, &request.cmd, request.timeout).await?;
+        ok(cri::ExecSyncResponse {
+            stdout: output.stdout,
+            stderr: output.stderr,
+            exit_code: output.exit_code,
+        })
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        let container = self.state.container(&request.get_ref().container_id)?;
+        containers::reopen_log(&self.state, &container).await?;
+        ok(cri::ReopenContainerLogResponse {})
+    }
+
     type GetContainerEventsStream = EventStream;
 
     unimplemented_rpcs! {
-        run_pod_sandbox("RunPodSandbox"): cri::RunPodSandboxRequest => cri::RunPodSandboxResponse;
-        stop_pod_sandbox("StopPodSandbox"): cri::StopPodSandboxRequest => cri::StopPodSandboxResponse;
-        remove_pod_sandbox("RemovePodSandbox"): cri::RemovePodSandboxRequest => cri::RemovePodSandboxResponse;
-        pod_sandbox_status("PodSandboxStatus"): cri::PodSandboxStatusRequest => cri::PodSandboxStatusResponse;
-        list_pod_sandbox("ListPodSandbox"): cri::ListPodSandboxRequest => cri::ListPodSandboxResponse;
-        create_container("CreateContainer"): cri::CreateContainerRequest => cri::CreateContainerResponse;
-        start_container("StartContainer"): cri::StartContainerRequest => cri::StartContainerResponse;
-        stop_container("StopContainer"): cri::StopContainerRequest => cri::StopContainerResponse;
-        remove_container("RemoveContainer"): cri::RemoveContainerRequest => cri::RemoveContainerResponse;
-        list_containers("ListContainers"): cri::ListContainersRequest => cri::ListContainersResponse;
-        container_status("ContainerStatus"): cri::ContainerStatusRequest => cri::ContainerStatusResponse;
         update_container_resources("UpdateContainerResources"): cri::UpdateContainerResourcesRequest => cri::UpdateContainerResourcesResponse;
-        reopen_container_log("ReopenContainerLog"): cri::ReopenContainerLogRequest => cri::ReopenContainerLogResponse;
-        exec_sync("ExecSync"): cri::ExecSyncRequest => cri::ExecSyncResponse;
         exec("Exec"): cri::ExecRequest => cri::ExecResponse;
         attach("Attach"): cri::AttachRequest => cri::AttachResponse;
         port_forward("PortForward"): cri::PortForwardRequest => cri::PortForwardResponse;

@@ -1,0 +1,6 @@
+//! Containers: OCI spec generation, the process user, and the lifecycle through crimon and
+//! the OCI runtime.
+
+pub mod lifecycle;
+pub mod spec;
+pub mod user;

@@ -1,0 +1,573 @@
+//! The OCI runtime spec of a container: the CRI config merged with the image config, in the
+//! pod's namespaces, with the pod's shared files.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crid_proto::cri;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDevice, LinuxDeviceBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use serde::Deserialize;
+
+use crate::state::container::ProcessUser;
+
+/// Why a spec could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("failed to {what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("oci spec")]
+    Oci(#[from] oci_spec::OciSpecError),
+}
+
+/// The parts of an OCI image config a container uses.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct ImageConfig {
+    #[serde(default, rename = "config")]
+    pub config: ImageRuntimeConfig,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageRuntimeConfig {
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub working_dir: String,
+    #[serde(default)]
+    pub stop_signal: String,
+}
+
+impl ImageConfig {
+    pub fn parse(json: &str) -> Self {
+        serde_json::from_str(json).unwrap_or_default()
+    }
+}
+
+/// The PATH a container gets when neither the image nor the CRI config sets one.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The capabilities a container has unless its security context says otherwise (containerd's
+/// and docker's default set).
+const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The process arguments, by Kubernetes' rules: `command` replaces the image's entrypoint
+/// (and drops its cmd); `args` replace the image's cmd.
+pub fn process_args(
+    config: &cri::ContainerConfig,
+    image: &ImageRuntimeConfig,
+) -> Result<Vec<String>, SpecError> {
+    let args = if config.command.is_empty() {
+        let mut args = image.entrypoint.clone().unwrap_or_default();
+        if config.args.is_empty() {
+            args.extend(image.cmd.clone().unwrap_or_default());
+        } else {
+            args.extend(config.args.iter().cloned());
+        }
+        args
+    } else {
+        let mut args = config.command.clone();
+        args.extend(config.args.iter().cloned());
+        args
+    };
+    if args.is_empty() {
+        return Err(SpecError::Invalid(
+            "no command: config.command, config.args and the image's entrypoint and cmd are all empty"
+                .into(),
+        ));
+    }
+    Ok(args)
+}
+
+/// The environment: the image's, overridden by the CRI config's, with a PATH.
+pub fn process_env(
+    config: &cri::ContainerConfig,
+    image: &ImageRuntimeConfig,
+    hostname: &str,
+) -> Result<Vec<String>, SpecError> {
+    let mut env: Vec<String> = image.env.clone().unwrap_or_default();
+    let key_of = |entry: &str| entry.split('=').next().unwrap_or_default().to_owned();
+    for kv in &config.envs {
+        if kv.key.is_empty() || kv.key.contains('=') || kv.key.contains('\0') || kv.value.contains('\0') {
+            return Err(SpecError::Invalid(format!(
+                "config.envs: invalid variable name {:?}",
+                kv.key
+            )));
+        }
+        env.retain(|e| key_of(e) != kv.key);
+        env.push(format!("{}={}", kv.key, kv.value));
+    }
+    let has = |env: &[String], key: &str| env.iter().any(|e| key_of(e) == key);
+    if !has(&env, "PATH") {
+        env.insert(0, DEFAULT_PATH.to_owned());
+    }
+    if !has(&env, "HOSTNAME") && !hostname.is_empty() {
+        env.push(format!("HOSTNAME={hostname}"));
+    }
+    if config.tty && !has(&env, "TERM") {
+        env.push("TERM=xterm".to_owned());
+    }
+    Ok(env)
+}
+
+/// Signal number of an image's `StopSignal` (`SIGTERM`, `TERM`, `15`); SIGTERM when unset.
+pub fn stop_signal(name: &str) -> Result<i32, SpecError> {
+    if name.is_empty() {
+        return Ok(libc::SIGTERM);
+    }
+    if let Ok(n) = name.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let with_prefix = format!("SIG{bare}");
+    with_prefix
+        .parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| SpecError::Invalid(format!("image stop signal {name:?} is not a signal")))
+}
+
+/// Where a container's namespaces come from.
+#[derive(Debug, Clone, Default)]
+pub struct Namespaces {
+    /// Pinned pod namespaces to join (None: the host's).
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    /// PID namespace: `Join(path)`, `New`, or `Host`.
+    pub pid: PidNamespace,
+    pub cgroup: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub enum PidNamespace {
+    #[default]
+    New,
+    Join(PathBuf),
+    Host,
+}
+
+/// The pod's files the container gets (all absolute host paths).
+#[derive(Debug, Clone)]
+pub struct PodFiles {
+    pub resolv_conf: PathBuf,
+    pub hosts: PathBuf,
+    pub hostname: PathBuf,
+    /// The pod's /dev/shm (the host's with host IPC).
+    pub shm: PathBuf,
+}
+
+/// Everything the spec is built from.
+pub struct SpecInputs<'a> {
+    pub config: &'a cri::ContainerConfig,
+    pub image: &'a ImageRuntimeConfig,
+    pub rootfs: &'a Path,
+    pub user: &'a ProcessUser,
+    pub hostname: Option<&'a str>,
+    pub namespaces: Namespaces,
+    pub files: PodFiles,
+    pub cgroups_path: String,
+    pub annotations: HashMap<String, String>,
+}
+
+fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
+    Ok(MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|o| (*o).to_owned()).collect::<Vec<_>>())
+        .build()?)
+}
+
+fn bind(destination: &str, source: &Path, readonly: bool, extra: &[&str]) -> Result<Mount, SpecError> {
+    let mut options = vec!["rbind".to_owned(), if readonly { "ro" } else { "rw" }.to_owned()];
+    options.extend(extra.iter().map(|o| (*o).to_owned()));
+    Ok(MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(options)
+        .build()?)
+}
+
+/// A container path must be absolute and clean of `..` (runc resolves it inside the root).
+fn check_container_path(field: &str, path: &str) -> Result<(), SpecError> {
+    let p = Path::new(path);
+    if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(SpecError::Invalid(format!(
+            "{field}: container path {path:?} must be absolute without '..'"
+        )));
+    }
+    Ok(())
+}
+
+/// The host source of a CRI mount, symlinks resolved (created as a directory when missing,
+/// as kubelet expects of the runtime).
+fn host_source(host_path: &str) -> Result<PathBuf, SpecError> {
+    let path = Path::new(host_path);
+    if !path.is_absolute() {
+        return Err(SpecError::Invalid(format!(
+            "config.mounts: host path {host_path:?} is not absolute"
+        )));
+    }
+    match std::fs::canonicalize(path) {
+        Ok(resolved) => Ok(resolved),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path).map_err(|err| SpecError::Io {
+                what: "create mount source",
+                path: path.to_owned(),
+                err,
+            })?;
+            std::fs::canonicalize(path).map_err(|err| SpecError::Io {
+                what: "resolve",
+                path: path.to_owned(),
+                err,
+            })
+        }
+        Err(err) => Err(SpecError::Io {
+            what: "resolve",
+            path: path.to_owned(),
+            err,
+        }),
+    }
+}
+
+/// The CRI mounts as OCI mounts, parents before children, and the rootfs propagation they
+/// need.
+fn cri_mounts(mounts: &[cri::Mount]) -> Result<(Vec<Mount>, Option<&'static str>), SpecError> {
+    let mut sorted: Vec<&cri::Mount> = mounts.iter().collect();
+    sorted.sort_by_key(|m| Path::new(&m.container_path).components().count());
+    let mut out = Vec::with_capacity(sorted.len());
+    let mut propagation = None;
+    for m in sorted {
+        check_container_path("config.mounts", &m.container_path)?;
+        let source = host_source(&m.host_path)?;
+        let mode = match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationHostToContainer) => {
+                propagation.get_or_insert("rslave");
+                "rslave"
+            }
+            Ok(cri::MountPropagation::PropagationBidirectional) => {
+                propagation = Some("rshared");
+                "rshared"
+            }
+            _ => "rprivate",
+        };
+        out.push(bind(&m.container_path, &source, m.readonly, &[mode])?);
+    }
+    Ok((out, propagation))
+}
+
+/// A CRI device as an OCI device and the cgroup rule that allows it.
+fn device(d: &cri::Device) -> Result<(LinuxDevice, LinuxDeviceCgroup), SpecError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    check_container_path("config.devices", &d.container_path)?;
+    let meta = std::fs::metadata(&d.host_path).map_err(|err| SpecError::Io {
+        what: "stat device",
+        path: d.host_path.clone().into(),
+        err,
+    })?;
+    let typ = if meta.file_type().is_char_device() {
+        LinuxDeviceType::C
+    } else if meta.file_type().is_block_device() {
+        LinuxDeviceType::B
+    } else {
+        return Err(SpecError::Invalid(format!(
+            "config.devices: {} is not a device node",
+            d.host_path
+        )));
+    };
+    let permissions = if d.permissions.is_empty() { "rwm" } else { &d.permissions };
+    if !permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+        return Err(SpecError::Invalid(format!(
+            "config.devices: permissions {permissions:?} of {} are not a subset of \"rwm\"",
+            d.host_path
+        )));
+    }
+    let rdev = meta.rdev();
+    let (major, minor) = (libc::major(rdev) as i64, libc::minor(rdev) as i64);
+    let dev = LinuxDeviceBuilder::default()
+        .path(&d.container_path)
+        .typ(typ)
+        .major(major)
+        .minor(minor)
+        .file_mode(meta.mode() & 0o777)
+        .uid(0u32)
+        .gid(0u32)
+        .build()?;
+    let rule = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .typ(typ)
+        .major(major)
+        .minor(minor)
+        .access(permissions)
+        .build()?;
+    Ok((dev, rule))
+}
+
+fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamespace, SpecError> {
+    let builder = LinuxNamespaceBuilder::default().typ(typ);
+    Ok(match path {
+        Some(p) => builder.path(p).build()?,
+        None => builder.build()?,
+    })
+}
+
+fn capabilities(names: &[&str]) -> HashSet<Capability> {
+    names
+        .iter()
+        .filter_map(|n| serde_json::from_value(serde_json::Value::String((*n).to_owned())).ok())
+        .collect()
+}
+
+/// Builds the spec.
+pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
+    let config = inputs.config;
+    let args = process_args(config, inputs.image)?;
+    let env = process_env(config, inputs.image, inputs.hostname.unwrap_or_default())?;
+    let cwd = if !config.working_dir.is_empty() {
+        config.working_dir.clone()
+    } else if !inputs.image.working_dir.is_empty() {
+        inputs.image.working_dir.clone()
+    } else {
+        "/".to_owned()
+    };
+    check_container_path("config.working_dir", &cwd)?;
+    let security = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    let caps = capabilities(DEFAULT_CAPABILITIES);
+    let process = ProcessBuilder::default()
+        .terminal(config.tty)
+        .user(
+            UserBuilder::default()
+                .uid(inputs.user.uid)
+                .gid(inputs.user.gid)
+                .additional_gids(inputs.user.additional_gids.clone())
+                .build()?,
+        )
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .build()?,
+        )
+        .no_new_privileges(security.is_some_and(|s| s.no_new_privs))
+        .build()?;
+
+    let files = &inputs.files;
+    let targets: HashSet<&str> = config.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        )?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
+    ];
+    if !targets.contains("/dev/shm") {
+        mounts.push(bind("/dev/shm", &files.shm, false, &["nosuid", "nodev", "noexec"])?);
+    }
+    for (target, source) in [
+        ("/etc/resolv.conf", &files.resolv_conf),
+        ("/etc/hosts", &files.hosts),
+        ("/etc/hostname", &files.hostname),
+    ] {
+        if !targets.contains(target) {
+            mounts.push(bind(target, source, false, &["nosuid", "nodev", "noexec"])?);
+        }
+    }
+    let (user_mounts, propagation) = cri_mounts(&config.mounts)?;
+    mounts.extend(user_mounts);
+
+    let mut devices = Vec::new();
+    let mut rules = vec![LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()?];
+    for d in &config.devices {
+        let (dev, rule) = device(d)?;
+        devices.push(dev);
+        rules.push(rule);
+    }
+
+    let ns = &inputs.namespaces;
+    let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, None)?];
+    if let Some(net) = &ns.net {
+        namespaces.push(namespace(LinuxNamespaceType::Network, Some(net))?);
+    }
+    if let Some(ipc) = &ns.ipc {
+        namespaces.push(namespace(LinuxNamespaceType::Ipc, Some(ipc))?);
+    }
+    if let Some(uts) = &ns.uts {
+        namespaces.push(namespace(LinuxNamespaceType::Uts, Some(uts))?);
+    }
+    match &ns.pid {
+        PidNamespace::New => namespaces.push(namespace(LinuxNamespaceType::Pid, None)?),
+        PidNamespace::Join(path) => {
+            namespaces.push(namespace(LinuxNamespaceType::Pid, Some(path))?)
+        }
+        PidNamespace::Host => {}
+    }
+    if ns.cgroup {
+        namespaces.push(namespace(LinuxNamespaceType::Cgroup, None)?);
+    }
+
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(&inputs.cgroups_path))
+        .resources(LinuxResourcesBuilder::default().devices(rules).build()?)
+        .devices(devices)
+        .masked_paths(MASKED_PATHS.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
+        .readonly_paths(READONLY_PATHS.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>());
+    if let Some(propagation) = propagation {
+        linux = linux.rootfs_propagation(propagation);
+    }
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(inputs.rootfs)
+                .readonly(security.is_some_and(|s| s.readonly_rootfs))
+                .build()?,
+        )
+        .process(process)
+        .mounts(mounts)
+        .annotations(inputs.annotations)
+        .linux(linux.build()?);
+    if let (Some(hostname), Some(_)) = (inputs.hostname, &ns.uts) {
+        spec = spec.hostname(hostname);
+    }
+    Ok(spec.build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageRuntimeConfig {
+        ImageRuntimeConfig {
+            entrypoint: Some(entrypoint.iter().map(|s| (*s).to_owned()).collect()),
+            cmd: Some(cmd.iter().map(|s| (*s).to_owned()).collect()),
+            env: Some(vec!["PATH=/bin".into(), "A=image".into()]),
+            ..Default::default()
+        }
+    }
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes_rules() {
+        let img = image(&["/entry"], &["default"]);
+        let mut config = cri::ContainerConfig::default();
+        assert_eq!(process_args(&config, &img).expect("args"), strings(&["/entry", "default"]));
+        config.args = strings(&["x"]);
+        assert_eq!(process_args(&config, &img).expect("args"), strings(&["/entry", "x"]));
+        config.command = strings(&["/bin/sh", "-c"]);
+        assert_eq!(process_args(&config, &img).expect("args"), strings(&["/bin/sh", "-c", "x"]));
+        config.args.clear();
+        assert_eq!(process_args(&config, &img).expect("args"), strings(&["/bin/sh", "-c"]));
+        assert!(process_args(&cri::ContainerConfig::default(), &ImageRuntimeConfig::default()).is_err());
+    }
+
+    #[test]
+    fn env_overrides_and_defaults() {
+        let img = image(&[], &[]);
+        let config = cri::ContainerConfig {
+            envs: vec![cri::KeyValue {
+                key: "A".into(),
+                value: "cri=1".into(),
+            }],
+            ..Default::default()
+        };
+        let env = process_env(&config, &img, "pod1").expect("env");
+        assert_eq!(env, strings(&["PATH=/bin", "A=cri=1", "HOSTNAME=pod1"]));
+        let bad = cri::ContainerConfig {
+            envs: vec![cri::KeyValue {
+                key: "A=B".into(),
+                value: String::new(),
+            }],
+            ..Default::default()
+        };
+        assert!(process_env(&bad, &img, "").is_err());
+    }
+
+    #[test]
+    fn stop_signals_by_name_and_number() {
+        assert_eq!(stop_signal("").expect("default"), libc::SIGTERM);
+        assert_eq!(stop_signal("SIGQUIT").expect("quit"), libc::SIGQUIT);
+        assert_eq!(stop_signal("int").expect("int"), libc::SIGINT);
+        assert_eq!(stop_signal("9").expect("9"), 9);
+        assert!(stop_signal("SIGNOPE").is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! The user a container runs as: the CRI security context (run_as_user, run_as_group,
+//! run_as_username, supplemental groups) over the image's `User`, resolved against the
+//! container's own /etc/passwd and /etc/group. Those files belong to the image, so they are
+//! opened with `RESOLVE_IN_ROOT` (a symlink cannot lead out of the root filesystem) and read
+//! only up to a bound.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+
+use crate::state::container::ProcessUser;
+
+/// Most bytes read of /etc/passwd or /etc/group.
+const MAX_ID_FILE_BYTES: u64 = 4 << 20;
+
+/// Why a user could not be resolved.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UserError {
+    #[error("user {0:?} not found in the container's /etc/passwd")]
+    NoSuchUser(String),
+    #[error("group {0:?} not found in the container's /etc/group")]
+    NoSuchGroup(String),
+    #[error("invalid id {0}: ids are 0..=4294967294")]
+    BadId(i64),
+}
+
+/// Who the CRI config and the image say the process runs as.
+#[derive(Debug, Default, Clone)]
+pub struct UserRequest<'a> {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_username: &'a str,
+    pub image_user: &'a str,
+    pub supplemental_groups: &'a [i64],
+}
+
+/// A parsed `/etc/passwd` or `/etc/group` line: name, id, and (passwd) gid or (group) members.
+struct Entry<'a> {
+    name: &'a str,
+    id: u32,
+    fourth: &'a str,
+}
+
+fn entries(text: &str) -> impl Iterator<Item = Entry<'_>> {
+    text.lines().filter_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        let id = fields.next()?.parse().ok()?;
+        let fourth = fields.next().unwrap_or_default();
+        Some(Entry { name, id, fourth })
+    })
+}
+
+fn id(value: i64) -> Result<u32, UserError> {
+    u32::try_from(value)
+        .ok()
+        .filter(|v| *v != u32::MAX)
+        .ok_or(UserError::BadId(value))
+}
+
+/// Reads a file of the root filesystem at `rootfs` (missing: empty).
+fn read_in_root(rootfs: &Path, relative: &str) -> String {
+    let open = || -> nix::Result<OwnedFd> {
+        let root = nix::fcntl::open(
+            rootfs,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        nix::fcntl::openat2(&root, relative, how)
+    };
+    let mut text = String::new();
+    if let Ok(fd) = open() {
+        let file = std::fs::File::from(fd);
+        if file.metadata().is_ok_and(|m| m.is_file()) {
+            let _ = file.take(MAX_ID_FILE_BYTES).read_to_string(&mut text);
+        }
+    }
+    text
+}
+
+/// Resolves the process user in the root filesystem at `rootfs`.
+pub fn resolve(rootfs: &Path, request: &UserRequest<'_>) -> Result<ProcessUser, UserError> {
+    let passwd = read_in_root(rootfs, "etc/passwd");
+    let groups = read_in_root(rootfs, "etc/group");
+    let (image_user, image_group) = match request.image_user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (request.image_user, None),
+    };
+    // The user: run_as_user, else run_as_username, else the image's.
+    let (uid, name, passwd_gid) = if let Some(uid) = request.run_as_user {
+        let uid = id(uid)?;
+        let entry = entries(&passwd).find(|e| e.id == uid);
+        (
+            uid,
+            entry.as_ref().map(|e| e.name.to_owned()),
+            entry.and_then(|e| e.fourth.parse().ok()),
+        )
+    } else {
+        let wanted = if request.run_as_username.is_empty() {
+            image_user
+        } else {
+            request.run_as_username
+        };
+        if wanted.is_empty() {
+            (0, Some("root".to_owned()), Some(0))
+        } else if let Ok(uid) = wanted.parse::<i64>() {
+            let uid = id(uid)?;
+            let entry = entries(&passwd).find(|e| e.id == uid);
+            (
+                uid,
+                entry.as_ref().map(|e| e.name.to_owned()),
+                entry.and_then(|e| e.fourth.parse().ok()),
+            )
+        } else {
+            let entry = entries(&passwd)
+                .find(|e| e.name == wanted)
+                .ok_or_else(|| UserError::NoSuchUser(wanted.to_owned()))?;
+            (entry.id, Some(entry.name.to_owned()), entry.fourth.parse().ok())
+        }
+    };
+    // The group: run_as_group, else the image's group part, else the user's passwd group.
+    let gid = match (request.run_as_group, image_group.filter(|_| request.run_as_user.is_none())) {
+        (Some(gid), _) => id(gid)?,
+        (None, Some(group)) if !group.is_empty() => match group.parse::<i64>() {
+            Ok(gid) => id(gid)?,
+            Err(_) => {
+                entries(&groups)
+                    .find(|e| e.name == group)
+                    .ok_or_else(|| UserError::NoSuchGroup(group.to_owned()))?
+                    .id
+            }
+        },
+        _ => passwd_gid.unwrap_or(0),
+    };
+    let mut additional_gids = vec![gid];
+    if let Some(name) = &name {
+        for entry in entries(&groups) {
+            if entry.fourth.split(',').any(|member| member == name) {
+                additional_gids.push(entry.id);
+            }
+        }
+    }
+    for group in request.supplemental_groups {
+        additional_gids.push(id(*group)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    additional_gids.retain(|g| seen.insert(*g));
+    Ok(ProcessUser {
+        uid,
+        gid,
+        additional_gids,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("etc")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34:www:/var/www:/bin/false\n",
+        )
+        .expect("passwd");
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nwww:x:34:\nlogs:x:40:www,other\n",
+        )
+        .expect("group");
+        dir
+    }
+
+    #[test]
+    fn image_user_names_and_ids() {
+        let root = rootfs();
+        let by_name = UserRequest {
+            image_user: "www",
+            ..Default::default()
+        };
+        let user = resolve(root.path(), &by_name).expect("www");
+        assert_eq!((user.uid, user.gid), (33, 34));
+        assert_eq!(user.additional_gids, vec![34, 40]);
+        let numeric = UserRequest {
+            image_user: "1000:logs",
+            ..Default::default()
+        };
+        let user = resolve(root.path(), &numeric).expect("1000");
+        assert_eq!((user.uid, user.gid), (1000, 40));
+        let missing = UserRequest {
+            image_user: "nobody",
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(root.path(), &missing),
+            Err(UserError::NoSuchUser("nobody".into()))
+        );
+    }
+
+    #[test]
+    fn security_context_wins_and_symlinks_stay_inside() {
+        let root = rootfs();
+        let request = UserRequest {
+            run_as_user: Some(33),
+            run_as_group: Some(7),
+            image_user: "root",
+            supplemental_groups: &[9],
+            ..Default::default()
+        };
+        let user = resolve(root.path(), &request).expect("33");
+        assert_eq!((user.uid, user.gid), (33, 7));
+        assert_eq!(user.additional_gids, vec![7, 40, 9]);
+        // /etc/passwd pointing at the host's file resolves inside the root: no entry found.
+        std::fs::remove_file(root.path().join("etc/passwd")).expect("rm");
+        std::os::unix::fs::symlink("/etc/passwd", root.path().join("etc/passwd")).expect("ln");
+        std::fs::write(root.path().join("passwd-decoy"), "").expect("write");
+        let request = UserRequest {
+            image_user: "daemon",
+            ..Default::default()
+        };
+        assert!(resolve(root.path(), &request).is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! The OCI runtime's command line (runc, crun) for what crid does itself: start, kill,
+//! delete. `create` is run by the container's monitor.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+/// Most bytes of a runtime's error output kept.
+const MAX_RUNTIME_OUTPUT: u64 = 64 * 1024;
+/// How long one runtime call may take.
+const RUNTIME_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors of runtime calls; the message is the runtime's own.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("failed to run {path}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("{runtime} {command} {id} failed: {message}")]
+    Failed {
+        runtime: String,
+        command: &'static str,
+        id: String,
+        message: String,
+    },
+    #[error("{runtime} {command} {id} did not finish within {timeout:?}")]
+    TimedOut {
+        runtime: String,
+        command: &'static str,
+        id: String,
+        timeout: Duration,
+    },
+}
+
+/// An OCI runtime binary with its state directory.
+#[derive(Debug, Clone)]
+pub struct OciRuntime {
+    pub path: PathBuf,
+    pub root: PathBuf,
+}
+
+impl OciRuntime {
+    fn name(&self) -> String {
+        self.path
+            .file_name()
+            .map_or_else(|| self.path.display().to_string(), |n| n.to_string_lossy().into_owned())
+    }
+
+    /// Runs `<runtime> --root <root> <command> <args…>` (`args` name the container `id`).
+    async fn run(&self, command: &'static str, id: &str, args: &[&str]) -> Result<(), RuntimeError> {
+        let mut cmd = tokio::process::Command::new(&self.path);
+        cmd.arg("--root").arg(&self.root).arg(command).args(args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|err| RuntimeError::Spawn {
+            path: self.path.clone(),
+            err,
+        })?;
+        let stderr = child.stderr.take();
+        let finish = async {
+            let mut text = String::new();
+            if let Some(stderr) = stderr {
+                let _ = stderr.take(MAX_RUNTIME_OUTPUT).read_to_string(&mut text).await;
+            }
+            (child.wait().await, text)
+        };
+        let (status, text) = tokio::time::timeout(RUNTIME_CALL_TIMEOUT, finish)
+            .await
+            .map_err(|_| RuntimeError::TimedOut {
+                runtime: self.name(),
+                command,
+                id: id.to_owned(),
+                timeout: RUNTIME_CALL_TIMEOUT,
+            })?;
+        let status = status.map_err(|err| RuntimeError::Spawn {
+            path: self.path.clone(),
+            err,
+        })?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(RuntimeError::Failed {
+            runtime: self.name(),
+            command,
+            id: id.to_owned(),
+            message: runtime_message(&text),
+        })
+    }
+
+    /// Starts a created container.
+    pub async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.run("start", id, &[id]).await
+    }
+
+    /// Sends `signal` to the container's init (or, with `all`, to every process in it). A
+    /// container that is already gone is not an error.
+    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
+        let signal = signal.to_string();
+        let args: Vec<&str> = if all {
+            vec!["--all", id, &signal]
+        } else {
+            vec![id, &signal]
+        };
+        match self.run("kill", id, &args).await {
+            Err(RuntimeError::Failed { ref message, .. }) if is_gone(message) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Deletes the container's runtime state (force: kills what still runs). Absent is fine.
+    pub async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.run("delete", id, &["--force", id]).await {
+            Err(RuntimeError::Failed { ref message, .. }) if is_gone(message) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// Whether a runtime error says the container does not exist or no longer runs.
+fn is_gone(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("does not exist")
+        || m.contains("not found")
+        || m.contains("not running")
+        || m.contains("no such process")
+        || m.contains("process already finished")
+}
+
+/// The useful part of runc's stderr: the `msg="…"` of its last logrus line, else the text.
+fn runtime_message(text: &str) -> String {
+    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    if let Some(start) = last.find("msg=\"") {
+        let rest = &last[start + 5..];
+        let mut out = String::new();
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => out.extend(chars.next()),
+                '"' => break,
+                c => out.push(c),
+            }
+        }
+        return out;
+    }
+    last.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_gone, runtime_message};
+
+    #[test]
+    fn runc_messages_are_extracted() {
+        assert_eq!(
+            runtime_message("time=\"2024\" level=error msg=\"container \\\"x\\\" does not exist\"\n"),
+            "container \"x\" does not exist"
+        );
+        assert_eq!(runtime_message("plain failure\n\n"), "plain failure");
+        assert!(is_gone("container not running"));
+        assert!(!is_gone("permission denied"));
+    }
+}

@@ -1,0 +1,348 @@
+//! RunPodSandbox, StopPodSandbox and RemovePodSandbox: a pod is its pinned namespaces, its
+//! network attachment, its /dev/shm and its files; no infra container. Every step is
+//! recorded as it is made, so teardown (after a failed run, on stop, after a crash) undoes
+//! exactly what exists, and can be repeated.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crid_proto::cri;
+
+use super::namespaces::{self, PinRequest};
+use super::{files, network, shm, sysctl};
+use crate::config::CgroupManager;
+use crate::error::DaemonError;
+use crate::state::pod::{namespace_options, Pod, PodRecord};
+use crate::state::{new_id, persist, Kind, State};
+
+/// Most bytes of the host's resolv.conf copied into a pod without a DNS config.
+const MAX_HOST_RESOLV_BYTES: u64 = 64 * 1024;
+
+fn invalid(message: impl Into<String>) -> DaemonError {
+    DaemonError::InvalidArgument(message.into())
+}
+
+/// The runtime handlers crid answers to: the default ("") and the runtime's own name.
+pub fn check_handler(state: &State, handler: &str) -> Result<(), DaemonError> {
+    let runtime = state
+        .config
+        .runtime
+        .runtime_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if handler.is_empty() || handler == runtime {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "runtime handler {handler:?} is not configured (crid serves \"\" and {runtime:?})"
+        )))
+    }
+}
+
+fn check_cgroup_parent(manager: CgroupManager, parent: &str) -> Result<(), DaemonError> {
+    if parent.is_empty() {
+        return Ok(());
+    }
+    let ok = match manager {
+        CgroupManager::Cgroupfs => {
+            parent.starts_with('/')
+                && !Path::new(parent)
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+        }
+        CgroupManager::Systemd => {
+            parent.ends_with(".slice") && !parent.contains('/')
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "config.linux.cgroup_parent {parent:?} is not a valid {manager:?} cgroup parent"
+        )))
+    }
+}
+
+fn host_resolv_conf() -> String {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open("/etc/resolv.conf") {
+        let _ = f.take(MAX_HOST_RESOLV_BYTES).read_to_string(&mut text);
+    }
+    text
+}
+
+/// What a pod needs made, worked out (and checked) before anything is made.
+struct Plan {
+    pins: PinRequest,
+    host_network: bool,
+    resolv_conf: String,
+}
+
+fn plan(state: &State, config: &cri::PodSandboxConfig) -> Result<(Plan, PodRecord), DaemonError> {
+    let meta = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| invalid("config.metadata is missing"))?;
+    if meta.name.is_empty() {
+        return Err(invalid("config.metadata.name is empty"));
+    }
+    if meta.namespace.is_empty() {
+        return Err(invalid("config.metadata.namespace is empty"));
+    }
+    let options = namespace_options(config);
+    let mode = |m: i32| cri::NamespaceMode::try_from(m).unwrap_or(cri::NamespaceMode::Pod);
+    let host_network = mode(options.network) == cri::NamespaceMode::Node;
+    let host_ipc = mode(options.ipc) == cri::NamespaceMode::Node;
+    let pid = match mode(options.pid) {
+        cri::NamespaceMode::Pod => true,
+        cri::NamespaceMode::Node | cri::NamespaceMode::Container => false,
+        cri::NamespaceMode::Target => {
+            return Err(invalid(
+                "config.linux.security_context.namespace_options.pid: TARGET is for containers, not pods",
+            ))
+        }
+    };
+    let linux = config.linux.clone().unwrap_or_default();
+    let mut sysctls = Vec::new();
+    for (key, value) in &linux.sysctls {
+        let (key, _) = sysctl::validate(key, value, host_network, host_ipc)
+            .map_err(|e| invalid(format!("config.linux.sysctls: {e}")))?;
+        sysctls.push((key, value.clone()));
+    }
+    sysctls.sort();
+    let hostname = if host_network {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        let name = if config.hostname.is_empty() {
+            &meta.name
+        } else {
+            &config.hostname
+        };
+        files::check_hostname(name).map_err(|e| invalid(format!("config.hostname: {e}")))?;
+        name.clone()
+    };
+    let resolv_conf = match &config.dns_config {
+        Some(dns) if !(dns.servers.is_empty() && dns.searches.is_empty() && dns.options.is_empty()) => {
+            files::resolv_conf(dns).map_err(|e| invalid(format!("config.dns_config: {e}")))?
+        }
+        _ => host_resolv_conf(),
+    };
+    if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
+        return Err(invalid(format!(
+            "config.log_directory {:?} is not absolute",
+            config.log_directory
+        )));
+    }
+    check_cgroup_parent(state.config.runtime.cgroup_manager, &linux.cgroup_parent)?;
+    let record = PodRecord {
+        name: format!(
+            "k8s_POD_{}_{}_{}_{}",
+            meta.name, meta.namespace, meta.uid, meta.attempt
+        ),
+        hostname: hostname.clone(),
+        cgroup_parent: linux.cgroup_parent.clone(),
+        ..Default::default()
+    };
+    let pins = PinRequest {
+        net: !host_network,
+        ipc: !host_ipc,
+        uts: !host_network,
+        pid,
+        hostname: (!host_network).then_some(hostname),
+        sysctls,
+    };
+    Ok((
+        Plan {
+            pins,
+            host_network,
+            resolv_conf,
+        },
+        record,
+    ))
+}
+
+/// Runs a pod; returns its id. On failure nothing of it remains.
+pub async fn run(
+    state: &State,
+    config: cri::PodSandboxConfig,
+    handler: &str,
+) -> Result<String, DaemonError> {
+    check_handler(state, handler)?;
+    let (plan, mut record) = plan(state, &config)?;
+    if !config.log_directory.is_empty() {
+        let dir = Path::new(&config.log_directory);
+        std::fs::create_dir_all(dir).map_err(|err| DaemonError::Io {
+            what: "create log directory",
+            path: dir.to_owned(),
+            err,
+        })?;
+    }
+    let id = new_id();
+    record.id = id.clone();
+    record.created_at = persist::now_nanos();
+    record.runtime_handler = handler.to_owned();
+    state.reserve_name(&record.name, &id, Kind::Pod)?;
+    let name = record.name.clone();
+    let dir = state.paths.pods.join(&id);
+    let pod = Arc::new(Pod::new(dir.clone(), config, record));
+    let made = async {
+        std::fs::create_dir(&dir).map_err(|err| DaemonError::Io {
+            what: "create",
+            path: dir.clone(),
+            err,
+        })?;
+        pod.save_config()?;
+        setup(state, &pod, &plan).await
+    };
+    match made.await {
+        Ok(()) => {
+            state.insert_pod(pod);
+            Ok(id)
+        }
+        Err(err) => {
+            if let Err(undo) = teardown(state, &pod).await {
+                tracing::error!(pod = %id, error = %undo.chain(), "cleaning up after a failed RunPodSandbox failed");
+            }
+            let _ = persist::remove_dir(&dir);
+            state.release_name(&name, &id);
+            Err(err)
+        }
+    }
+}
+
+async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError> {
+    let namespaces = namespaces::pin(&state.paths.namespaces, &pod.id, &plan.pins).await?;
+    pod.update(|r| r.namespaces = namespaces)?;
+    if plan.pins.ipc {
+        let target = pod.dir.join("shm");
+        shm::mount(&target).map_err(|err| DaemonError::Io {
+            what: "mount /dev/shm tmpfs on",
+            path: target.clone(),
+            err: err.into(),
+        })?;
+        pod.update(|r| r.shm = Some(target))?;
+    }
+    let hostname = pod.record().hostname;
+    persist::write(&pod.dir.join("resolv.conf"), plan.resolv_conf.as_bytes())?;
+    persist::write(&pod.dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
+    let mut ips = Vec::new();
+    if !plan.host_network {
+        let netns = pod
+            .record()
+            .namespaces
+            .net
+            .ok_or_else(|| DaemonError::Internal(format!("pod {}: no network namespace", pod.id)))?;
+        let result = network::attach(&state.config.network, &pod.id, &netns, &pod.config).await?;
+        ips = crate::network::cni::ips(&result);
+        let kept = ips.clone();
+        pod.update(|r| {
+            r.cni_result = Some(result);
+            r.ips = kept;
+        })?;
+    }
+    let hosts = if plan.host_network {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        files::hosts(&hostname, ips.first().map(String::as_str))
+            .map_err(|e| invalid(format!("config.hostname: {e}")))?
+    };
+    persist::write(&pod.dir.join("hosts"), hosts.as_bytes())?;
+    pod.update(|r| r.ready = true)
+}
+
+/// Undoes what the record says exists: network attachment, namespaces, /dev/shm. The network
+/// goes first and, if DEL fails, the namespace stays pinned so that DEL can be retried.
+pub async fn teardown(state: &State, pod: &Pod) -> Result<(), DaemonError> {
+    let record = pod.record();
+    if let Some(netns) = &record.namespaces.net {
+        network::detach(
+            &state.config.network,
+            &pod.id,
+            netns,
+            &pod.config,
+            record.cni_result.as_ref(),
+        )
+        .await?;
+        pod.update(|r| {
+            r.cni_result = None;
+            r.ips.clear();
+        })?;
+    }
+    namespaces::unpin(&record.namespaces)?;
+    pod.update(|r| r.namespaces = Default::default())?;
+    if let Some(target) = &record.shm {
+        shm::unmount(target).map_err(|err| DaemonError::Io {
+            what: "unmount",
+            path: target.clone(),
+            err: err.into(),
+        })?;
+        pod.update(|r| r.shm = None)?;
+    }
+    Ok(())
+}
+
+/// Stops a pod: kills its containers, then tears down its network and namespaces. Absent is
+/// fine.
+pub async fn stop(state: &State, id: &str) -> Result<(), DaemonError> {
+    let pod = match state.pod(id) {
+        Ok(pod) => pod,
+        Err(DaemonError::NotFound(_)) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    let _guard = pod.lifecycle.lock().await;
+    stop_locked(state, &pod).await
+}
+
+async fn stop_locked(state: &State, pod: &Pod) -> Result<(), DaemonError> {
+    for container in state.containers_of(&pod.id) {
+        crate::container::lifecycle::stop(state, &container, 0).await?;
+    }
+    teardown(state, pod).await?;
+    pod.update(|r| r.ready = false)
+}
+
+/// Removes a pod with its containers. Absent is fine.
+pub async fn remove(state: &State, id: &str) -> Result<(), DaemonError> {
+    let pod = match state.pod(id) {
+        Ok(pod) => pod,
+        Err(DaemonError::NotFound(_)) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    let _guard = pod.lifecycle.lock().await;
+    stop_locked(state, &pod).await?;
+    for container in state.containers_of(&pod.id) {
+        crate::container::lifecycle::remove(state, &container).await?;
+    }
+    persist::remove_dir(&pod.dir)?;
+    state.forget_pod(&pod.id);
+    Ok(())
+}
+
+/// After a restart: a ready pod whose namespaces are gone (the host rebooted, or someone
+/// unmounted them) is not ready any more.
+pub fn recover(state: &State) {
+    for pod in state.pods() {
+        let record = pod.record();
+        if !record.ready {
+            continue;
+        }
+        let ns = &record.namespaces;
+        let pins_gone = [&ns.net, &ns.ipc, &ns.uts, &ns.pid]
+            .into_iter()
+            .flatten()
+            .any(|p| !p.exists());
+        let holder_gone = ns
+            .pid_holder
+            .is_some_and(|(pid, started)| namespaces::start_time(pid) != Some(started));
+        if pins_gone || holder_gone {
+            tracing::warn!(pod = %pod.id, "pod namespaces are gone; marking the pod not ready");
+            if let Err(err) = pod.update(|r| r.ready = false) {
+                tracing::error!(pod = %pod.id, error = %err.chain(), "cannot record the pod's state");
+            }
+        }
+    }
+}

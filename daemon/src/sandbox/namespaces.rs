@@ -1,0 +1,171 @@
+//! A pod's pinned namespaces: made by `crid-pinns` (a separate, single-threaded program,
+//! because unshare cannot happen in crid's threaded runtime), undone here.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::mount::MntFlags;
+use tokio::io::AsyncReadExt;
+
+use crate::state::pod::PodNamespaces;
+
+/// Most bytes of crid-pinns output kept.
+const MAX_PINNS_OUTPUT: u64 = 64 * 1024;
+
+/// Errors making or removing pod namespaces.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("crid-pinns not found next to crid or in $PATH")]
+    NoPinns,
+    #[error("failed to run {path}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        err: std::io::Error,
+    },
+    #[error("creating the namespaces of pod {id} failed: {message}")]
+    Failed { id: String, message: String },
+    #[error("failed to {what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        err: nix::Error,
+    },
+}
+
+/// Which namespaces a pod gets, and what is set inside them.
+#[derive(Debug, Clone, Default)]
+pub struct PinRequest {
+    pub net: bool,
+    pub ipc: bool,
+    pub uts: bool,
+    pub pid: bool,
+    pub hostname: Option<String>,
+    /// Validated `key=value` namespaced sysctls.
+    pub sysctls: Vec<(String, String)>,
+}
+
+#[derive(serde::Deserialize)]
+struct PinnsReport {
+    holder_pid: i32,
+}
+
+/// Creates and pins the requested namespaces under `dir`.
+pub async fn pin(dir: &Path, id: &str, request: &PinRequest) -> Result<PodNamespaces, NamespaceError> {
+    let mut out = PodNamespaces::default();
+    if !(request.net || request.ipc || request.uts || request.pid) {
+        return Ok(out);
+    }
+    let pinns = crate::config::helper_binary("crid-pinns").ok_or(NamespaceError::NoPinns)?;
+    let mut cmd = tokio::process::Command::new(&pinns);
+    cmd.arg("--dir").arg(dir).arg("--id").arg(id);
+    for (on, flag) in [
+        (request.net, "--net"),
+        (request.ipc, "--ipc"),
+        (request.uts, "--uts"),
+        (request.pid, "--pid"),
+    ] {
+        if on {
+            cmd.arg(flag);
+        }
+    }
+    if let Some(hostname) = &request.hostname {
+        cmd.arg("--hostname").arg(hostname);
+    }
+    for (key, value) in &request.sysctls {
+        cmd.arg("--sysctl").arg(format!("{key}={value}"));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|err| NamespaceError::Spawn {
+        path: pinns.clone(),
+        err,
+    })?;
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    if let Some(s) = child.stderr.take() {
+        let _ = s.take(MAX_PINNS_OUTPUT).read_to_string(&mut stderr).await;
+    }
+    let status = child.wait().await.map_err(|err| NamespaceError::Spawn {
+        path: pinns.clone(),
+        err,
+    })?;
+    if let Some(s) = child.stdout.take() {
+        let _ = s.take(MAX_PINNS_OUTPUT).read_to_string(&mut stdout).await;
+    }
+    if !status.success() {
+        return Err(NamespaceError::Failed {
+            id: id.to_owned(),
+            message: stderr.trim().trim_start_matches("crid-pinns: ").to_owned(),
+        });
+    }
+    let path = |kind: &str, on: bool| on.then(|| dir.join(kind).join(id));
+    out.net = path("net", request.net);
+    out.ipc = path("ipc", request.ipc);
+    out.uts = path("uts", request.uts);
+    out.pid = path("pid", request.pid);
+    if request.pid {
+        let report: Option<PinnsReport> = stdout
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok());
+        let Some(report) = report else {
+            let undo = out.clone();
+            let _ = unpin(&undo);
+            return Err(NamespaceError::Failed {
+                id: id.to_owned(),
+                message: format!("no holder pid reported: {stdout:?}"),
+            });
+        };
+        out.pid_holder = start_time(report.holder_pid).map(|t| (report.holder_pid, t));
+    }
+    Ok(out)
+}
+
+/// The start time of a process (field 22 of /proc/<pid>/stat), to tell it from a later
+/// process that reuses its pid.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills the PID namespace holder (if it is still the same process), then unmounts and
+/// removes every pin. Missing pieces are fine, so this can be retried.
+pub fn unpin(namespaces: &PodNamespaces) -> Result<(), NamespaceError> {
+    if let Some((pid, started)) = namespaces.pid_holder {
+        if start_time(pid) == Some(started) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    for file in [&namespaces.net, &namespaces.ipc, &namespaces.uts, &namespaces.pid]
+        .into_iter()
+        .flatten()
+    {
+        match nix::mount::umount2(file.as_path(), MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Err(err) => {
+                return Err(NamespaceError::Io {
+                    what: "unmount",
+                    path: file.clone(),
+                    err,
+                })
+            }
+        }
+        match std::fs::remove_file(file) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(NamespaceError::Io {
+                    what: "remove",
+                    path: file.clone(),
+                    err: nix::Error::from_raw(err.raw_os_error().unwrap_or(libc::EIO)),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

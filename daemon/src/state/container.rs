@@ -1,0 +1,144 @@
+//! A container: the CRI config kubelet sent (immutable) and crid's record of its life. Its
+//! exit comes from the exit record its monitor writes; once read it is kept in the record.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crid_common::exit_record::ExitRecord;
+use crid_proto::cri;
+use serde::{Deserialize, Serialize};
+
+use super::persist;
+use crate::error::DaemonError;
+
+const RECORD_FILE: &str = "container.json";
+const CONFIG_FILE: &str = "config.pb";
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finished {
+    pub exit_code: i32,
+    pub finished_at: i64,
+    pub oom_killed: bool,
+    /// Set when crid, not the monitor, decided the outcome (the monitor was lost).
+    pub lost: bool,
+}
+
+/// The process user, as resolved at create time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// What crid keeps about a container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    /// The reserved name (`k8s_<container>_<pod>_<namespace>_<uid>_<attempt>`).
+    pub name: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished: Option<Finished>,
+    /// `sha256:<hex>` of the image config.
+    pub image_id: String,
+    /// A repo digest of the image (or its id when it has none).
+    pub image_ref: String,
+    /// Absolute path of the CRI log (empty: no log path was asked for).
+    pub log_path: PathBuf,
+    pub pid: i32,
+    /// The signal StopContainer sends first (the image's StopSignal, else SIGTERM).
+    pub stop_signal: i32,
+    pub user: ProcessUser,
+    /// The container's overlay mount point.
+    pub rootfs: PathBuf,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Created,
+    Running,
+    Exited,
+}
+
+/// A container.
+pub struct Container {
+    pub id: String,
+    pub pod_id: String,
+    pub dir: PathBuf,
+    pub config: cri::ContainerConfig,
+    /// Serialises lifecycle operations (start, stop, remove) on this container.
+    pub lifecycle: tokio::sync::Mutex<()>,
+    record: Mutex<ContainerRecord>,
+}
+
+impl Container {
+    pub fn new(dir: PathBuf, config: cri::ContainerConfig, record: ContainerRecord) -> Self {
+        Container {
+            id: record.id.clone(),
+            pod_id: record.pod_id.clone(),
+            dir,
+            config,
+            lifecycle: tokio::sync::Mutex::new(()),
+            record: Mutex::new(record),
+        }
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, DaemonError> {
+        let record: ContainerRecord = persist::load_json(&dir.join(RECORD_FILE))?;
+        let config = persist::load_message(&dir.join(CONFIG_FILE))?;
+        Ok(Container::new(dir.to_owned(), config, record))
+    }
+
+    pub fn save_config(&self) -> Result<(), DaemonError> {
+        persist::save_message(&self.dir.join(CONFIG_FILE), &self.config)
+    }
+
+    pub fn record(&self) -> ContainerRecord {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut ContainerRecord)) -> Result<(), DaemonError> {
+        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut record);
+        persist::save_json(&self.dir.join(RECORD_FILE), &*record)
+    }
+
+    pub fn metadata(&self) -> cri::ContainerMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+
+    /// The exit, reading the monitor's exit record the first time it is there.
+    pub fn finished(&self, exits: &Path) -> Option<Finished> {
+        if let Some(finished) = self.record().finished {
+            return Some(finished);
+        }
+        let path = crid_common::monitor_paths::exit_record(exits, &self.id);
+        let exit = ExitRecord::read(&path).ok()?;
+        let finished = Finished {
+            exit_code: exit.exit_code,
+            finished_at: persist::nanos_of(&exit.finished_at),
+            oom_killed: exit.oom_killed,
+            lost: false,
+        };
+        let cached = finished.clone();
+        if let Err(err) = self.update(|r| r.finished = Some(cached)) {
+            tracing::warn!(id = %self.id, error = %crid_common::error_chain::error_chain(&err), "cannot save the exit in the record");
+        }
+        Some(finished)
+    }
+
+    /// The container's phase now.
+    pub fn phase(&self, exits: &Path) -> Phase {
+        if self.finished(exits).is_some() {
+            Phase::Exited
+        } else if self.record().started_at.is_some() {
+            Phase::Running
+        } else {
+            Phase::Created
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Records on disk: JSON for crid's own state, protobuf for the CRI configs as kubelet sent
+//! them. Every write goes to a temporary file that is synced and renamed over the old one, so
+//! a crash leaves either the old record or the new one.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::DaemonError;
+
+/// Largest record file read back.
+const MAX_RECORD_BYTES: u64 = 16 << 20;
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let path = path.to_owned();
+    move |err| DaemonError::Io { what, path, err }
+}
+
+/// Nanoseconds since the epoch (CRI timestamps).
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 timestamp (0 when unparsable).
+pub fn nanos_of(timestamp: &str) -> i64 {
+    crid_common::timestamp::parse(timestamp)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// The directories directly under `dir`.
+pub fn subdirectories(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
+    crate::image::store::write_atomically(path, bytes).map_err(|err| match err {
+        crate::image::store::StoreError::Io { what, path, err } => DaemonError::Io { what, path, err },
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, DaemonError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_RECORD_BYTES).read_to_end(&mut bytes))
+        .map_err(io("read", path))?;
+    Ok(bytes)
+}
+
+pub fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), DaemonError> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| DaemonError::Internal(format!("encode {}: {e}", path.display())))?;
+    write(path, &bytes)
+}
+
+pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, DaemonError> {
+    serde_json::from_slice(&read(path)?)
+        .map_err(|e| DaemonError::Internal(format!("decode {}: {e}", path.display())))
+}
+
+pub fn save_message<T: prost::Message>(path: &Path, message: &T) -> Result<(), DaemonError> {
+    write(path, &message.encode_to_vec())
+}
+
+pub fn load_message<T: prost::Message + Default>(path: &Path) -> Result<T, DaemonError> {
+    T::decode(read(path)?.as_slice())
+        .map_err(|e| DaemonError::Internal(format!("decode {}: {e}", path.display())))
+}
+
+/// Removes a directory tree; an absent one is fine.
+pub fn remove_dir(path: &Path) -> Result<(), DaemonError> {
+    match std::fs::remove_dir_all(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(io("remove", path)(err)),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,110 @@
+//! A pod sandbox: the CRI config kubelet sent (immutable) and crid's record of what it made
+//! for it (namespaces, network, files), saved after every change.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crid_proto::cri;
+use serde::{Deserialize, Serialize};
+
+use super::persist;
+use crate::error::DaemonError;
+
+const RECORD_FILE: &str = "pod.json";
+const CONFIG_FILE: &str = "config.pb";
+
+/// The namespaces of a pod that crid pinned (absent: shared with the host, or per container).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PodNamespaces {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub pid: Option<PathBuf>,
+    /// The process holding the pod's PID namespace, with its start time (in clock ticks since
+    /// boot, from /proc/<pid>/stat) so that a reused pid is never killed.
+    pub pid_holder: Option<(i32, u64)>,
+}
+
+/// What crid keeps about a pod.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub id: String,
+    /// The reserved name (`k8s_POD_<name>_<namespace>_<uid>_<attempt>`).
+    pub name: String,
+    pub created_at: i64,
+    pub ready: bool,
+    pub runtime_handler: String,
+    pub namespaces: PodNamespaces,
+    /// The per-pod /dev/shm tmpfs (absent with host IPC).
+    pub shm: Option<PathBuf>,
+    /// The CNI ADD result, kept for DEL (`prevResult`).
+    pub cni_result: Option<serde_json::Value>,
+    pub ips: Vec<String>,
+    pub hostname: String,
+    pub cgroup_parent: String,
+}
+
+/// A pod sandbox.
+pub struct Pod {
+    pub id: String,
+    pub dir: PathBuf,
+    pub config: cri::PodSandboxConfig,
+    /// Serialises lifecycle operations (run, stop, remove) on this pod.
+    pub lifecycle: tokio::sync::Mutex<()>,
+    record: Mutex<PodRecord>,
+}
+
+impl Pod {
+    /// A new pod; nothing is written until [`Pod::save`].
+    pub fn new(dir: PathBuf, config: cri::PodSandboxConfig, record: PodRecord) -> Self {
+        Pod {
+            id: record.id.clone(),
+            dir,
+            config,
+            lifecycle: tokio::sync::Mutex::new(()),
+            record: Mutex::new(record),
+        }
+    }
+
+    pub fn load(dir: &Path) -> Result<Self, DaemonError> {
+        let record: PodRecord = persist::load_json(&dir.join(RECORD_FILE))?;
+        let config = persist::load_message(&dir.join(CONFIG_FILE))?;
+        Ok(Pod::new(dir.to_owned(), config, record))
+    }
+
+    /// Writes the config (once) and the record.
+    pub fn save_config(&self) -> Result<(), DaemonError> {
+        persist::save_message(&self.dir.join(CONFIG_FILE), &self.config)
+    }
+
+    /// A copy of the current record.
+    pub fn record(&self) -> PodRecord {
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the record and saves it.
+    pub fn update(&self, change: impl FnOnce(&mut PodRecord)) -> Result<(), DaemonError> {
+        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut record);
+        persist::save_json(&self.dir.join(RECORD_FILE), &*record)
+    }
+
+    pub fn metadata(&self) -> cri::PodSandboxMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+
+    /// The namespace options kubelet asked for (defaults when absent: all POD).
+    pub fn namespace_options(&self) -> cri::NamespaceOption {
+        namespace_options(&self.config)
+    }
+}
+
+/// The namespace options of a pod config.
+pub fn namespace_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
