@@ -5,6 +5,7 @@ pub mod containerd;
 pub mod crid;
 pub mod image;
 pub mod monitor;
+pub mod pods;
 pub mod registry;
 pub mod require;
 

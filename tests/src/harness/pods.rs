@@ -1,0 +1,385 @@
+//! Pods end to end: crid with a private CNI network (its own bridge, subnet and lease
+//! directory, so tests can run side by side and each can check what it leaked), a registry
+//! holding the busybox test image, and helpers to build CRI configs.
+//!
+//! Every test ends with [`PodFixture::finish`]: it removes what is left through the CRI and
+//! then checks that nothing of the test remains on the host: mounts, pinned namespaces,
+//! processes, veths on the bridge, IP leases, runtime state, cgroups.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crid_proto::cri;
+use crid_proto::cri::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+use super::crid::{CridOptions, CridProcess};
+use super::image::build_oci_busybox;
+use super::registry::Registry;
+use super::require;
+
+/// The directory where host-local keeps its leases.
+const LEASE_ROOT: &str = "/var/lib/cni/networks";
+
+/// A crid with a private network and the test image pulled.
+pub struct PodFixture {
+    pub registry: Registry,
+    pub crid: CridProcess,
+    pub work: tempfile::TempDir,
+    /// The bridge the pods of this fixture attach to.
+    pub bridge: String,
+    /// The CNI network name (names the lease directory).
+    pub network: String,
+    /// `10.234.<n>` (the /24 of this fixture).
+    pub subnet: String,
+    /// The cgroup parent pods get.
+    pub cgroup_parent: String,
+    /// The busybox image reference (`<registry>/test/busybox:latest`).
+    pub image: String,
+    pub runtime: RuntimeServiceClient<Channel>,
+}
+
+fn fixture_number() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    // Distinct across the test binaries that may share a host over time, and within one.
+    (std::process::id() % 50) * 5 + SEQ.fetch_add(1, Ordering::Relaxed) % 5
+}
+
+/// A CNI conflist: bridge + host-local + portmap + loopback, as crid's packaging installs.
+pub fn conflist(network: &str, bridge: &str, subnet: &str) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": network,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{ "subnet": format!("{subnet}.0/24") }]],
+                    "routes": [{ "dst": "0.0.0.0/0" }]
+                }
+            },
+            { "type": "portmap", "capabilities": { "portMappings": true } },
+            { "type": "loopback" }
+        ]
+    })
+    .to_string()
+}
+
+impl PodFixture {
+    /// Starts a registry with the busybox image and crid with a private CNI network and
+    /// `extra_toml` appended to its configuration, and pulls the image.
+    pub async fn start(extra_toml: &str) -> Self {
+        require::root();
+        for tool in ["runc", "ip", "iptables"] {
+            require::tool(tool);
+        }
+        let registry = Registry::start();
+        let work = tempfile::tempdir().expect("tempdir");
+        let layout = work.path().join("layout");
+        build_oci_busybox(&layout, "latest", &["sh"]);
+        registry.push_layout(&layout, "latest", "test/busybox");
+        let conf = work.path().join("registries.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[[registry]]\nprefix = \"{addr}\"\nlocation = \"{addr}\"\ninsecure = true\n",
+                addr = registry.addr
+            ),
+        )
+        .expect("write registries.conf");
+        let n = fixture_number();
+        let network = format!("crid-test-{}-{n}", std::process::id());
+        let bridge = format!("crt{}x{n}", std::process::id() % 100_000);
+        let subnet = format!("10.234.{n}");
+        let crid = CridProcess::start(&CridOptions {
+            extra_toml: format!(
+                "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\n{extra_toml}",
+                conf.display(),
+                work.path().join("registries.conf.d").display(),
+            ),
+            ..Default::default()
+        });
+        std::fs::write(
+            crid.dir.path().join("net.d/10-test.conflist"),
+            conflist(&network, &bridge, &subnet),
+        )
+        .expect("write conflist");
+        let image = format!("{}/test/busybox:latest", registry.addr);
+        let mut images = crid.images().await;
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("pull the test image");
+        let runtime = crid.runtime().await;
+        PodFixture {
+            registry,
+            crid,
+            work,
+            bridge,
+            network,
+            subnet,
+            cgroup_parent: format!("/crid-test-{}-{n}", std::process::id()),
+            image,
+            runtime,
+        }
+    }
+
+    /// A pod config named `name` with a log directory in the fixture's work dir.
+    pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        let log_directory = self.work.path().join("logs").join(name);
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.to_owned(),
+                uid: format!("uid-{name}"),
+                namespace: "test".to_owned(),
+                attempt: 0,
+            }),
+            hostname: name.to_owned(),
+            log_directory: log_directory.display().to_string(),
+            labels: HashMap::from([("app".to_owned(), name.to_owned())]),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A container config running `command` in the busybox image.
+    pub fn container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.to_owned(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            log_path: format!("{name}/0.log"),
+            labels: HashMap::from([("container".to_owned(), name.to_owned())]),
+            ..Default::default()
+        }
+    }
+
+    pub async fn run_pod(&mut self, config: cri::PodSandboxConfig) -> String {
+        self.runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", self.crid.stderr()))
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    /// Creates and starts a container; returns its id.
+    pub async fn start_container(
+        &mut self,
+        pod_id: &str,
+        pod: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> String {
+        let id = self
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod_id.to_owned(),
+                config: Some(config),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", self.crid.stderr()))
+            .into_inner()
+            .container_id;
+        self.runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("StartContainer: {e}"));
+        id
+    }
+
+    pub async fn exec(&mut self, id: &str, cmd: &[&str], timeout: i64) -> cri::ExecSyncResponse {
+        self.runtime
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.to_owned(),
+                cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+                timeout,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"))
+            .into_inner()
+    }
+
+    pub async fn container_status(&mut self, id: &str) -> cri::ContainerStatus {
+        self.runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.to_owned(),
+                verbose: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ContainerStatus: {e}"))
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
+    /// Polls until the container has exited; returns its status.
+    pub async fn wait_exited(&mut self, id: &str, limit: Duration) -> cri::ContainerStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let status = self.container_status(id).await;
+            if status.state == cri::ContainerState::ContainerExited as i32 {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "container {id} did not exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn pod_status(&mut self, id: &str) -> cri::PodSandboxStatus {
+        self.runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.to_owned(),
+                verbose: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("PodSandboxStatus: {e}"))
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
+    /// Removes every pod through the CRI, then checks that nothing of this test remains.
+    pub async fn finish(mut self) {
+        let pods = self
+            .runtime
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .expect("ListPodSandbox")
+            .into_inner()
+            .items;
+        for pod in pods {
+            self.runtime
+                .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: pod.id.clone(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", self.crid.stderr()));
+            self.runtime
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: pod.id,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", self.crid.stderr()));
+        }
+        let leaks = self.leaks();
+        assert!(leaks.is_empty(), "left behind: {leaks:#?}");
+    }
+
+    /// What of this fixture is still on the host (besides crid, its files and the bridge).
+    pub fn leaks(&self) -> Vec<String> {
+        let mut leaks = Vec::new();
+        let base = self.crid.dir.path().display().to_string();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for target in mountinfo.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if target.starts_with(&base) {
+                leaks.push(format!("mount {target}"));
+            }
+        }
+        let ns_dir = self.crid.dir.path().join("run/ns");
+        for kind in ["net", "ipc", "uts", "pid"] {
+            for entry in list(&ns_dir.join(kind)) {
+                leaks.push(format!("namespace pin {kind}/{entry}"));
+            }
+        }
+        let crid_pid = self.crid.child.as_ref().map(|c| c.id());
+        for proc_entry in list(Path::new("/proc")) {
+            let Ok(pid) = proc_entry.parse::<u32>() else {
+                continue;
+            };
+            if Some(pid) == crid_pid {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&base) {
+                leaks.push(format!("process {pid}: {cmdline}"));
+            }
+        }
+        let out = Command::new(require::tool("ip"))
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .output()
+            .expect("ip link");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            leaks.push(format!("bridge port {line}"));
+        }
+        for lease in list(&Path::new(LEASE_ROOT).join(&self.network)) {
+            if lease.starts_with(&self.subnet) {
+                leaks.push(format!("IP lease {lease}"));
+            }
+        }
+        for state in list(&self.crid.dir.path().join("run/runc")) {
+            leaks.push(format!("runtime state {state}"));
+        }
+        for controller in list(Path::new("/sys/fs/cgroup")) {
+            let dir = PathBuf::from("/sys/fs/cgroup")
+                .join(&controller)
+                .join(self.cgroup_parent.trim_start_matches('/'));
+            for child in list(&dir) {
+                if child.starts_with("crid-") {
+                    leaks.push(format!("cgroup {controller}{}/{child}", self.cgroup_parent));
+                }
+            }
+        }
+        leaks
+    }
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Drop for PodFixture {
+    fn drop(&mut self) {
+        // Host state that outlives crid by design: the bridge, the lease directory and the
+        // cgroup parent directories (kubelet owns those in a cluster).
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+        let _ = std::fs::remove_dir_all(Path::new(LEASE_ROOT).join(&self.network));
+        for controller in list(Path::new("/sys/fs/cgroup")) {
+            let dir = PathBuf::from("/sys/fs/cgroup")
+                .join(&controller)
+                .join(self.cgroup_parent.trim_start_matches('/'));
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
