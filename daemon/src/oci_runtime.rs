@@ -46,13 +46,19 @@ pub struct OciRuntime {
 
 impl OciRuntime {
     fn name(&self) -> String {
-        self.path
-            .file_name()
-            .map_or_else(|| self.path.display().to_string(), |n| n.to_string_lossy().into_owned())
+        self.path.file_name().map_or_else(
+            || self.path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
     }
 
     /// Runs `<runtime> --root <root> <command> <args…>` (`args` name the container `id`).
-    async fn run(&self, command: &'static str, id: &str, args: &[&str]) -> Result<(), RuntimeError> {
+    async fn run(
+        &self,
+        command: &'static str,
+        id: &str,
+        args: &[&str],
+    ) -> Result<(), RuntimeError> {
         let mut cmd = tokio::process::Command::new(&self.path);
         cmd.arg("--root").arg(&self.root).arg(command).args(args);
         cmd.stdin(Stdio::null())
@@ -67,7 +73,10 @@ impl OciRuntime {
         let finish = async {
             let mut text = String::new();
             if let Some(stderr) = stderr {
-                let _ = stderr.take(MAX_RUNTIME_OUTPUT).read_to_string(&mut text).await;
+                let _ = stderr
+                    .take(MAX_RUNTIME_OUTPUT)
+                    .read_to_string(&mut text)
+                    .await;
             }
             (child.wait().await, text)
         };
@@ -135,7 +144,11 @@ fn is_gone(message: &str) -> bool {
 
 /// The useful part of runc's stderr: the `msg="…"` of its last logrus line, else the text.
 fn runtime_message(text: &str) -> String {
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
     if let Some(start) = last.find("msg=\"") {
         let rest = &last[start + 5..];
         let mut out = String::new();
@@ -159,7 +172,9 @@ mod tests {
     #[test]
     fn runc_messages_are_extracted() {
         assert_eq!(
-            runtime_message("time=\"2024\" level=error msg=\"container \\\"x\\\" does not exist\"\n"),
+            runtime_message(
+                "time=\"2024\" level=error msg=\"container \\\"x\\\" does not exist\"\n"
+            ),
             "container \"x\" does not exist"
         );
         assert_eq!(runtime_message("plain failure\n\n"), "plain failure");

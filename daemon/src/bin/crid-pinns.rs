@@ -182,7 +182,8 @@ fn run(args: &Args) -> Result<(), String> {
 
 fn pin(source: &str, target: &Path) -> Result<(), String> {
     let source_c = CString::new(source).map_err(|e| e.to_string())?;
-    let target_c = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let target_c =
+        CString::new(target.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     // SAFETY: both paths are NUL-terminated; a bind mount has no fs type or data.
     let rc = unsafe {
         libc::mount(

@@ -88,14 +88,22 @@ fn cgroups_path(state: &State, pod: &Pod, id: &str) -> String {
             format!("{}/crid-{id}", parent.trim_end_matches('/'))
         }
         CgroupManager::Systemd => {
-            let parent = if parent.is_empty() { "system.slice" } else { &parent };
+            let parent = if parent.is_empty() {
+                "system.slice"
+            } else {
+                &parent
+            };
             format!("{parent}:crid:{id}")
         }
     }
 }
 
 /// The namespaces a container joins: the pod's, or per its own PID option.
-fn namespaces(state: &State, pod: &Pod, config: &cri::ContainerConfig) -> Result<Namespaces, DaemonError> {
+fn namespaces(
+    state: &State,
+    pod: &Pod,
+    config: &cri::ContainerConfig,
+) -> Result<Namespaces, DaemonError> {
     let record = pod.record();
     let options = config
         .linux
@@ -157,7 +165,11 @@ pub async fn create(
     if meta.name.is_empty() {
         return Err(invalid("config.metadata.name is empty"));
     }
-    let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+    let image_name = config
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .unwrap_or_default();
     if image_name.is_empty() {
         return Err(invalid("config.image.image is empty"));
     }
@@ -183,7 +195,11 @@ pub async fn create(
         name: name.clone(),
         created_at: persist::now_nanos(),
         image_id: image.id.clone(),
-        image_ref: image.repo_digests.first().cloned().unwrap_or_else(|| image.id.clone()),
+        image_ref: image
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone()),
         log_path: log,
         stop_signal,
         rootfs: dir.join("rootfs"),
@@ -233,7 +249,11 @@ async fn setup(
         })?;
     }
     overlay::mount_rootfs(&state.images.paths, layers, &upper, &work, &record.rootfs)?;
-    let security = config.linux.as_ref().and_then(|l| l.security_context.clone()).unwrap_or_default();
+    let security = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
     let process_user = user::resolve(
         &record.rootfs,
         &UserRequest {
@@ -248,7 +268,10 @@ async fn setup(
     let pod_record = pod.record();
     let mut annotations = config.annotations.clone();
     annotations.insert("io.kubernetes.cri.sandbox-id".into(), pod.id.clone());
-    annotations.insert("io.kubernetes.cri.container-name".into(), container.metadata().name);
+    annotations.insert(
+        "io.kubernetes.cri.container-name".into(),
+        container.metadata().name,
+    );
     let spec = spec::build(SpecInputs {
         config,
         image,
@@ -266,13 +289,13 @@ async fn setup(
         annotations,
     })?;
     let bundle_config = container.dir.join("config.json");
-    let json = serde_json::to_vec(&spec).map_err(|e| DaemonError::Internal(format!("encode OCI spec: {e}")))?;
+    let json = serde_json::to_vec(&spec)
+        .map_err(|e| DaemonError::Internal(format!("encode OCI spec: {e}")))?;
     persist::write(&bundle_config, &json)?;
     container.update(|r| r.user = process_user.clone())?;
-    let monitor = state
-        .config
-        .monitor_binary()
-        .ok_or_else(|| DaemonError::FailedPrecondition("crimon not found next to crid or in $PATH".into()))?;
+    let monitor = state.config.monitor_binary().ok_or_else(|| {
+        DaemonError::FailedPrecondition("crimon not found next to crid or in $PATH".into())
+    })?;
     let pid = monitor_client::create(&MonitorSpec {
         monitor,
         id: container.id.clone(),
@@ -372,12 +395,20 @@ async fn wait_exit(state: &State, container: &Container, limit: Duration) -> boo
 
 /// Stops a container: its stop signal, then SIGKILL after `timeout_secs` (at once when 0 or
 /// when it never started). An exited container is fine.
-pub async fn stop(state: &State, container: &Container, timeout_secs: i64) -> Result<(), DaemonError> {
+pub async fn stop(
+    state: &State,
+    container: &Container,
+    timeout_secs: i64,
+) -> Result<(), DaemonError> {
     let _guard = container.lifecycle.lock().await;
     stop_locked(state, container, timeout_secs).await
 }
 
-async fn stop_locked(state: &State, container: &Container, timeout_secs: i64) -> Result<(), DaemonError> {
+async fn stop_locked(
+    state: &State,
+    container: &Container,
+    timeout_secs: i64,
+) -> Result<(), DaemonError> {
     if container.finished(&state.paths.exits).is_some() {
         return Ok(());
     }
@@ -421,7 +452,11 @@ fn require_running(state: &State, container: &Container) -> Result<(), DaemonErr
         phase => Err(DaemonError::FailedPrecondition(format!(
             "container {} is not running ({})",
             container.id,
-            if phase == Phase::Created { "created" } else { "exited" }
+            if phase == Phase::Created {
+                "created"
+            } else {
+                "exited"
+            }
         ))),
     }
 }
@@ -464,7 +499,8 @@ pub fn recover(state: &State) {
         if container.finished(&state.paths.exits).is_some() {
             continue;
         }
-        let socket = crid_common::monitor_paths::control_socket(&state.paths.monitors, &container.id);
+        let socket =
+            crid_common::monitor_paths::control_socket(&state.paths.monitors, &container.id);
         if socket.exists() {
             continue;
         }

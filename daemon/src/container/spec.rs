@@ -142,7 +142,11 @@ pub fn process_env(
     let mut env: Vec<String> = image.env.clone().unwrap_or_default();
     let key_of = |entry: &str| entry.split('=').next().unwrap_or_default().to_owned();
     for kv in &config.envs {
-        if kv.key.is_empty() || kv.key.contains('=') || kv.key.contains('\0') || kv.value.contains('\0') {
+        if kv.key.is_empty()
+            || kv.key.contains('=')
+            || kv.key.contains('\0')
+            || kv.value.contains('\0')
+        {
             return Err(SpecError::Invalid(format!(
                 "config.envs: invalid variable name {:?}",
                 kv.key
@@ -235,8 +239,16 @@ fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result
         .build()?)
 }
 
-fn bind(destination: &str, source: &Path, readonly: bool, extra: &[&str]) -> Result<Mount, SpecError> {
-    let mut options = vec!["rbind".to_owned(), if readonly { "ro" } else { "rw" }.to_owned()];
+fn bind(
+    destination: &str,
+    source: &Path,
+    readonly: bool,
+    extra: &[&str],
+) -> Result<Mount, SpecError> {
+    let mut options = vec![
+        "rbind".to_owned(),
+        if readonly { "ro" } else { "rw" }.to_owned(),
+    ];
     options.extend(extra.iter().map(|o| (*o).to_owned()));
     Ok(MountBuilder::default()
         .destination(destination)
@@ -333,7 +345,11 @@ fn device(d: &cri::Device) -> Result<(LinuxDevice, LinuxDeviceCgroup), SpecError
             d.host_path
         )));
     };
-    let permissions = if d.permissions.is_empty() { "rwm" } else { &d.permissions };
+    let permissions = if d.permissions.is_empty() {
+        "rwm"
+    } else {
+        &d.permissions
+    };
     if !permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
         return Err(SpecError::Invalid(format!(
             "config.devices: permissions {permissions:?} of {} are not a subset of \"rwm\"",
@@ -389,7 +405,10 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
         "/".to_owned()
     };
     check_container_path("config.working_dir", &cwd)?;
-    let security = config.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    let security = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
     let caps = capabilities(DEFAULT_CAPABILITIES);
     let process = ProcessBuilder::default()
         .terminal(config.tty)
@@ -408,24 +427,52 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
                 .bounding(caps.clone())
                 .effective(caps.clone())
                 .permitted(caps)
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
                 .build()?,
         )
         .no_new_privileges(security.is_some_and(|s| s.no_new_privs))
         .build()?;
 
     let files = &inputs.files;
-    let targets: HashSet<&str> = config.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    let targets: HashSet<&str> = config
+        .mounts
+        .iter()
+        .map(|m| m.container_path.as_str())
+        .collect();
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         )?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
         mount(
             "/sys/fs/cgroup",
             "cgroup",
@@ -434,7 +481,12 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
         )?,
     ];
     if !targets.contains("/dev/shm") {
-        mounts.push(bind("/dev/shm", &files.shm, false, &["nosuid", "nodev", "noexec"])?);
+        mounts.push(bind(
+            "/dev/shm",
+            &files.shm,
+            false,
+            &["nosuid", "nodev", "noexec"],
+        )?);
     }
     for (target, source) in [
         ("/etc/resolv.conf", &files.resolv_conf),
@@ -486,8 +538,18 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
         .cgroups_path(PathBuf::from(&inputs.cgroups_path))
         .resources(LinuxResourcesBuilder::default().devices(rules).build()?)
         .devices(devices)
-        .masked_paths(MASKED_PATHS.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>());
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect::<Vec<_>>(),
+        );
     if let Some(propagation) = propagation {
         linux = linux.rootfs_propagation(propagation);
     }
@@ -506,7 +568,18 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
     if let (Some(hostname), Some(_)) = (inputs.hostname, &ns.uts) {
         spec = spec.hostname(hostname);
     }
-    Ok(spec.build()?)
+    let mut spec = spec.build()?;
+    // The builder starts from oci-spec's example defaults; a hostname needs a UTS namespace
+    // of the container's own (or the pod's), so only keep one given above.
+    if ns.uts.is_none() {
+        spec.set_hostname(None);
+    }
+    // Limits are inherited from crid (as containerd's containers inherit containerd's): the
+    // builder's 1024-file example limit would starve real workloads.
+    if let Some(process) = spec.process_mut() {
+        process.set_rlimits(None);
+    }
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -530,14 +603,30 @@ mod tests {
     fn command_and_args_follow_kubernetes_rules() {
         let img = image(&["/entry"], &["default"]);
         let mut config = cri::ContainerConfig::default();
-        assert_eq!(process_args(&config, &img).expect("args"), strings(&["/entry", "default"]));
+        assert_eq!(
+            process_args(&config, &img).expect("args"),
+            strings(&["/entry", "default"])
+        );
         config.args = strings(&["x"]);
-        assert_eq!(process_args(&config, &img).expect("args"), strings(&["/entry", "x"]));
+        assert_eq!(
+            process_args(&config, &img).expect("args"),
+            strings(&["/entry", "x"])
+        );
         config.command = strings(&["/bin/sh", "-c"]);
-        assert_eq!(process_args(&config, &img).expect("args"), strings(&["/bin/sh", "-c", "x"]));
+        assert_eq!(
+            process_args(&config, &img).expect("args"),
+            strings(&["/bin/sh", "-c", "x"])
+        );
         config.args.clear();
-        assert_eq!(process_args(&config, &img).expect("args"), strings(&["/bin/sh", "-c"]));
-        assert!(process_args(&cri::ContainerConfig::default(), &ImageRuntimeConfig::default()).is_err());
+        assert_eq!(
+            process_args(&config, &img).expect("args"),
+            strings(&["/bin/sh", "-c"])
+        );
+        assert!(process_args(
+            &cri::ContainerConfig::default(),
+            &ImageRuntimeConfig::default()
+        )
+        .is_err());
     }
 
     #[test]
@@ -569,5 +658,56 @@ mod tests {
         assert_eq!(stop_signal("int").expect("int"), libc::SIGINT);
         assert_eq!(stop_signal("9").expect("9"), 9);
         assert!(stop_signal("SIGNOPE").is_err());
+    }
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::*;
+
+    #[test]
+    fn built_spec_keeps_only_what_crid_decides() {
+        let config = cri::ContainerConfig {
+            command: vec!["/bin/sh".into()],
+            ..Default::default()
+        };
+        let spec = build(SpecInputs {
+            config: &config,
+            image: &ImageRuntimeConfig::default(),
+            rootfs: Path::new("/r"),
+            user: &ProcessUser::default(),
+            hostname: Some("pod"),
+            namespaces: Namespaces {
+                net: Some("/run/ns/net/x".into()),
+                ..Default::default()
+            },
+            files: PodFiles {
+                resolv_conf: "/p/resolv.conf".into(),
+                hosts: "/p/hosts".into(),
+                hostname: "/p/hostname".into(),
+                shm: "/p/shm".into(),
+            },
+            cgroups_path: "/crid/crid-x".into(),
+            annotations: HashMap::new(),
+        })
+        .expect("spec");
+        let json = serde_json::to_value(&spec).expect("json");
+        assert!(
+            json.get("hostname").is_none(),
+            "hostname without a UTS namespace"
+        );
+        assert!(json["process"].get("rlimits").is_none());
+        assert_eq!(
+            json["process"]["capabilities"]["ambient"],
+            serde_json::json!([])
+        );
+        assert_eq!(json["root"]["readonly"], false);
+        let kinds: Vec<&str> = json["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .filter_map(|n| n["type"].as_str())
+            .collect();
+        assert_eq!(kinds, vec!["mount", "network", "pid"]);
     }
 }

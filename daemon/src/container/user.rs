@@ -122,11 +122,18 @@ pub fn resolve(rootfs: &Path, request: &UserRequest<'_>) -> Result<ProcessUser, 
             let entry = entries(&passwd)
                 .find(|e| e.name == wanted)
                 .ok_or_else(|| UserError::NoSuchUser(wanted.to_owned()))?;
-            (entry.id, Some(entry.name.to_owned()), entry.fourth.parse().ok())
+            (
+                entry.id,
+                Some(entry.name.to_owned()),
+                entry.fourth.parse().ok(),
+            )
         }
     };
     // The group: run_as_group, else the image's group part, else the user's passwd group.
-    let gid = match (request.run_as_group, image_group.filter(|_| request.run_as_user.is_none())) {
+    let gid = match (
+        request.run_as_group,
+        image_group.filter(|_| request.run_as_user.is_none()),
+    ) {
         (Some(gid), _) => id(gid)?,
         (None, Some(group)) if !group.is_empty() => match group.parse::<i64>() {
             Ok(gid) => id(gid)?,

@@ -51,9 +51,7 @@ fn check_cgroup_parent(manager: CgroupManager, parent: &str) -> Result<(), Daemo
                     .components()
                     .any(|c| c == std::path::Component::ParentDir)
         }
-        CgroupManager::Systemd => {
-            parent.ends_with(".slice") && !parent.contains('/')
-        }
+        CgroupManager::Systemd => parent.ends_with(".slice") && !parent.contains('/'),
     };
     if ok {
         Ok(())
@@ -126,7 +124,9 @@ fn plan(state: &State, config: &cri::PodSandboxConfig) -> Result<(Plan, PodRecor
         name.clone()
     };
     let resolv_conf = match &config.dns_config {
-        Some(dns) if !(dns.servers.is_empty() && dns.searches.is_empty() && dns.options.is_empty()) => {
+        Some(dns)
+            if !(dns.servers.is_empty() && dns.searches.is_empty() && dns.options.is_empty()) =>
+        {
             files::resolv_conf(dns).map_err(|e| invalid(format!("config.dns_config: {e}")))?
         }
         _ => host_resolv_conf(),
@@ -228,14 +228,15 @@ async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError>
     }
     let hostname = pod.record().hostname;
     persist::write(&pod.dir.join("resolv.conf"), plan.resolv_conf.as_bytes())?;
-    persist::write(&pod.dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
+    persist::write(
+        &pod.dir.join("hostname"),
+        format!("{hostname}\n").as_bytes(),
+    )?;
     let mut ips = Vec::new();
     if !plan.host_network {
-        let netns = pod
-            .record()
-            .namespaces
-            .net
-            .ok_or_else(|| DaemonError::Internal(format!("pod {}: no network namespace", pod.id)))?;
+        let netns = pod.record().namespaces.net.ok_or_else(|| {
+            DaemonError::Internal(format!("pod {}: no network namespace", pod.id))
+        })?;
         let result = network::attach(&state.config.network, &pod.id, &netns, &pod.config).await?;
         ips = crate::network::cni::ips(&result);
         let kept = ips.clone();

@@ -52,7 +52,11 @@ struct PinnsReport {
 }
 
 /// Creates and pins the requested namespaces under `dir`.
-pub async fn pin(dir: &Path, id: &str, request: &PinRequest) -> Result<PodNamespaces, NamespaceError> {
+pub async fn pin(
+    dir: &Path,
+    id: &str,
+    request: &PinRequest,
+) -> Result<PodNamespaces, NamespaceError> {
     let mut out = PodNamespaces::default();
     if !(request.net || request.ipc || request.uts || request.pid) {
         return Ok(out);
@@ -107,9 +111,7 @@ pub async fn pin(dir: &Path, id: &str, request: &PinRequest) -> Result<PodNamesp
     out.uts = path("uts", request.uts);
     out.pid = path("pid", request.pid);
     if request.pid {
-        let report: Option<PinnsReport> = stdout
-            .lines()
-            .find_map(|l| serde_json::from_str(l).ok());
+        let report: Option<PinnsReport> = stdout.lines().find_map(|l| serde_json::from_str(l).ok());
         let Some(report) = report else {
             let undo = out.clone();
             let _ = unpin(&undo);
@@ -142,9 +144,14 @@ pub fn unpin(namespaces: &PodNamespaces) -> Result<(), NamespaceError> {
             );
         }
     }
-    for file in [&namespaces.net, &namespaces.ipc, &namespaces.uts, &namespaces.pid]
-        .into_iter()
-        .flatten()
+    for file in [
+        &namespaces.net,
+        &namespaces.ipc,
+        &namespaces.uts,
+        &namespaces.pid,
+    ]
+    .into_iter()
+    .flatten()
     {
         match nix::mount::umount2(file.as_path(), MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}

@@ -9,7 +9,8 @@ use nix::mount::{MntFlags, MsFlags};
 pub const SHM_SIZE_BYTES: u64 = 64 << 20;
 
 pub fn mount(target: &Path) -> Result<(), nix::Error> {
-    std::fs::create_dir_all(target).map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    std::fs::create_dir_all(target)
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     let options = format!("mode=1777,size={SHM_SIZE_BYTES}");
     nix::mount::mount(
         Some("shm"),

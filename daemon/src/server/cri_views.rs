@@ -132,7 +132,12 @@ pub fn container_status(state: &State, container: &Container) -> cri::ContainerS
             linux: Some(cri::LinuxContainerUser {
                 uid: i64::from(record.user.uid),
                 gid: i64::from(record.user.gid),
-                supplemental_groups: record.user.additional_gids.iter().map(|g| i64::from(*g)).collect(),
+                supplemental_groups: record
+                    .user
+                    .additional_gids
+                    .iter()
+                    .map(|g| i64::from(*g))
+                    .collect(),
             }),
         }),
     }
@@ -171,6 +176,9 @@ pub fn container_matches(container: &cri::Container, filter: &cri::ContainerFilt
     (filter.id.is_empty() || container.id.starts_with(&filter.id))
         && (filter.pod_sandbox_id.is_empty()
             || container.pod_sandbox_id.starts_with(&filter.pod_sandbox_id))
-        && filter.state.as_ref().is_none_or(|s| s.state == container.state)
+        && filter
+            .state
+            .as_ref()
+            .is_none_or(|s| s.state == container.state)
         && labels_match(&container.labels, &filter.label_selector)
 }

@@ -182,8 +182,7 @@ impl RuntimeService for Runtime {
         let config = request
             .config
             .ok_or_else(|| DaemonError::InvalidArgument("config is missing".into()))?;
-        let container_id =
-            containers::create(&self.state, &request.pod_sandbox_id, config).await?;
+        let container_id = containers::create(&self.state, &request.pod_sandbox_id, config).await?;
         ok(cri::CreateContainerResponse { container_id })
     }
 

@@ -98,7 +98,10 @@ impl Container {
     }
 
     pub fn record(&self) -> ContainerRecord {
-        self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn update(&self, change: impl FnOnce(&mut ContainerRecord)) -> Result<(), DaemonError> {

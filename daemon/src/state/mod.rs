@@ -137,7 +137,9 @@ impl State {
                         .insert(pod.record().name.clone(), pod.id.clone());
                     index.pods.insert(pod.id.clone(), Arc::new(pod));
                 }
-                Err(err) => tracing::error!(dir = %dir.display(), error = %crid_common::error_chain::error_chain(&err), "skipping unreadable pod record"),
+                Err(err) => {
+                    tracing::error!(dir = %dir.display(), error = %crid_common::error_chain::error_chain(&err), "skipping unreadable pod record")
+                }
             }
         }
         for dir in persist::subdirectories(&paths.containers) {
@@ -150,7 +152,9 @@ impl State {
                         .containers
                         .insert(container.id.clone(), Arc::new(container));
                 }
-                Err(err) => tracing::error!(dir = %dir.display(), error = %crid_common::error_chain::error_chain(&err), "skipping unreadable container record"),
+                Err(err) => {
+                    tracing::error!(dir = %dir.display(), error = %crid_common::error_chain::error_chain(&err), "skipping unreadable container record")
+                }
             }
         }
         tracing::info!(

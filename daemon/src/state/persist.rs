@@ -46,7 +46,9 @@ pub fn subdirectories(dir: &Path) -> Vec<PathBuf> {
 /// Writes `bytes` to `path` atomically and durably.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
     crate::image::store::write_atomically(path, bytes).map_err(|err| match err {
-        crate::image::store::StoreError::Io { what, path, err } => DaemonError::Io { what, path, err },
+        crate::image::store::StoreError::Io { what, path, err } => {
+            DaemonError::Io { what, path, err }
+        }
     })
 }
 

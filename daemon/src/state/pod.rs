@@ -79,7 +79,10 @@ impl Pod {
 
     /// A copy of the current record.
     pub fn record(&self) -> PodRecord {
-        self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Changes the record and saves it.
