@@ -17,8 +17,9 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd with `mirrors` (registry `host:port` served over plain HTTP).
-    pub fn start(mirrors: &[&str]) -> Self {
+    /// Starts containerd with `mirrors` (registry `host:port` served over plain HTTP) and,
+    /// when given, the image its pods' sandbox (pause) containers run.
+    pub fn start(mirrors: &[&str], sandbox_image: Option<&str>) -> Self {
         require::root();
         let binary = require::tool("containerd");
         let dir = tempfile::Builder::new()
@@ -28,12 +29,13 @@ impl Containerd {
         let socket = dir.path().join("containerd.sock");
         let mut config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{socket}\"\n\
-             [plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n\
+             [plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n  sandbox_image = \"{sandbox}\"\n\
              [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{net}\"\n",
             root = dir.path().join("root").display(),
             state = dir.path().join("state").display(),
             socket = socket.display(),
             net = dir.path().join("net.d").display(),
+            sandbox = sandbox_image.unwrap_or("registry.k8s.io/pause:3.6"),
         );
         for host in mirrors {
             config.push_str(&format!(
@@ -62,6 +64,16 @@ impl Containerd {
             socket.display()
         );
         Containerd { child, dir, socket }
+    }
+
+    /// containerd's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Its CNI configuration directory.
+    pub fn cni_config_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
     }
 }
 

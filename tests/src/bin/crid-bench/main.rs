@@ -249,6 +249,8 @@ fn measure_throughput(kind: Kind, data: &Path, log_dir: &Path) -> anyhow::Result
     })
 }
 
+mod lifecycle;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut rounds = 3usize;
@@ -256,19 +258,32 @@ fn main() -> anyhow::Result<()> {
     let mut gib = 1.0f64;
     let mut what = "monitor".to_owned();
     let mut log_on_disk = false;
+    let mut pods = lifecycle::Settings {
+        pods: 100,
+        concurrent: 20,
+        idle: 50,
+        execs: 200,
+    };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--containers" => containers = it.next().context("--containers N")?.parse()?,
             "--gib" => gib = it.next().context("--gib X")?.parse()?,
-            "monitor" | "pull" => what = arg.clone(),
+            "monitor" | "pull" | "lifecycle" => what = arg.clone(),
+            "--pods" => pods.pods = it.next().context("--pods N")?.parse()?,
+            "--concurrent" => pods.concurrent = it.next().context("--concurrent N")?.parse()?,
+            "--idle" => pods.idle = it.next().context("--idle N")?.parse()?,
+            "--execs" => pods.execs = it.next().context("--execs N")?.parse()?,
             "--log-on-disk" => log_on_disk = true,
-            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X] [--log-on-disk] | crid-bench pull [--rounds N])"),
+            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X] [--log-on-disk] | crid-bench pull [--rounds N] | crid-bench lifecycle [--pods N] [--concurrent N] [--idle N] [--execs N])"),
         }
     }
     if what == "pull" {
         return pull_bench(rounds);
+    }
+    if what == "lifecycle" {
+        return lifecycle::run(&pods);
     }
     require::root();
     let crimon = workspace_binary("crimon");
@@ -415,7 +430,7 @@ fn pull_bench(rounds: usize) -> anyhow::Result<()> {
         ),
         ..Default::default()
     });
-    let containerd = Containerd::start(&[&registry.addr]);
+    let containerd = Containerd::start(&[&registry.addr], None);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
