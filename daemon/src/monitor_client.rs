@@ -64,6 +64,8 @@ pub struct MonitorSpec {
     pub terminal: bool,
     pub stdin: bool,
     pub stdin_once: bool,
+    /// Have the monitor delete the container from the runtime once it has exited.
+    pub delete_after_exit: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -97,6 +99,7 @@ pub async fn create(spec: &MonitorSpec) -> Result<i32, MonitorClientError> {
         (spec.terminal, "--terminal"),
         (spec.stdin, "--stdin"),
         (spec.stdin_once, "--stdin-once"),
+        (spec.delete_after_exit, "--delete-after-exit"),
     ] {
         if on {
             cmd.arg(flag);

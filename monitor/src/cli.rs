@@ -61,6 +61,11 @@ pub struct MonitorArgs {
     /// Close the container's stdin when the first attach client closes its side.
     #[arg(long)]
     pub stdin_once: bool,
+    /// Once the container has exited and its exit is recorded, delete it from the runtime
+    /// (`delete --force`): its cgroups go at once, and whatever it left in a shared PID
+    /// namespace is killed. The exit record and the log stay.
+    #[arg(long)]
+    pub delete_after_exit: bool,
     /// Report the start result on this inherited fd (default: standard output).
     #[arg(long)]
     pub sync_fd: Option<i32>,

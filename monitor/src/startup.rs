@@ -184,6 +184,13 @@ fn monitor(args: MonitorArgs, mut reporter: Reporter, release: OwnedFd) -> i32 {
     let _ = record.write_durably(&exit_path);
     shared.publish_exit(record);
     attach.close_all();
+    if args.delete_after_exit {
+        Runtime {
+            path: args.runtime.clone(),
+            root: args.runtime_root.clone(),
+        }
+        .delete_force(&args.id);
+    }
     // Let blocked Wait calls send their answers before the process (and its threads) ends.
     let deadline = std::time::Instant::now() + WAITER_GRACE;
     while shared

@@ -20,6 +20,7 @@ fn spec_for(c: &MonitoredContainer) -> MonitorSpec {
         terminal: false,
         stdin: false,
         stdin_once: false,
+        delete_after_exit: false,
     }
 }
 

@@ -16,6 +16,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -148,6 +149,9 @@ fn run(args: &Args) -> Result<(), String> {
         if flags != 0 && unsafe { libc::unshare(flags) } != 0 {
             return Err(format!("unshare: {}", std::io::Error::last_os_error()));
         }
+        if args.net {
+            loopback_up()?;
+        }
         if let Some(name) = &args.hostname {
             // SAFETY: the pointer and length describe `name`'s bytes.
             if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
@@ -178,6 +182,36 @@ fn run(args: &Args) -> Result<(), String> {
         pinned.undo();
     }
     result
+}
+
+/// Brings up `lo` in the new network namespace, as every pod needs it. The loopback
+/// interface is not a network attachment, so it is not left to a CNI plugin (containerd
+/// also sets it up on its own).
+fn loopback_up() -> Result<(), String> {
+    let err = |what: &str| format!("{what} lo: {}", std::io::Error::last_os_error());
+    // SAFETY: socket takes plain integers.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(err("socket for"));
+    }
+    // SAFETY: fd was just opened and is owned here.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: request is a valid ifreq naming "lo"; the kernel fills in its flags.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } != 0 {
+        return Err(err("get flags of"));
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: request is a valid ifreq with the flags to set.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } != 0 {
+        return Err(err("bring up"));
+    }
+    Ok(())
 }
 
 fn pin(source: &str, target: &Path) -> Result<(), String> {

@@ -309,17 +309,21 @@ async fn setup(
         terminal: config.tty,
         stdin: config.stdin,
         stdin_once: config.stdin_once,
+        delete_after_exit: true,
     })
     .await?;
     container.update(|r| r.pid = pid)
 }
 
+/// How long RemoveContainer waits for an exited container's monitor to finish (it deletes the
+/// container from the runtime, then ends).
+const MONITOR_EXIT_WAIT: Duration = Duration::from_secs(5);
+
 /// Removes everything of a container that exists: runtime state, rootfs mount, directory,
-/// exit record.
+/// exit record. The directory is moved to the trash at once (its name and id are free when
+/// this returns); its rootfs unmount and removal, and the runtime's delete when the monitor
+/// has not done it, finish in the background (the trash is emptied again at startup).
 async fn dispose(state: &State, container: &Container) -> Result<(), DaemonError> {
-    runtime(state).delete(&container.id).await?;
-    let record = container.record();
-    overlay::unmount_rootfs(&record.rootfs)?;
     let exit = crid_common::monitor_paths::exit_record(&state.paths.exits, &container.id);
     match std::fs::remove_file(&exit) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
@@ -331,7 +335,40 @@ async fn dispose(state: &State, container: &Container) -> Result<(), DaemonError
         }
         _ => {}
     }
-    persist::remove_dir(&container.dir)
+    let trashed = state.paths.trash.join(&container.id);
+    match std::fs::rename(&container.dir, &trashed) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(DaemonError::Io {
+                what: "move to the trash",
+                path: container.dir.clone(),
+                err,
+            })
+        }
+        _ => {}
+    }
+    let socket = crid_common::monitor_paths::control_socket(&state.paths.monitors, &container.id);
+    let rt = runtime(state);
+    let id = container.id.clone();
+    tokio::spawn(async move {
+        // The monitor deletes the container from the runtime after its exit; let it finish
+        // rather than race it, and only call the runtime when something is left (a failed
+        // create, a monitor that was killed).
+        let deadline = tokio::time::Instant::now() + MONITOR_EXIT_WAIT;
+        while socket.exists() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if rt.root.join(&id).exists() {
+            if let Err(err) = rt.delete(&id).await {
+                tracing::error!(container = %id, error = %crid_common::error_chain::error_chain(&err), "deleting the container from the runtime failed");
+            }
+        }
+        let emptied =
+            tokio::task::spawn_blocking(move || crate::state::trash::empty_one(&trashed)).await;
+        if let Ok(Err(err)) = emptied {
+            tracing::error!(container = %id, error = %err.chain(), "removing the container's files failed");
+        }
+    });
+    Ok(())
 }
 
 /// Starts a created container.

@@ -5,6 +5,7 @@
 pub mod container;
 pub mod persist;
 pub mod pod;
+pub mod trash;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ pub struct StatePaths {
     pub containers: PathBuf,
     /// `<root>/exits`: exit records written by the monitors; they outlive crid and a reboot.
     pub exits: PathBuf,
+    /// `<root>/trash`: removed containers whose files are still being cleaned up.
+    pub trash: PathBuf,
     /// `<runroot>/m`: monitor sockets (short, for the 108-byte socket path limit).
     pub monitors: PathBuf,
     /// `<runroot>/ns`: pinned pod namespaces.
@@ -38,6 +41,7 @@ impl StatePaths {
             pods: config.root.join("pods"),
             containers: config.root.join("containers"),
             exits: config.root.join("exits"),
+            trash: config.root.join("trash"),
             monitors: config.runroot.join("m"),
             namespaces: config.runroot.join("ns"),
         }
@@ -48,6 +52,7 @@ impl StatePaths {
             &self.pods,
             &self.containers,
             &self.exits,
+            &self.trash,
             &self.monitors,
             &self.namespaces,
         ] {
@@ -128,6 +133,7 @@ impl State {
     pub fn load(config: Arc<Config>, images: Arc<ImageStore>) -> Result<Self, DaemonError> {
         let paths = StatePaths::new(&config);
         paths.create()?;
+        trash::empty(&paths.trash);
         let mut index = Index::default();
         for dir in persist::subdirectories(&paths.pods) {
             match Pod::load(&dir) {

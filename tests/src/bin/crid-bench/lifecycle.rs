@@ -47,6 +47,8 @@ pub struct Settings {
     pub concurrent: usize,
     pub idle: usize,
     pub execs: usize,
+    /// The OCI runtime crid uses (containerd always uses runc).
+    pub runtime: String,
 }
 
 struct Runtime {
@@ -284,7 +286,12 @@ async fn exec_round_trips(runtime: &mut Runtime, rounds: usize) -> anyhow::Resul
             .await
             .with_context(|| format!("{}: ExecSync", runtime.name))?
             .into_inner();
-        anyhow::ensure!(out.exit_code == 0, "{}: `true` exited {}", runtime.name, out.exit_code);
+        anyhow::ensure!(
+            out.exit_code == 0,
+            "{}: `true` exited {}",
+            runtime.name,
+            out.exit_code
+        );
         times.push(ms(t.elapsed()));
     }
     end_pod(&mut client, runtime.name, &pod, &container).await?;
@@ -354,7 +361,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             work.path().join("none.d").display()
         ),
         // The harness logs at debug; a benchmark logs as a production crid does.
-        dropin: Some("log_level = \"info\"\n".to_owned()),
+        dropin: Some(format!(
+            "log_level = \"info\"\n[runtime]\nruntime_path = \"{}\"\n",
+            require::tool(&settings.runtime).display()
+        )),
     });
     let containerd = Containerd::start(&[&registry.addr], Some(&pause));
     let _networks = HostNetworks {

@@ -263,6 +263,7 @@ fn main() -> anyhow::Result<()> {
         concurrent: 20,
         idle: 50,
         execs: 200,
+        runtime: "runc".to_owned(),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -275,8 +276,9 @@ fn main() -> anyhow::Result<()> {
             "--concurrent" => pods.concurrent = it.next().context("--concurrent N")?.parse()?,
             "--idle" => pods.idle = it.next().context("--idle N")?.parse()?,
             "--execs" => pods.execs = it.next().context("--execs N")?.parse()?,
+            "--runtime" => pods.runtime = it.next().context("--runtime runc|crun")?.clone(),
             "--log-on-disk" => log_on_disk = true,
-            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X] [--log-on-disk] | crid-bench pull [--rounds N] | crid-bench lifecycle [--pods N] [--concurrent N] [--idle N] [--execs N])"),
+            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X] [--log-on-disk] | crid-bench pull [--rounds N] | crid-bench lifecycle [--pods N] [--concurrent N] [--idle N] [--execs N] [--runtime runc|crun])"),
         }
     }
     if what == "pull" {
