@@ -151,3 +151,59 @@ fn pins_configured_namespaces_and_undoes_a_failure() {
     }
     assert!(!dir.path().join("ipc/pod3").exists());
 }
+
+#[test]
+fn a_pid_namespace_is_held_by_a_holder_and_lo_is_up() {
+    require::root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(workspace_binary("crid-pinns"))
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--id", "pod2", "--net", "--pid"])
+        .output()
+        .expect("run crid-pinns");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("holder report on stdout");
+    let holder = report["holder_pid"].as_i64().expect("holder_pid") as i32;
+    let pid_pin = dir.path().join("pid/pod2");
+    let net_pin = dir.path().join("net/pod2");
+    assert!(mounted(&pid_pin) && mounted(&net_pin));
+    // The holder is PID 1 of the pinned namespace, and survives SIGTERM.
+    let holder_ns = std::fs::read_link(format!("/proc/{holder}/ns/pid")).expect("holder ns");
+    let pinned_ns = nsenter(&[
+        &format!("--pid={}", pid_pin.display()),
+        "readlink",
+        "/proc/self/ns/pid",
+    ]);
+    assert_eq!(holder_ns.display().to_string(), pinned_ns);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        Path::new(&format!("/proc/{holder}")).exists(),
+        "holder died of SIGTERM"
+    );
+    // lo is up in the new network namespace without any CNI plugin.
+    let lo = nsenter(&[
+        &format!("--net={}", net_pin.display()),
+        "ip",
+        "-o",
+        "link",
+        "show",
+        "lo",
+    ]);
+    assert!(lo.contains("UP"), "{lo}");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    unpin(&pid_pin);
+    unpin(&net_pin);
+}

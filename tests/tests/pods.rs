@@ -813,3 +813,38 @@ async fn a_restarted_crid_finds_its_pods_and_the_exits_it_missed() {
     assert_eq!(text(&out.stdout).trim(), "still-here");
     fx.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_in_use_is_not_removed() {
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("inuse");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let id = fx
+        .start_container(&pod_id, &pod, fx.container_config("c", &["sleep", "1000"]))
+        .await;
+    let mut images = fx.crid.images().await;
+    let image = fx.image.clone();
+    let spec = || {
+        Some(cri::ImageSpec {
+            image: image.clone(),
+            ..Default::default()
+        })
+    };
+    let refused = images
+        .remove_image(cri::RemoveImageRequest { image: spec() })
+        .await
+        .expect_err("remove an image a container uses");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
+    assert!(refused.message().contains(&id), "{refused}");
+    // The container still works.
+    assert_eq!(fx.exec(&id, &["true"], 10).await.exit_code, 0);
+    fx.runtime
+        .remove_container(cri::RemoveContainerRequest { container_id: id })
+        .await
+        .expect("remove");
+    images
+        .remove_image(cri::RemoveImageRequest { image: spec() })
+        .await
+        .expect("remove the unused image");
+    fx.finish().await;
+}

@@ -173,6 +173,7 @@ pub async fn create(
     if image_name.is_empty() {
         return Err(invalid("config.image.image is empty"));
     }
+    let _image_in_use = state.image_use.read().await;
     let (image, _) = state
         .images
         .lookup(&image_name)?

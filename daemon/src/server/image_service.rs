@@ -10,15 +10,17 @@ use tonic::{Request, Response, Status};
 use crate::error::DaemonError;
 use crate::image::store::ImageRecord;
 use crate::image::{self, ImageStore};
+use crate::state::State;
 
 /// The image service.
 pub struct Images {
     store: Arc<ImageStore>,
+    state: Arc<State>,
 }
 
 impl Images {
-    pub fn new(store: Arc<ImageStore>) -> Self {
-        Images { store }
+    pub fn new(store: Arc<ImageStore>, state: Arc<State>) -> Self {
+        Images { store, state }
     }
 }
 
@@ -121,6 +123,21 @@ impl ImageService for Images {
         request: Request<cri::RemoveImageRequest>,
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         let spec = spec_of(request.into_inner().image)?;
+        // Containers mount the image's layers: while one exists (in any state), the image
+        // stays (CRI-O refuses the same way). Untagging one of several tags is fine.
+        let _no_creates = self.state.image_use.write().await;
+        if let Some((record, how)) = self.store.lookup(&spec).map_err(DaemonError::from)? {
+            let only_untag = matches!(how, image::Lookup::Tag(_)) && record.repo_tags.len() > 1;
+            if !only_untag {
+                if let Some(user) = self.state.container_using_image(&record.id) {
+                    return Err(DaemonError::FailedPrecondition(format!(
+                        "image {spec} ({}) is in use by container {user}",
+                        record.id
+                    ))
+                    .into());
+                }
+            }
+        }
         self.store.remove(&spec).map_err(DaemonError::from)?;
         Ok(Response::new(cri::RemoveImageResponse {}))
     }

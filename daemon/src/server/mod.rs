@@ -40,10 +40,11 @@ pub async fn run(
     crate::sandbox::lifecycle::recover(&state);
     let (listener, guard) = listener::bind(&config.listen, lock)?;
     tracing::info!(socket = %config.listen.display(), "serving CRI v1");
-    let runtime = RuntimeServiceServer::new(runtime_service::Runtime::new(config.clone(), state))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let image = ImageServiceServer::new(image_service::Images::new(store))
+    let runtime =
+        RuntimeServiceServer::new(runtime_service::Runtime::new(config.clone(), state.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let image = ImageServiceServer::new(image_service::Images::new(store, state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);

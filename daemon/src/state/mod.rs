@@ -79,6 +79,9 @@ pub struct State {
     pub config: Arc<Config>,
     pub images: Arc<ImageStore>,
     pub paths: StatePaths,
+    /// Held shared by CreateContainer from image lookup until the container is recorded,
+    /// and exclusively by RemoveImage, so an image is never removed under a new container.
+    pub image_use: tokio::sync::RwLock<()>,
     index: Mutex<Index>,
 }
 
@@ -172,6 +175,7 @@ impl State {
             config,
             images,
             paths,
+            image_use: tokio::sync::RwLock::new(()),
             index: Mutex::new(index),
         })
     }
@@ -215,6 +219,15 @@ impl State {
 
     pub fn containers(&self) -> Vec<Arc<Container>> {
         self.index().containers.values().cloned().collect()
+    }
+
+    /// A container whose image is `image_id`, if any.
+    pub fn container_using_image(&self, image_id: &str) -> Option<String> {
+        self.index()
+            .containers
+            .values()
+            .find(|c| c.record().image_id == image_id)
+            .map(|c| c.id.clone())
     }
 
     /// The containers of one pod.

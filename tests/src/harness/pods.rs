@@ -44,8 +44,10 @@ pub struct PodFixture {
 fn fixture_number() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    // Distinct across the test binaries that may share a host over time, and within one.
-    (std::process::id() % 50) * 5 + SEQ.fetch_add(1, Ordering::Relaxed) % 5
+    // Distinct within a test binary (they run one after another; their tests in parallel).
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    assert!(n < 250, "more fixtures than /24 subnets in 10.234.0.0/16");
+    n
 }
 
 /// A CNI conflist: bridge + host-local + portmap, as crid's packaging installs (crid-pinns
@@ -382,6 +384,7 @@ impl Drop for PodFixture {
         // cgroup parent directories (kubelet owns those in a cluster).
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(Path::new(LEASE_ROOT).join(&self.network));
         for controller in list(Path::new("/sys/fs/cgroup")) {
