@@ -50,7 +50,7 @@ need_cargo() {
 }
 
 install_crid() {
-    install -m 0755 target/release/crid target/release/crimon /usr/local/bin/
+    install -m 0755 target/release/crid target/release/crimon target/release/crid-pinns /usr/local/bin/
     install -d -m 0755 /etc/crid /etc/crid/crid.conf.d /etc/cni/net.d
     [ -e /etc/crid/crid.toml ] || /usr/local/bin/crid config >/etc/crid/crid.toml
     if ! ls /etc/cni/net.d/*.conf* >/dev/null 2>&1; then
