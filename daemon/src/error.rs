@@ -62,6 +62,9 @@ impl From<DaemonError> for tonic::Status {
             DaemonError::Io { .. } | DaemonError::Internal(_) => tonic::Status::internal(message),
             DaemonError::Overlay(_) | DaemonError::Namespace(_) => tonic::Status::internal(message),
             // A plugin's or the runtime's own failure: its message says what went wrong.
+            DaemonError::Cni(crate::network::cni::CniError::NoConfig(_)) => {
+                tonic::Status::failed_precondition(message)
+            }
             DaemonError::Cni(_) => tonic::Status::unknown(message),
             DaemonError::Runtime(crate::oci_runtime::RuntimeError::TimedOut { .. }) => {
                 tonic::Status::deadline_exceeded(message)

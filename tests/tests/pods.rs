@@ -848,3 +848,50 @@ async fn an_image_in_use_is_not_removed() {
         .expect("remove the unused image");
     fx.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_cni_config_a_pod_is_refused_and_leaves_nothing() {
+    let mut fx = PodFixture::start("").await;
+    let conf_dir = fx.crid.dir.path().join("net.d");
+    std::fs::remove_file(conf_dir.join("10-test.conflist")).expect("remove conflist");
+    let status = fx
+        .runtime
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .expect("status")
+        .into_inner();
+    let network = status
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("NetworkReady");
+    assert!(
+        !network.status && network.reason == "NetworkPluginNotReady",
+        "{network:?}"
+    );
+    let err = fx
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(fx.pod_config("nonet")),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("a pod without a network");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(
+        err.message().contains(&conf_dir.display().to_string()),
+        "{err}"
+    );
+    // The name is free again and nothing is listed.
+    let pods = fx
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    fx.finish().await;
+}

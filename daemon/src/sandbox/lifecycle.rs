@@ -260,14 +260,20 @@ async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError>
 pub async fn teardown(state: &State, pod: &Pod) -> Result<(), DaemonError> {
     let record = pod.record();
     if let Some(netns) = &record.namespaces.net {
-        network::detach(
+        let detached = network::detach(
             &state.config.network,
             &pod.id,
             netns,
             &pod.config,
             record.cni_result.as_ref(),
         )
-        .await?;
+        .await;
+        match detached {
+            Ok(()) => {}
+            // No configuration, and no ADD ever ran with one: nothing was attached.
+            Err(crate::network::cni::CniError::NoConfig(_)) if record.cni_result.is_none() => {}
+            Err(err) => return Err(err.into()),
+        }
         pod.update(|r| {
             r.cni_result = None;
             r.ips.clear();
