@@ -120,15 +120,10 @@ async fn everything_else_is_unimplemented() {
     let crid = CridProcess::start(&CridOptions::default());
     let mut rt = crid.runtime().await;
     let checks = [
-        rt.run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        rt.update_container_resources(cri::UpdateContainerResourcesRequest::default())
             .await
             .map(drop),
-        rt.list_containers(cri::ListContainersRequest::default())
-            .await
-            .map(drop),
-        rt.exec_sync(cri::ExecSyncRequest::default())
-            .await
-            .map(drop),
+        rt.exec(cri::ExecRequest::default()).await.map(drop),
         rt.container_stats(cri::ContainerStatsRequest::default())
             .await
             .map(drop),

@@ -390,8 +390,11 @@ pub async fn start(state: &State, container: &Container) -> Result<(), DaemonErr
             )))
         }
     }
+    // The process runs from within `runc start`; a container that exits at once must not
+    // show a start after its finish.
+    let starting = persist::now_nanos();
     runtime(state).start(&container.id).await?;
-    container.update(|r| r.started_at = Some(persist::now_nanos()))
+    container.update(|r| r.started_at = Some(starting))
 }
 
 /// Whether the container shares a PID namespace, so that killing its init would not end the
@@ -453,19 +456,22 @@ async fn stop_locked(
     let record = container.record();
     let rt = runtime(state);
     let all = shares_pid_namespace(container);
+    // A signal may race with the container's own exit (and the monitor's delete of it from
+    // the runtime); a failed kill of a container that has exited is no failure. What an
+    // exited init left behind in a shared PID namespace is killed by that delete.
+    let exited = |result: Result<(), crate::oci_runtime::RuntimeError>| match result {
+        Err(_) if container.finished(&state.paths.exits).is_some() => Ok(()),
+        other => other,
+    };
     if record.started_at.is_some() && timeout_secs > 0 && record.stop_signal != libc::SIGKILL {
-        rt.kill(&container.id, record.stop_signal, false).await?;
+        exited(rt.kill(&container.id, record.stop_signal, false).await)?;
         let limit = Duration::from_secs(timeout_secs.unsigned_abs());
         if wait_exit(state, container, limit).await {
-            if all {
-                // Its init is gone; what it left behind in a shared PID namespace goes too.
-                rt.kill(&container.id, libc::SIGKILL, true).await?;
-            }
             return Ok(());
         }
         tracing::info!(container = %container.id, timeout_secs, "stop signal did not end the container; sending SIGKILL");
     }
-    rt.kill(&container.id, libc::SIGKILL, all).await?;
+    exited(rt.kill(&container.id, libc::SIGKILL, all).await)?;
     if wait_exit(state, container, KILL_GRACE).await {
         return Ok(());
     }
