@@ -380,6 +380,38 @@ fn list(dir: &Path) -> Vec<String> {
 
 impl Drop for PodFixture {
     fn drop(&mut self) {
+        // A test that failed before `finish` leaves its pods: kill their processes (monitors,
+        // PID holders, containers' runc leftovers) and unmount what is under the fixture, so
+        // one failure does not leak into the host for the tests after it.
+        let base = self.crid.dir.path().display().to_string();
+        let crid_pid = self.crid.child.as_ref().map(|c| c.id());
+        for proc_entry in list(Path::new("/proc")) {
+            let Ok(pid) = proc_entry.parse::<u32>() else {
+                continue;
+            };
+            if Some(pid) == crid_pid {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&base) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut targets: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|t| t.starts_with(&base))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        // Killed processes leave their cgroups only once reaped.
+        std::thread::sleep(Duration::from_millis(100));
+        for target in targets {
+            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+        }
         // Host state that outlives crid by design: the bridge, the lease directory and the
         // cgroup parent directories (kubelet owns those in a cluster).
         let _ = Command::new("ip")
@@ -391,6 +423,9 @@ impl Drop for PodFixture {
             let dir = PathBuf::from("/sys/fs/cgroup")
                 .join(&controller)
                 .join(self.cgroup_parent.trim_start_matches('/'));
+            for child in list(&dir).iter().filter(|c| c.starts_with("crid-")) {
+                let _ = std::fs::remove_dir(dir.join(child));
+            }
             let _ = std::fs::remove_dir(dir);
         }
     }
