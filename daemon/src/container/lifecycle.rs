@@ -263,10 +263,24 @@ async fn setup(
             run_as_username: &security.run_as_username,
             image_user: &image.user,
             supplemental_groups: &security.supplemental_groups,
+            image_groups: security.supplemental_groups_policy
+                != cri::SupplementalGroupsPolicy::Strict as i32,
         },
     )
     .map_err(|e| invalid(format!("config.linux.security_context: {e}")))?;
     let pod_record = pod.record();
+    let privileged = security.privileged;
+    let pod_privileged = pod
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.privileged);
+    if privileged && !pod_privileged {
+        return Err(invalid(
+            "config.linux.security_context.privileged: the pod sandbox is not privileged",
+        ));
+    }
     let mut annotations = config.annotations.clone();
     annotations.insert("io.kubernetes.cri.sandbox-id".into(), pod.id.clone());
     annotations.insert(
@@ -288,6 +302,7 @@ async fn setup(
         },
         cgroups_path: cgroups_path(state, pod, &container.id),
         annotations,
+        privileged,
     })?;
     let bundle_config = container.dir.join("config.json");
     let json = serde_json::to_vec(&spec)

@@ -2,5 +2,6 @@
 //! the OCI runtime.
 
 pub mod lifecycle;
+pub mod security;
 pub mod spec;
 pub mod user;

@@ -13,6 +13,7 @@ use oci_spec::runtime::{
 };
 use serde::Deserialize;
 
+use super::security;
 use crate::state::container::ProcessUser;
 
 /// Why a spec could not be made.
@@ -63,47 +64,6 @@ impl ImageConfig {
 
 /// The PATH a container gets when neither the image nor the CRI config sets one.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The capabilities a container has unless its security context says otherwise (containerd's
-/// and docker's default set).
-const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
-const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 
 /// The process arguments, by Kubernetes' rules: `command` replaces the image's entrypoint
 /// (and drops its cmd); `args` replace the image's cmd.
@@ -228,6 +188,8 @@ pub struct SpecInputs<'a> {
     pub files: PodFiles,
     pub cgroups_path: String,
     pub annotations: HashMap<String, String>,
+    /// A privileged container (its pod must be privileged too).
+    pub privileged: bool,
 }
 
 fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
@@ -385,10 +347,10 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamesp
     })
 }
 
-fn capabilities(names: &[&str]) -> HashSet<Capability> {
+fn capability_set<'a>(names: impl IntoIterator<Item = &'a String>) -> HashSet<Capability> {
     names
-        .iter()
-        .filter_map(|n| serde_json::from_value(serde_json::Value::String((*n).to_owned())).ok())
+        .into_iter()
+        .filter_map(|n| serde_json::from_value(serde_json::Value::String(n.clone())).ok())
         .collect()
 }
 
@@ -409,7 +371,10 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref());
-    let caps = capabilities(DEFAULT_CAPABILITIES);
+    let privileged = inputs.privileged;
+    let (caps, ambient) =
+        security::capabilities(security.and_then(|s| s.capabilities.as_ref()), privileged)?;
+    let (caps, ambient) = (capability_set(&caps), capability_set(&ambient));
     let process = ProcessBuilder::default()
         .terminal(config.tty)
         .user(
@@ -427,14 +392,17 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
                 .bounding(caps.clone())
                 .effective(caps.clone())
                 .permitted(caps)
-                .inheritable(HashSet::new())
-                .ambient(HashSet::new())
+                // Ambient capabilities must be inheritable too; nothing else is.
+                .inheritable(ambient.clone())
+                .ambient(ambient)
                 .build()?,
         )
         .no_new_privileges(security.is_some_and(|s| s.no_new_privs))
         .build()?;
 
     let files = &inputs.files;
+    // Privileged containers get a writable /sys (and cgroup tree), as in CRI-O and containerd.
+    let sys_mode = if privileged { "rw" } else { "ro" };
     let targets: HashSet<&str> = config
         .mounts
         .iter()
@@ -471,13 +439,13 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
             "/sys",
             "sysfs",
             "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
+            &["nosuid", "noexec", "nodev", sys_mode],
         )?,
         mount(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+            &["nosuid", "noexec", "nodev", "relatime", sys_mode],
         )?,
     ];
     if !targets.contains("/dev/shm") {
@@ -502,9 +470,22 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
 
     let mut devices = Vec::new();
     let mut rules = vec![LinuxDeviceCgroupBuilder::default()
-        .allow(false)
+        .allow(privileged)
         .access("rwm")
         .build()?];
+    if privileged {
+        for (path, _) in security::host_devices() {
+            let host = cri::Device {
+                container_path: path.clone(),
+                host_path: path,
+                permissions: "rwm".into(),
+            };
+            // A node that vanished meanwhile is skipped.
+            if let Ok((dev, _)) = device(&host) {
+                devices.push(dev);
+            }
+        }
+    }
     for d in &config.devices {
         let (dev, rule) = device(d)?;
         devices.push(dev);
@@ -533,23 +514,14 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
         namespaces.push(namespace(LinuxNamespaceType::Cgroup, None)?);
     }
 
+    let (masked, readonly) = security::path_lists(security, privileged);
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&inputs.cgroups_path))
         .resources(LinuxResourcesBuilder::default().devices(rules).build()?)
         .devices(devices)
-        .masked_paths(
-            MASKED_PATHS
-                .iter()
-                .map(|p| (*p).to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            READONLY_PATHS
-                .iter()
-                .map(|p| (*p).to_owned())
-                .collect::<Vec<_>>(),
-        );
+        .masked_paths(masked)
+        .readonly_paths(readonly);
     if let Some(propagation) = propagation {
         linux = linux.rootfs_propagation(propagation);
     }
@@ -689,6 +661,7 @@ mod build_tests {
             },
             cgroups_path: "/crid/crid-x".into(),
             annotations: HashMap::new(),
+            privileged: false,
         })
         .expect("spec");
         let json = serde_json::to_value(&spec).expect("json");

@@ -23,6 +23,8 @@ pub enum UserError {
     NoSuchUser(String),
     #[error("group {0:?} not found in the container's /etc/group")]
     NoSuchGroup(String),
+    #[error("run_as_group is set without run_as_user or run_as_username")]
+    GroupWithoutUser,
     #[error("invalid id {0}: ids are 0..=4294967294")]
     BadId(i64),
 }
@@ -35,6 +37,9 @@ pub struct UserRequest<'a> {
     pub run_as_username: &'a str,
     pub image_user: &'a str,
     pub supplemental_groups: &'a [i64],
+    /// Add the groups the image's /etc/group lists the user in (policy Merge); off for
+    /// policy Strict.
+    pub image_groups: bool,
 }
 
 /// A parsed `/etc/passwd` or `/etc/group` line: name, id, and (passwd) gid or (group) members.
@@ -87,6 +92,12 @@ fn read_in_root(rootfs: &Path, relative: &str) -> String {
 
 /// Resolves the process user in the root filesystem at `rootfs`.
 pub fn resolve(rootfs: &Path, request: &UserRequest<'_>) -> Result<ProcessUser, UserError> {
+    if request.run_as_group.is_some()
+        && request.run_as_user.is_none()
+        && request.run_as_username.is_empty()
+    {
+        return Err(UserError::GroupWithoutUser);
+    }
     let passwd = read_in_root(rootfs, "etc/passwd");
     let groups = read_in_root(rootfs, "etc/group");
     let (image_user, image_group) = match request.image_user.split_once(':') {
@@ -147,7 +158,7 @@ pub fn resolve(rootfs: &Path, request: &UserRequest<'_>) -> Result<ProcessUser, 
         _ => passwd_gid.unwrap_or(0),
     };
     let mut additional_gids = vec![gid];
-    if let Some(name) = &name {
+    if let Some(name) = name.as_ref().filter(|_| request.image_groups) {
         for entry in entries(&groups) {
             if entry.fourth.split(',').any(|member| member == name) {
                 additional_gids.push(entry.id);
@@ -191,6 +202,7 @@ mod tests {
         let root = rootfs();
         let by_name = UserRequest {
             image_user: "www",
+            image_groups: true,
             ..Default::default()
         };
         let user = resolve(root.path(), &by_name).expect("www");
@@ -220,6 +232,7 @@ mod tests {
             run_as_group: Some(7),
             image_user: "root",
             supplemental_groups: &[9],
+            image_groups: true,
             ..Default::default()
         };
         let user = resolve(root.path(), &request).expect("33");
