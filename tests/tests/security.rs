@@ -1,0 +1,297 @@
+//! The security context as a container sees it: capabilities in /proc/self/status, privileged
+//! containers, read-only root, masked paths, users and groups, no_new_privs.
+
+use crid_proto::cri;
+use crid_tests::harness::pods::PodFixture;
+use tonic::Code;
+
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+async fn proc_status(fx: &mut PodFixture, id: &str) -> String {
+    let out = fx.exec(id, &["cat", "/proc/self/status"], 10).await;
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `id` in a new container running with `security`.
+async fn id_as(
+    fx: &mut PodFixture,
+    pod_id: &str,
+    pod: &cri::PodSandboxConfig,
+    security: cri::LinuxContainerSecurityContext,
+    name: &str,
+) -> String {
+    let config = with_security(fx.container_config(name, &["sleep", "1000"]), security);
+    let id = fx.start_container(pod_id, pod, config).await;
+    let out = fx.exec(&id, &["id"], 10).await;
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn caps_mask(names: &[u32]) -> u64 {
+    names.iter().fold(0, |m, bit| m | (1u64 << bit))
+}
+
+fn with_security(
+    mut config: cri::ContainerConfig,
+    security: cri::LinuxContainerSecurityContext,
+) -> cri::ContainerConfig {
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(security),
+        ..Default::default()
+    });
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capabilities_default_add_drop_and_all() {
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("caps");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    // CRI-O's nine: CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, FSETID 4, KILL 5, SETGID 6, SETUID 7,
+    // SETPCAP 8, NET_BIND_SERVICE 10.
+    let default = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            fx.container_config("default", &["sleep", "1000"]),
+        )
+        .await;
+    let status = proc_status(&mut fx, &default).await;
+    let nine = caps_mask(&[0, 1, 3, 4, 5, 6, 7, 8, 10]);
+    assert_eq!(status_field(&status, "CapEff"), format!("{nine:016x}"));
+    assert_eq!(status_field(&status, "CapBnd"), format!("{nine:016x}"));
+    assert_eq!(status_field(&status, "CapInh"), format!("{:016x}", 0));
+    assert_eq!(status_field(&status, "NoNewPrivs"), "0");
+
+    let changed = with_security(
+        fx.container_config("changed", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                drop_capabilities: vec!["KILL".into(), "CAP_CHOWN".into()],
+                add_ambient_capabilities: Vec::new(),
+            }),
+            no_new_privs: true,
+            ..Default::default()
+        },
+    );
+    let changed = fx.start_container(&pod_id, &pod, changed).await;
+    let status = proc_status(&mut fx, &changed).await;
+    let expected = caps_mask(&[1, 3, 4, 6, 7, 8, 10, 12]);
+    assert_eq!(status_field(&status, "CapEff"), format!("{expected:016x}"));
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
+    // NET_ADMIN works, KILL's absence does not matter for root killing its own processes.
+    let link = fx
+        .exec(&changed, &["ip", "link", "set", "lo", "mtu", "1500"], 10)
+        .await;
+    assert_eq!(
+        link.exit_code,
+        0,
+        "{}",
+        String::from_utf8_lossy(&link.stderr)
+    );
+
+    let none = with_security(
+        fx.container_config("none", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let none = fx.start_container(&pod_id, &pod, none).await;
+    let status = proc_status(&mut fx, &none).await;
+    assert_eq!(status_field(&status, "CapEff"), format!("{:016x}", 0));
+    let chown = fx.exec(&none, &["chown", "1000", "/tmp"], 10).await;
+    assert_ne!(chown.exit_code, 0, "chown without CAP_CHOWN succeeded");
+
+    let bad = with_security(
+        fx.container_config("bad", &["true"]),
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["CAP_FLY".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let err = fx
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(bad),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect_err("unknown capability");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("CAP_FLY"), "{err}");
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn privileged_containers_need_a_privileged_pod_and_get_everything() {
+    let mut fx = PodFixture::start("").await;
+    let plain_pod = fx.pod_config("plain");
+    let plain_id = fx.run_pod(plain_pod.clone()).await;
+    let privileged = |fx: &PodFixture| {
+        with_security(
+            fx.container_config("priv", &["sleep", "1000"]),
+            cri::LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            },
+        )
+    };
+    let err = fx
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: plain_id.clone(),
+            config: Some(privileged(&fx)),
+            sandbox_config: Some(plain_pod.clone()),
+        })
+        .await
+        .expect_err("privileged container in an unprivileged pod");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    let mut pod = fx.pod_config("priv");
+    pod.linux.as_mut().expect("linux").security_context = Some(cri::LinuxSandboxSecurityContext {
+        privileged: true,
+        ..Default::default()
+    });
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let id = fx.start_container(&pod_id, &pod, privileged(&fx)).await;
+    let status =
+        String::from_utf8_lossy(&fx.exec(&id, &["cat", "/proc/self/status"], 10).await.stdout)
+            .into_owned();
+    // Every capability crid itself holds (this test runs with the same set).
+    let ours = std::fs::read_to_string("/proc/self/status").expect("own status");
+    assert_eq!(
+        status_field(&status, "CapEff"),
+        status_field(&ours, "CapBnd")
+    );
+    let mounts =
+        String::from_utf8_lossy(&fx.exec(&id, &["cat", "/proc/self/mounts"], 10).await.stdout)
+            .into_owned();
+    assert!(
+        mounts.lines().any(|l| l.starts_with("sysfs /sys sysfs rw")),
+        "{mounts}"
+    );
+    assert!(
+        !mounts.contains("/proc/kcore"),
+        "masked in a privileged container: {mounts}"
+    );
+    let devices =
+        String::from_utf8_lossy(&fx.exec(&id, &["ls", "/dev"], 10).await.stdout).into_owned();
+    assert!(
+        devices.lines().any(|d| d == "kmsg"),
+        "host devices missing: {devices}"
+    );
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_root_masked_paths_users_and_groups() {
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("users");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let ro = with_security(
+        fx.container_config("ro", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            masked_paths: vec!["/proc/cpuinfo".into()],
+            ..Default::default()
+        },
+    );
+    let ro = fx.start_container(&pod_id, &pod, ro).await;
+    let touch = fx.exec(&ro, &["touch", "/newfile"], 10).await;
+    assert_ne!(touch.exit_code, 0, "wrote to a read-only root");
+    let tmpfs = fx.exec(&ro, &["touch", "/dev/shm/ok"], 10).await;
+    assert_eq!(
+        tmpfs.exit_code,
+        0,
+        "{}",
+        String::from_utf8_lossy(&tmpfs.stderr)
+    );
+    let cpuinfo = fx.exec(&ro, &["cat", "/proc/cpuinfo"], 10).await;
+    assert!(cpuinfo.stdout.is_empty(), "/proc/cpuinfo not masked");
+    let kcore = fx.exec(&ro, &["cat", "/proc/self/mounts"], 10).await;
+    assert!(
+        !String::from_utf8_lossy(&kcore.stdout).contains("/proc/kcore"),
+        "the request's list replaces the defaults"
+    );
+
+    let by_uid = id_as(
+        &mut fx,
+        &pod_id,
+        &pod,
+        cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            run_as_group: Some(cri::Int64Value { value: 2000 }),
+            supplemental_groups: vec![3000],
+            ..Default::default()
+        },
+        "uid",
+    )
+    .await;
+    assert!(by_uid.starts_with("uid=1000 gid=2000"), "{by_uid}");
+    assert!(
+        by_uid.contains("3000") && by_uid.contains("1500"),
+        "{by_uid}"
+    );
+    let merged = id_as(
+        &mut fx,
+        &pod_id,
+        &pod,
+        cri::LinuxContainerSecurityContext {
+            run_as_username: "tester".into(),
+            ..Default::default()
+        },
+        "merge",
+    )
+    .await;
+    assert!(
+        merged.starts_with("uid=1000 gid=1000") && merged.contains("1500"),
+        "{merged}"
+    );
+    let strict = id_as(
+        &mut fx,
+        &pod_id,
+        &pod,
+        cri::LinuxContainerSecurityContext {
+            run_as_username: "tester".into(),
+            supplemental_groups_policy: cri::SupplementalGroupsPolicy::Strict as i32,
+            ..Default::default()
+        },
+        "strict",
+    )
+    .await;
+    assert!(!strict.contains("1500"), "{strict}");
+
+    let group_only = with_security(
+        fx.container_config("grouponly", &["true"]),
+        cri::LinuxContainerSecurityContext {
+            run_as_group: Some(cri::Int64Value { value: 5 }),
+            ..Default::default()
+        },
+    );
+    let err = fx
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(group_only),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect_err("run_as_group without a user");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("run_as_group"), "{err}");
+    fx.finish().await;
+}
