@@ -53,6 +53,9 @@ pub struct RuntimeConfig {
     pub cgroup_manager: CgroupManager,
     /// Bound of each container log file in bytes; 0 means no bound.
     pub log_size_max: u64,
+    /// Most processes (pids cgroup) per container; 0 means no limit of crid's own (kubelet's
+    /// pod pids limit still applies).
+    pub pids_limit: i64,
 }
 
 /// Images and registries.
@@ -121,6 +124,7 @@ impl Default for RuntimeConfig {
             monitor_path: PathBuf::new(),
             cgroup_manager: CgroupManager::Cgroupfs,
             log_size_max: 0,
+            pids_limit: 0,
         }
     }
 }
@@ -259,6 +263,8 @@ cgroup_manager = "cgroupfs"
 # Bound of each container log file in bytes (the file is truncated at the bound); 0 means
 # none: kubelet rotates logs through ReopenContainerLog.
 log_size_max = {log_size_max}
+# Most processes per container (pids cgroup); 0: no limit of crid's own.
+pids_limit = {pids_limit}
 
 [network]
 # Directory of CNI network configurations; the first (by name) is used.
@@ -291,6 +297,7 @@ max_layer_entries = {max_layer_entries}
             runtime_root = q(&d.runtime.runtime_root),
             monitor_path = q(&d.runtime.monitor_path),
             log_size_max = d.runtime.log_size_max,
+            pids_limit = d.runtime.pids_limit,
             cni_config_dir = q(&d.network.cni_config_dir),
             plugin_dirs = dirs.join(", "),
             registries_conf = q(&d.image.registries_conf),

@@ -108,6 +108,12 @@ impl OciRuntime {
         self.run("start", id, &[id]).await
     }
 
+    /// Applies the OCI resources in `file` (JSON) to a running or created container.
+    pub async fn update(&self, id: &str, file: &std::path::Path) -> Result<(), RuntimeError> {
+        let file = file.display().to_string();
+        self.run("update", id, &["--resources", &file, id]).await
+    }
+
     /// Sends `signal` to the container's init (or, with `all`, to every process in it). A
     /// container that is already gone is not an error.
     pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {

@@ -120,7 +120,7 @@ async fn everything_else_is_unimplemented() {
     let crid = CridProcess::start(&CridOptions::default());
     let mut rt = crid.runtime().await;
     let checks = [
-        rt.update_container_resources(cri::UpdateContainerResourcesRequest::default())
+        rt.checkpoint_container(cri::CheckpointContainerRequest::default())
             .await
             .map(drop),
         rt.exec(cri::ExecRequest::default()).await.map(drop),

@@ -269,6 +269,8 @@ async fn setup(
     )
     .map_err(|e| invalid(format!("config.linux.security_context: {e}")))?;
     let pod_record = pod.record();
+    let cgroup_path = cgroups_path(state, pod, &container.id);
+    container.update(|r| r.cgroup_path = cgroup_path.clone())?;
     let privileged = security.privileged;
     let pod_privileged = pod
         .config
@@ -300,9 +302,10 @@ async fn setup(
             hostname: pod.dir.join("hostname"),
             shm: pod_record.shm.clone().unwrap_or_else(|| "/dev/shm".into()),
         },
-        cgroups_path: cgroups_path(state, pod, &container.id),
+        cgroups_path: cgroup_path.clone(),
         annotations,
         privileged,
+        pids_limit: state.config.runtime.pids_limit,
     })?;
     let bundle_config = container.dir.join("config.json");
     let json = serde_json::to_vec(&spec)
@@ -541,6 +544,45 @@ pub async fn exec_sync(
         )));
     }
     Ok(output)
+}
+
+/// Applies new resources to a created or running container (`runc update`), refusing a
+/// memory limit below what it uses now.
+pub async fn update_resources(
+    state: &State,
+    container: &Container,
+    requested: cri::LinuxContainerResources,
+) -> Result<(), DaemonError> {
+    let _guard = container.lifecycle.lock().await;
+    if container.phase(&state.paths.exits) == Phase::Exited {
+        return Err(DaemonError::FailedPrecondition(format!(
+            "container {} has exited",
+            container.id
+        )));
+    }
+    let oci = super::resources::linux_resources(
+        Some(&requested),
+        Vec::new(),
+        state.config.runtime.pids_limit,
+    )?;
+    let record = container.record();
+    if requested.memory_limit_in_bytes > 0 {
+        let usage = super::cgroup::Cgroup::new(&record.cgroup_path).memory_usage();
+        if let Some(usage) = usage.filter(|u| *u > requested.memory_limit_in_bytes as u64) {
+            return Err(DaemonError::FailedPrecondition(format!(
+                "memory limit {} of container {} is below its current usage {usage}",
+                requested.memory_limit_in_bytes, container.id
+            )));
+        }
+    }
+    let file = container.dir.join("resources.json");
+    let json = serde_json::to_vec(&oci)
+        .map_err(|e| DaemonError::Internal(format!("encode resources: {e}")))?;
+    persist::write(&file, &json)?;
+    let updated = runtime(state).update(&container.id, &file).await;
+    let _ = std::fs::remove_file(&file);
+    updated?;
+    container.save_resources(&requested)
 }
 
 /// Asks the monitor to reopen the container's log file (after kubelet rotated it).

@@ -1,7 +1,9 @@
 //! Containers: OCI spec generation, the process user, and the lifecycle through crimon and
 //! the OCI runtime.
 
+pub mod cgroup;
 pub mod lifecycle;
+pub mod resources;
 pub mod security;
 pub mod spec;
 pub mod user;

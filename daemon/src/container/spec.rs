@@ -8,12 +8,12 @@ use crid_proto::cri;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDevice, LinuxDeviceBuilder,
     LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
 };
 use serde::Deserialize;
 
-use super::security;
+use super::{resources, security};
 use crate::state::container::ProcessUser;
 
 /// Why a spec could not be made.
@@ -190,6 +190,8 @@ pub struct SpecInputs<'a> {
     pub annotations: HashMap<String, String>,
     /// A privileged container (its pod must be privileged too).
     pub privileged: bool,
+    /// The pids cgroup limit from crid's configuration (0: none).
+    pub pids_limit: i64,
 }
 
 fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
@@ -518,7 +520,11 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&inputs.cgroups_path))
-        .resources(LinuxResourcesBuilder::default().devices(rules).build()?)
+        .resources(resources::linux_resources(
+            config.linux.as_ref().and_then(|l| l.resources.as_ref()),
+            rules,
+            inputs.pids_limit,
+        )?)
         .devices(devices)
         .masked_paths(masked)
         .readonly_paths(readonly);
@@ -550,6 +556,9 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
     // builder's 1024-file example limit would starve real workloads.
     if let Some(process) = spec.process_mut() {
         process.set_rlimits(None);
+        if let Some(r) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
+            process.set_oom_score_adj(Some(resources::oom_score_adj(r.oom_score_adj)?));
+        }
     }
     Ok(spec)
 }
@@ -662,6 +671,7 @@ mod build_tests {
             cgroups_path: "/crid/crid-x".into(),
             annotations: HashMap::new(),
             privileged: false,
+            pids_limit: 0,
         })
         .expect("spec");
         let json = serde_json::to_value(&spec).expect("json");

@@ -126,7 +126,10 @@ pub fn container_status(state: &State, container: &Container) -> cri::ContainerS
         annotations: container.config.annotations.clone(),
         mounts: container.config.mounts.clone(),
         log_path: record.log_path.display().to_string(),
-        resources: None,
+        resources: container.resources().map(|linux| cri::ContainerResources {
+            linux: Some(linux),
+            windows: None,
+        }),
         image_id: record.image_id,
         user: Some(cri::ContainerUser {
             linux: Some(cri::LinuxContainerUser {

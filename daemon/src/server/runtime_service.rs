@@ -277,10 +277,22 @@ impl RuntimeService for Runtime {
         ok(cri::ReopenContainerLogResponse {})
     }
 
+    async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let request = request.into_inner();
+        let container = self.state.container(&request.container_id)?;
+        let linux = request
+            .linux
+            .ok_or_else(|| DaemonError::InvalidArgument("linux resources are missing".into()))?;
+        containers::update_resources(&self.state, &container, linux).await?;
+        ok(cri::UpdateContainerResourcesResponse {})
+    }
+
     type GetContainerEventsStream = EventStream;
 
     unimplemented_rpcs! {
-        update_container_resources("UpdateContainerResources"): cri::UpdateContainerResourcesRequest => cri::UpdateContainerResourcesResponse;
         exec("Exec"): cri::ExecRequest => cri::ExecResponse;
         attach("Attach"): cri::AttachRequest => cri::AttachResponse;
         port_forward("PortForward"): cri::PortForwardRequest => cri::PortForwardResponse;

@@ -13,6 +13,8 @@ use crate::error::DaemonError;
 
 const RECORD_FILE: &str = "container.json";
 const CONFIG_FILE: &str = "config.pb";
+/// Resources set by UpdateContainerResources (protobuf), which replace the config's.
+const RESOURCES_FILE: &str = "resources.pb";
 
 /// How a container ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +56,9 @@ pub struct ContainerRecord {
     pub user: ProcessUser,
     /// The container's overlay mount point.
     pub rootfs: PathBuf,
+    /// The OCI `cgroupsPath`.
+    #[serde(default)]
+    pub cgroup_path: String,
 }
 
 /// Where a container is in its life.
@@ -108,6 +113,21 @@ impl Container {
         let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         change(&mut record);
         persist::save_json(&self.dir.join(RECORD_FILE), &*record)
+    }
+
+    /// The container's resources: the last update's, else the config's.
+    pub fn resources(&self) -> Option<cri::LinuxContainerResources> {
+        persist::load_message(&self.dir.join(RESOURCES_FILE))
+            .ok()
+            .or_else(|| self.config.linux.as_ref().and_then(|l| l.resources.clone()))
+    }
+
+    /// Records the resources of an update.
+    pub fn save_resources(
+        &self,
+        resources: &cri::LinuxContainerResources,
+    ) -> Result<(), DaemonError> {
+        persist::save_message(&self.dir.join(RESOURCES_FILE), resources)
     }
 
     pub fn metadata(&self) -> cri::ContainerMetadata {

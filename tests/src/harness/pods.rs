@@ -76,9 +76,9 @@ pub fn conflist(network: &str, bridge: &str, subnet: &str) -> String {
 }
 
 impl PodFixture {
-    /// Starts a registry with the busybox image and crid with a private CNI network and
-    /// `extra_toml` appended to its configuration, and pulls the image.
-    pub async fn start(extra_toml: &str) -> Self {
+    /// Starts a registry with the busybox image and crid with a private CNI network (and
+    /// `dropin` as a configuration drop-in when not empty), and pulls the image.
+    pub async fn start(dropin: &str) -> Self {
         require::root();
         for tool in ["runc", "ip", "iptables"] {
             require::tool(tool);
@@ -103,11 +103,11 @@ impl PodFixture {
         let subnet = format!("10.234.{n}");
         let crid = CridProcess::start(&CridOptions {
             extra_toml: format!(
-                "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\n{extra_toml}",
+                "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\n",
                 conf.display(),
                 work.path().join("registries.conf.d").display(),
             ),
-            ..Default::default()
+            dropin: (!dropin.is_empty()).then(|| dropin.to_owned()),
         });
         std::fs::write(
             crid.dir.path().join("net.d/10-test.conflist"),

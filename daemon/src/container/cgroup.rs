@@ -1,0 +1,95 @@
+//! Reading a container's cgroup files (cgroupfs layout, v1 or v2): memory usage for
+//! UpdateContainerResources, and the numbers of ContainerStats.
+
+use std::path::PathBuf;
+
+use super::resources::cgroup_v2;
+
+/// A container's cgroup, by its OCI `cgroupsPath` (cgroupfs form: `/parent/crid-<id>`).
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    path: String,
+    v2: bool,
+}
+
+fn read_u64(path: PathBuf) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn stat_field(path: PathBuf, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// CPU and memory numbers of a cgroup.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu_nanos: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub working_set_bytes: Option<u64>,
+    pub rss_bytes: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub major_page_faults: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+impl Cgroup {
+    pub fn new(path: &str) -> Self {
+        Cgroup {
+            path: path.trim_start_matches('/').to_owned(),
+            v2: cgroup_v2(),
+        }
+    }
+
+    fn file(&self, controller: &str, name: &str) -> PathBuf {
+        let root = PathBuf::from("/sys/fs/cgroup");
+        if self.v2 {
+            root.join(&self.path).join(name)
+        } else {
+            root.join(controller).join(&self.path).join(name)
+        }
+    }
+
+    /// Bytes of memory in use (page cache included).
+    pub fn memory_usage(&self) -> Option<u64> {
+        if self.v2 {
+            read_u64(self.file("", "memory.current"))
+        } else {
+            read_u64(self.file("memory", "memory.usage_in_bytes"))
+        }
+    }
+
+    /// CPU time, memory usage and working set (usage minus inactive file pages, as cAdvisor
+    /// and kubelet compute it), process count.
+    pub fn usage(&self) -> Usage {
+        let memory_bytes = self.memory_usage();
+        if self.v2 {
+            let stat = self.file("", "memory.stat");
+            let inactive = stat_field(stat.clone(), "inactive_file").unwrap_or(0);
+            Usage {
+                cpu_nanos: stat_field(self.file("", "cpu.stat"), "usage_usec").map(|us| us * 1000),
+                memory_bytes,
+                working_set_bytes: memory_bytes.map(|m| m.saturating_sub(inactive)),
+                rss_bytes: stat_field(stat.clone(), "anon"),
+                page_faults: stat_field(stat.clone(), "pgfault"),
+                major_page_faults: stat_field(stat, "pgmajfault"),
+                pids: read_u64(self.file("", "pids.current")),
+            }
+        } else {
+            let stat = self.file("memory", "memory.stat");
+            let inactive = stat_field(stat.clone(), "total_inactive_file").unwrap_or(0);
+            Usage {
+                cpu_nanos: read_u64(self.file("cpuacct", "cpuacct.usage")),
+                memory_bytes,
+                working_set_bytes: memory_bytes.map(|m| m.saturating_sub(inactive)),
+                rss_bytes: stat_field(stat.clone(), "total_rss"),
+                page_faults: stat_field(stat.clone(), "total_pgfault"),
+                major_page_faults: stat_field(stat, "total_pgmajfault"),
+                pids: read_u64(self.file("pids", "pids.current")),
+            }
+        }
+    }
+}
