@@ -5,6 +5,7 @@
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod events;
 pub mod image;
 pub mod logging;
 pub mod monitor_client;

@@ -1,6 +1,7 @@
 //! The CRI gRPC server on a unix socket.
 
 mod cri_views;
+mod events;
 mod image_service;
 mod listener;
 mod runtime_service;
@@ -38,6 +39,7 @@ pub async fn run(
     );
     crate::container::lifecycle::recover(&state);
     crate::sandbox::lifecycle::recover(&state);
+    events::watch_exits(state.clone()).map_err(ServeError::ExitWatch)?;
     let (listener, guard) = listener::bind(&config.listen, lock)?;
     tracing::info!(socket = %config.listen.display(), "serving CRI v1");
     let runtime =
@@ -82,6 +84,8 @@ pub enum ServeError {
     ImageStore(#[source] crate::image::ImageError),
     #[error("cannot load pod and container records")]
     State(#[source] crate::error::DaemonError),
+    #[error("cannot watch the exit record directory")]
+    ExitWatch(#[source] std::io::Error),
     #[error("grpc server failed")]
     Transport(#[source] tonic::transport::Error),
 }

@@ -3,7 +3,6 @@
 //! table).
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use crid_proto::cri::{self, runtime_service_server::RuntimeService};
@@ -58,8 +57,8 @@ fn condition(kind: &str, c: Condition) -> cri::RuntimeCondition {
     }
 }
 
-type EventStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+use super::events::{self, EventStream};
+use crid_proto::cri::ContainerEventType as Event;
 
 #[tonic::async_trait]
 impl RuntimeService for Runtime {
@@ -120,6 +119,18 @@ impl RuntimeService for Runtime {
             .config
             .ok_or_else(|| DaemonError::InvalidArgument("config is missing".into()))?;
         let pod_sandbox_id = pods::run(&self.state, config, &request.runtime_handler).await?;
+        events::publish(
+            &self.state,
+            Event::ContainerCreatedEvent,
+            &pod_sandbox_id,
+            &pod_sandbox_id,
+        );
+        events::publish(
+            &self.state,
+            Event::ContainerStartedEvent,
+            &pod_sandbox_id,
+            &pod_sandbox_id,
+        );
         ok(cri::RunPodSandboxResponse { pod_sandbox_id })
     }
 
@@ -127,7 +138,12 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        pods::stop(&self.state, &request.get_ref().pod_sandbox_id).await?;
+        let id = &request.get_ref().pod_sandbox_id;
+        let known = self.state.pod(id).ok().map(|p| p.id.clone());
+        pods::stop(&self.state, id).await?;
+        if let Some(id) = known {
+            events::publish(&self.state, Event::ContainerStoppedEvent, &id, &id);
+        }
         ok(cri::StopPodSandboxResponse {})
     }
 
@@ -135,7 +151,25 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        pods::remove(&self.state, &request.get_ref().pod_sandbox_id).await?;
+        let id = &request.get_ref().pod_sandbox_id;
+        let known = self.state.pod(id).ok().map(|p| p.id.clone());
+        let containers: Vec<String> = known
+            .as_ref()
+            .map(|id| {
+                self.state
+                    .containers_of(id)
+                    .iter()
+                    .map(|c| c.id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        pods::remove(&self.state, id).await?;
+        if let Some(id) = known {
+            for container in containers {
+                events::publish(&self.state, Event::ContainerDeletedEvent, &container, &id);
+            }
+            events::publish(&self.state, Event::ContainerDeletedEvent, &id, &id);
+        }
         ok(cri::RemovePodSandboxResponse {})
     }
 
@@ -183,6 +217,14 @@ impl RuntimeService for Runtime {
             .config
             .ok_or_else(|| DaemonError::InvalidArgument("config is missing".into()))?;
         let container_id = containers::create(&self.state, &request.pod_sandbox_id, config).await?;
+        if let Ok(container) = self.state.container(&container_id) {
+            events::publish(
+                &self.state,
+                Event::ContainerCreatedEvent,
+                &container_id,
+                &container.pod_id,
+            );
+        }
         ok(cri::CreateContainerResponse { container_id })
     }
 
@@ -192,6 +234,12 @@ impl RuntimeService for Runtime {
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
         let container = self.state.container(&request.get_ref().container_id)?;
         containers::start(&self.state, &container).await?;
+        events::publish(
+            &self.state,
+            Event::ContainerStartedEvent,
+            &container.id,
+            &container.pod_id,
+        );
         ok(cri::StartContainerResponse {})
     }
 
@@ -214,7 +262,14 @@ impl RuntimeService for Runtime {
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
         let result = async {
             let container = self.state.container(&request.get_ref().container_id)?;
-            containers::remove(&self.state, &container).await
+            containers::remove(&self.state, &container).await?;
+            events::publish(
+                &self.state,
+                Event::ContainerDeletedEvent,
+                &container.id,
+                &container.pod_id,
+            );
+            Ok(())
         };
         absent_ok(result.await)?;
         ok(cri::RemoveContainerResponse {})
@@ -292,6 +347,13 @@ impl RuntimeService for Runtime {
 
     type GetContainerEventsStream = EventStream;
 
+    async fn get_container_events(
+        &self,
+        _: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        Ok(Response::new(events::stream(&self.state)))
+    }
+
     unimplemented_rpcs! {
         exec("Exec"): cri::ExecRequest => cri::ExecResponse;
         attach("Attach"): cri::AttachRequest => cri::AttachResponse;
@@ -302,7 +364,6 @@ impl RuntimeService for Runtime {
         list_pod_sandbox_stats("ListPodSandboxStats"): cri::ListPodSandboxStatsRequest => cri::ListPodSandboxStatsResponse;
         update_runtime_config("UpdateRuntimeConfig"): cri::UpdateRuntimeConfigRequest => cri::UpdateRuntimeConfigResponse;
         checkpoint_container("CheckpointContainer"): cri::CheckpointContainerRequest => cri::CheckpointContainerResponse;
-        get_container_events("GetContainerEvents"): cri::GetEventsRequest => EventStream;
         list_metric_descriptors("ListMetricDescriptors"): cri::ListMetricDescriptorsRequest => cri::ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics("ListPodSandboxMetrics"): cri::ListPodSandboxMetricsRequest => cri::ListPodSandboxMetricsResponse;
     }

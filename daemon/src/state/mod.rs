@@ -82,6 +82,8 @@ pub struct State {
     /// Held shared by CreateContainer from image lookup until the container is recorded,
     /// and exclusively by RemoveImage, so an image is never removed under a new container.
     pub image_use: tokio::sync::RwLock<()>,
+    /// Container and pod events for GetContainerEvents.
+    pub events: crate::events::EventHub,
     index: Mutex<Index>,
 }
 
@@ -176,6 +178,7 @@ impl State {
             images,
             paths,
             image_use: tokio::sync::RwLock::new(()),
+            events: crate::events::EventHub::default(),
             index: Mutex::new(index),
         })
     }
