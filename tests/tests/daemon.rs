@@ -124,10 +124,10 @@ async fn everything_else_is_unimplemented() {
             .await
             .map(drop),
         rt.exec(cri::ExecRequest::default()).await.map(drop),
-        rt.container_stats(cri::ContainerStatsRequest::default())
+        rt.update_runtime_config(cri::UpdateRuntimeConfigRequest::default())
             .await
             .map(drop),
-        rt.get_container_events(cri::GetEventsRequest::default())
+        rt.list_metric_descriptors(cri::ListMetricDescriptorsRequest::default())
             .await
             .map(drop),
     ];

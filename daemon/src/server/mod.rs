@@ -5,6 +5,7 @@ mod events;
 mod image_service;
 mod listener;
 mod runtime_service;
+mod stats;
 mod unimplemented;
 
 use std::sync::Arc;

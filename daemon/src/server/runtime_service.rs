@@ -9,6 +9,7 @@ use crid_proto::cri::{self, runtime_service_server::RuntimeService};
 use tonic::{Request, Response, Status};
 
 use super::cri_views;
+use super::stats;
 use super::unimplemented::unimplemented_rpcs;
 use crate::config::{CgroupManager, Config};
 use crate::container::lifecycle as containers;
@@ -28,11 +29,16 @@ const KUBE_RUNTIME_API_VERSION: &str = "0.1.0";
 pub struct Runtime {
     config: Arc<Config>,
     state: Arc<State>,
+    cpu_samples: stats::CpuSamples,
 }
 
 impl Runtime {
     pub fn new(config: Arc<Config>, state: Arc<State>) -> Self {
-        Runtime { config, state }
+        Runtime {
+            config,
+            state,
+            cpu_samples: stats::CpuSamples::default(),
+        }
     }
 }
 
@@ -345,6 +351,86 @@ impl RuntimeService for Runtime {
         ok(cri::UpdateContainerResourcesResponse {})
     }
 
+    async fn container_stats(
+        &self,
+        request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let container = self.state.container(&request.get_ref().container_id)?;
+        if !stats::live(&self.state, &container) {
+            return Err(DaemonError::FailedPrecondition(format!(
+                "container {} has exited; it has no stats",
+                container.id
+            ))
+            .into());
+        }
+        ok(cri::ContainerStatsResponse {
+            stats: Some(stats::container_stats(
+                &self.state,
+                &self.cpu_samples,
+                &container,
+            )),
+        })
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let as_filter = cri::ContainerFilter {
+            id: filter.id,
+            state: None,
+            pod_sandbox_id: filter.pod_sandbox_id,
+            label_selector: filter.label_selector,
+        };
+        let stats = self
+            .state
+            .containers()
+            .iter()
+            .filter(|c| stats::live(&self.state, c))
+            .filter(|c| {
+                cri_views::container_matches(
+                    &cri_views::container_summary(&self.state, c),
+                    &as_filter,
+                )
+            })
+            .map(|c| stats::container_stats(&self.state, &self.cpu_samples, c))
+            .collect();
+        ok(cri::ListContainerStatsResponse { stats })
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        let pod = self.state.pod(&request.get_ref().pod_sandbox_id)?;
+        ok(cri::PodSandboxStatsResponse {
+            stats: Some(stats::pod_stats(&self.state, &self.cpu_samples, &pod)),
+        })
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let as_filter = cri::PodSandboxFilter {
+            id: filter.id,
+            state: Some(cri::PodSandboxStateValue {
+                state: cri::PodSandboxState::SandboxReady as i32,
+            }),
+            label_selector: filter.label_selector,
+        };
+        let stats = self
+            .state
+            .pods()
+            .iter()
+            .filter(|p| cri_views::pod_matches(&cri_views::pod_summary(p), &as_filter))
+            .map(|p| stats::pod_stats(&self.state, &self.cpu_samples, p))
+            .collect();
+        ok(cri::ListPodSandboxStatsResponse { stats })
+    }
+
     type GetContainerEventsStream = EventStream;
 
     async fn get_container_events(
@@ -358,10 +444,6 @@ impl RuntimeService for Runtime {
         exec("Exec"): cri::ExecRequest => cri::ExecResponse;
         attach("Attach"): cri::AttachRequest => cri::AttachResponse;
         port_forward("PortForward"): cri::PortForwardRequest => cri::PortForwardResponse;
-        container_stats("ContainerStats"): cri::ContainerStatsRequest => cri::ContainerStatsResponse;
-        list_container_stats("ListContainerStats"): cri::ListContainerStatsRequest => cri::ListContainerStatsResponse;
-        pod_sandbox_stats("PodSandboxStats"): cri::PodSandboxStatsRequest => cri::PodSandboxStatsResponse;
-        list_pod_sandbox_stats("ListPodSandboxStats"): cri::ListPodSandboxStatsRequest => cri::ListPodSandboxStatsResponse;
         update_runtime_config("UpdateRuntimeConfig"): cri::UpdateRuntimeConfigRequest => cri::UpdateRuntimeConfigResponse;
         checkpoint_container("CheckpointContainer"): cri::CheckpointContainerRequest => cri::CheckpointContainerResponse;
         list_metric_descriptors("ListMetricDescriptors"): cri::ListMetricDescriptorsRequest => cri::ListMetricDescriptorsResponse;
