@@ -295,3 +295,134 @@ async fn read_only_root_masked_paths_users_and_groups() {
     assert!(err.message().contains("run_as_group"), "{err}");
     fx.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_profiles_runtime_default_localhost_unconfined() {
+    let mut fx = PodFixture::start("").await;
+    let mut pod = fx.pod_config("seccomp");
+    pod.linux.as_mut().expect("linux").security_context = Some(cri::LinuxSandboxSecurityContext {
+        privileged: true,
+        ..Default::default()
+    });
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let profile = |kind: cri::security_profile::ProfileType, path: &str| cri::SecurityProfile {
+        profile_type: kind as i32,
+        localhost_ref: path.to_owned(),
+    };
+    use cri::security_profile::ProfileType;
+    let run =
+        |fx: &PodFixture, name: &str, seccomp: Option<cri::SecurityProfile>, privileged: bool| {
+            with_security(
+                fx.container_config(name, &["sleep", "1000"]),
+                cri::LinuxContainerSecurityContext {
+                    seccomp,
+                    privileged,
+                    ..Default::default()
+                },
+            )
+        };
+    let default = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            run(
+                &fx,
+                "default",
+                Some(profile(ProfileType::RuntimeDefault, "")),
+                false,
+            ),
+        )
+        .await;
+    let status = proc_status(&mut fx, &default).await;
+    assert_eq!(status_field(&status, "Seccomp"), "2");
+    // Namespace creation is refused even to root without CAP_SYS_ADMIN; ordinary work is fine.
+    let unshare = fx.exec(&default, &["unshare", "-n", "true"], 10).await;
+    assert_ne!(unshare.exit_code, 0);
+    let work = fx
+        .exec(
+            &default,
+            &[
+                "sh",
+                "-c",
+                "mkdir /tmp/d && echo ok > /tmp/d/f && cat /tmp/d/f",
+            ],
+            10,
+        )
+        .await;
+    assert_eq!(String::from_utf8_lossy(&work.stdout).trim(), "ok");
+
+    let unconfined = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            run(
+                &fx,
+                "unconfined",
+                Some(profile(ProfileType::Unconfined, "")),
+                false,
+            ),
+        )
+        .await;
+    assert_eq!(
+        status_field(&proc_status(&mut fx, &unconfined).await, "Seccomp"),
+        "0"
+    );
+
+    let privileged = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            run(
+                &fx,
+                "privileged",
+                Some(profile(ProfileType::RuntimeDefault, "")),
+                true,
+            ),
+        )
+        .await;
+    assert_eq!(
+        status_field(&proc_status(&mut fx, &privileged).await, "Seccomp"),
+        "0"
+    );
+
+    let file = fx.work.path().join("no-mkdir.json");
+    std::fs::write(
+        &file,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .expect("write profile");
+    let local = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            run(
+                &fx,
+                "local",
+                Some(profile(ProfileType::Localhost, &file.display().to_string())),
+                false,
+            ),
+        )
+        .await;
+    let mkdir = fx.exec(&local, &["mkdir", "/tmp/blocked"], 10).await;
+    assert_ne!(mkdir.exit_code, 0, "the localhost profile did not apply");
+    let missing = fx
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(run(
+                &fx,
+                "missing",
+                Some(profile(ProfileType::Localhost, "/nonexistent/p.json")),
+                false,
+            )),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect_err("a missing profile");
+    assert_eq!(missing.code(), Code::InvalidArgument, "{missing}");
+    assert!(
+        missing.message().contains("/nonexistent/p.json"),
+        "{missing}"
+    );
+    fx.finish().await;
+}

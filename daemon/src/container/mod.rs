@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod lifecycle;
 pub mod resources;
+pub mod seccomp;
 pub mod security;
 pub mod spec;
 pub mod user;

@@ -376,6 +376,7 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
     let privileged = inputs.privileged;
     let (caps, ambient) =
         security::capabilities(security.and_then(|s| s.capabilities.as_ref()), privileged)?;
+    let seccomp = super::seccomp::profile(security, &caps, privileged)?;
     let (caps, ambient) = (capability_set(&caps), capability_set(&ambient));
     let process = ProcessBuilder::default()
         .terminal(config.tty)
@@ -530,6 +531,9 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
         .readonly_paths(readonly);
     if let Some(propagation) = propagation {
         linux = linux.rootfs_propagation(propagation);
+    }
+    if let Some(seccomp) = seccomp {
+        linux = linux.seccomp(seccomp);
     }
     let mut spec = SpecBuilder::default()
         .version("1.0.2")
