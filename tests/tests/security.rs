@@ -426,3 +426,171 @@ async fn seccomp_profiles_runtime_default_localhost_unconfined() {
     );
     fx.finish().await;
 }
+
+async fn create_err(
+    fx: &mut PodFixture,
+    pod_id: &str,
+    pod: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> tonic::Status {
+    fx.runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect_err("an invalid container config")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn namespace_modes_apparmor_and_mount_rules_are_checked() {
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("rules");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    use cri::NamespaceMode as M;
+    for (network, ipc, pid, needle) in [
+        (M::Node, M::Pod, M::Pod, "network"),
+        (M::Pod, M::Target, M::Pod, "ipc"),
+        (M::Pod, M::Pod, M::Target, "target_id"),
+    ] {
+        let config = with_security(
+            fx.container_config("ns", &["true"]),
+            cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: network as i32,
+                    ipc: ipc as i32,
+                    pid: pid as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        let err = create_err(&mut fx, &pod_id, &pod, config).await;
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert!(err.message().contains(needle), "{err}");
+    }
+
+    let apparmor = with_security(
+        fx.container_config("aa", &["true"]),
+        cri::LinuxContainerSecurityContext {
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                localhost_ref: "my-profile".into(),
+            }),
+            ..Default::default()
+        },
+    );
+    let err = create_err(&mut fx, &pod_id, &pod, apparmor).await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("my-profile"), "{err}");
+
+    // Bidirectional propagation needs a shared source mount; the work dir is on a private one
+    // unless the host made / shared.
+    let private_dir = fx.work.path().join("private");
+    std::fs::create_dir_all(&private_dir).expect("mkdir");
+    let shared_root = crid_daemon::container::mounts::propagation_of(&private_dir)
+        .map(|(_, p)| p == crid_daemon::container::mounts::Propagation::Shared)
+        .unwrap_or(false);
+    if !shared_root {
+        let mut config = fx.container_config("bidi", &["true"]);
+        config.mounts = vec![cri::Mount {
+            container_path: "/bidi".into(),
+            host_path: private_dir.display().to_string(),
+            propagation: cri::MountPropagation::PropagationBidirectional as i32,
+            ..Default::default()
+        }];
+        let err = create_err(&mut fx, &pod_id, &pod, config).await;
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert!(err.message().contains("shared"), "{err}");
+    }
+    let mut config = fx.container_config("rro", &["true"]);
+    config.mounts = vec![cri::Mount {
+        container_path: "/rro".into(),
+        host_path: private_dir.display().to_string(),
+        recursive_read_only: true,
+        readonly: false,
+        ..Default::default()
+    }];
+    let err = create_err(&mut fx, &pod_id, &pod, config).await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("recursive_read_only"), "{err}");
+    fx.finish().await;
+}
+
+/// A tmpfs mounted at `path` with the given propagation, unmounted on drop.
+struct HostMount(std::path::PathBuf);
+
+impl HostMount {
+    fn tmpfs(path: &std::path::Path, propagation: &str) -> Self {
+        std::fs::create_dir_all(path).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount")
+            .success();
+        assert!(ok, "mount tmpfs on {}", path.display());
+        let ok = std::process::Command::new("mount")
+            .arg(format!("--make-{propagation}"))
+            .arg(path)
+            .status()
+            .expect("mount --make")
+            .success();
+        assert!(ok, "make {propagation} {}", path.display());
+        HostMount(path.to_owned())
+    }
+}
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_to_container_propagation_and_recursive_read_only() {
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("propagation");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let shared = HostMount::tmpfs(&fx.work.path().join("shared"), "shared");
+    let tree = HostMount::tmpfs(&fx.work.path().join("tree"), "private");
+    let inner = HostMount::tmpfs(&tree.0.join("inner"), "private");
+    let mut config = fx.container_config("c", &["sleep", "1000"]);
+    config.mounts = vec![
+        cri::Mount {
+            container_path: "/from-host".into(),
+            host_path: shared.0.display().to_string(),
+            propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/rro".into(),
+            host_path: tree.0.display().to_string(),
+            readonly: true,
+            recursive_read_only: true,
+            ..Default::default()
+        },
+    ];
+    let id = fx.start_container(&pod_id, &pod, config).await;
+    // A mount made on the host after the start appears inside.
+    let late = HostMount::tmpfs(&shared.0.join("late"), "private");
+    std::fs::write(late.0.join("marker"), "propagated").expect("write marker");
+    let read = fx.exec(&id, &["cat", "/from-host/late/marker"], 10).await;
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "propagated");
+    // The submount of a recursive read-only mount is read-only too.
+    let write = fx
+        .exec(&id, &["sh", "-c", "echo x > /rro/inner/file"], 10)
+        .await;
+    assert_ne!(
+        write.exit_code, 0,
+        "wrote into a recursive read-only submount"
+    );
+    fx.finish().await;
+    drop(late);
+    drop(inner);
+}

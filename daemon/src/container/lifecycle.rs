@@ -111,6 +111,7 @@ fn namespaces(
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.clone())
         .unwrap_or_else(|| pod.namespace_options());
+    check_namespace_modes(&options, &pod.namespace_options())?;
     let pid = match cri::NamespaceMode::try_from(options.pid).unwrap_or(cri::NamespaceMode::Pod) {
         cri::NamespaceMode::Node => PidNamespace::Host,
         cri::NamespaceMode::Container => PidNamespace::New,
@@ -142,6 +143,47 @@ fn namespaces(
         pid,
         cgroup: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
     })
+}
+
+/// A container's namespace modes must fit its pod's: network and IPC are the pod's (TARGET
+/// is for PID only), a POD PID namespace needs the pod to have one, TARGET needs a target.
+fn check_namespace_modes(
+    container: &cri::NamespaceOption,
+    pod: &cri::NamespaceOption,
+) -> Result<(), DaemonError> {
+    use cri::NamespaceMode as M;
+    let mode = |m: i32| M::try_from(m).unwrap_or(M::Pod);
+    let field = |name: &str| format!("config.linux.security_context.namespace_options.{name}");
+    for (name, c, p) in [
+        ("network", container.network, pod.network),
+        ("ipc", container.ipc, pod.ipc),
+    ] {
+        if mode(c) == M::Target || mode(c) == M::Container {
+            return Err(invalid(format!(
+                "{}: {:?} is not a mode for the {name} namespace (POD or NODE)",
+                field(name),
+                mode(c)
+            )));
+        }
+        if mode(c) != mode(p) {
+            return Err(invalid(format!(
+                "{}: {:?} differs from the pod's {:?}",
+                field(name),
+                mode(c),
+                mode(p)
+            )));
+        }
+    }
+    match (mode(container.pid), mode(pod.pid)) {
+        (M::Target, _) if container.target_id.is_empty() => {
+            Err(invalid(format!("{}: TARGET needs target_id", field("pid"))))
+        }
+        (M::Pod, pod_mode) if pod_mode != M::Pod => Err(invalid(format!(
+            "{}: POD needs the pod to share a PID namespace (its mode is {pod_mode:?})",
+            field("pid")
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Creates a container in a pod; returns its id. On failure nothing of it remains.
@@ -306,6 +348,7 @@ async fn setup(
         annotations,
         privileged,
         pids_limit: state.config.runtime.pids_limit,
+        runtime: state.config.runtime.runtime_path.clone(),
     })?;
     let bundle_config = container.dir.join("config.json");
     let json = serde_json::to_vec(&spec)

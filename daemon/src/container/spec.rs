@@ -192,6 +192,8 @@ pub struct SpecInputs<'a> {
     pub privileged: bool,
     /// The pids cgroup limit from crid's configuration (0: none).
     pub pids_limit: i64,
+    /// The OCI runtime binary (its features decide what mounts may ask for).
+    pub runtime: PathBuf,
 }
 
 fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
@@ -266,7 +268,11 @@ fn host_source(host_path: &str) -> Result<PathBuf, SpecError> {
 
 /// The CRI mounts as OCI mounts, parents before children, and the rootfs propagation they
 /// need.
-fn cri_mounts(mounts: &[cri::Mount]) -> Result<(Vec<Mount>, Option<&'static str>), SpecError> {
+fn cri_mounts(
+    mounts: &[cri::Mount],
+    runtime: &Path,
+) -> Result<(Vec<Mount>, Option<&'static str>), SpecError> {
+    use super::mounts::{check_propagation, runtime_supports_rro, Propagation};
     let mut sorted: Vec<&cri::Mount> = mounts.iter().collect();
     sorted.sort_by_key(|m| Path::new(&m.container_path).components().count());
     let mut out = Vec::with_capacity(sorted.len());
@@ -274,18 +280,37 @@ fn cri_mounts(mounts: &[cri::Mount]) -> Result<(Vec<Mount>, Option<&'static str>
     for m in sorted {
         check_container_path("config.mounts", &m.container_path)?;
         let source = host_source(&m.host_path)?;
-        let mode = match cri::MountPropagation::try_from(m.propagation) {
+        let (mode, wanted) = match cri::MountPropagation::try_from(m.propagation) {
             Ok(cri::MountPropagation::PropagationHostToContainer) => {
                 propagation.get_or_insert("rslave");
-                "rslave"
+                ("rslave", Propagation::Slave)
             }
             Ok(cri::MountPropagation::PropagationBidirectional) => {
                 propagation = Some("rshared");
-                "rshared"
+                ("rshared", Propagation::Shared)
             }
-            _ => "rprivate",
+            _ => ("rprivate", Propagation::Private),
         };
-        out.push(bind(&m.container_path, &source, m.readonly, &[mode])?);
+        check_propagation(&source, wanted, &m.container_path)?;
+        let mut options = vec![mode];
+        if m.recursive_read_only {
+            // Kubernetes' rules: only on a read-only, private mount.
+            if !m.readonly || wanted != Propagation::Private {
+                return Err(SpecError::Invalid(format!(
+                    "config.mounts: {}: recursive_read_only needs readonly and private propagation",
+                    m.container_path
+                )));
+            }
+            if !runtime_supports_rro(runtime) {
+                return Err(SpecError::Invalid(format!(
+                    "config.mounts: {}: recursive read-only needs an OCI runtime with the rro mount option ({} lacks it)",
+                    m.container_path,
+                    runtime.display()
+                )));
+            }
+            options.push("rro");
+        }
+        out.push(bind(&m.container_path, &source, m.readonly, &options)?);
     }
     Ok((out, propagation))
 }
@@ -468,7 +493,7 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
             mounts.push(bind(target, source, false, &["nosuid", "nodev", "noexec"])?);
         }
     }
-    let (user_mounts, propagation) = cri_mounts(&config.mounts)?;
+    let (user_mounts, propagation) = cri_mounts(&config.mounts, &inputs.runtime)?;
     mounts.extend(user_mounts);
 
     let mut devices = Vec::new();
@@ -560,6 +585,7 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
     // builder's 1024-file example limit would starve real workloads.
     if let Some(process) = spec.process_mut() {
         process.set_rlimits(None);
+        process.set_apparmor_profile(super::apparmor::profile(security, privileged)?);
         if let Some(r) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
             process.set_oom_score_adj(Some(resources::oom_score_adj(r.oom_score_adj)?));
         }
@@ -676,6 +702,7 @@ mod build_tests {
             annotations: HashMap::new(),
             privileged: false,
             pids_limit: 0,
+            runtime: "runc".into(),
         })
         .expect("spec");
         let json = serde_json::to_value(&spec).expect("json");
