@@ -66,6 +66,8 @@ pub struct MonitorSpec {
     pub stdin_once: bool,
     /// Have the monitor delete the container from the runtime once it has exited.
     pub delete_after_exit: bool,
+    /// Run the runtime with `--systemd-cgroup`.
+    pub systemd_cgroup: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -100,6 +102,7 @@ pub async fn create(spec: &MonitorSpec) -> Result<i32, MonitorClientError> {
         (spec.stdin, "--stdin"),
         (spec.stdin_once, "--stdin-once"),
         (spec.delete_after_exit, "--delete-after-exit"),
+        (spec.systemd_cgroup, "--systemd-cgroup"),
     ] {
         if on {
             cmd.arg(flag);

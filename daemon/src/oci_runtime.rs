@@ -42,6 +42,8 @@ pub enum RuntimeError {
 pub struct OciRuntime {
     pub path: PathBuf,
     pub root: PathBuf,
+    /// Pass `--systemd-cgroup` (the systemd cgroup driver).
+    pub systemd_cgroup: bool,
 }
 
 impl OciRuntime {
@@ -60,7 +62,11 @@ impl OciRuntime {
         args: &[&str],
     ) -> Result<(), RuntimeError> {
         let mut cmd = tokio::process::Command::new(&self.path);
-        cmd.arg("--root").arg(&self.root).arg(command).args(args);
+        cmd.arg("--root").arg(&self.root);
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd.arg(command).args(args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

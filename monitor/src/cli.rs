@@ -61,6 +61,10 @@ pub struct MonitorArgs {
     /// Close the container's stdin when the first attach client closes its side.
     #[arg(long)]
     pub stdin_once: bool,
+    /// Pass `--systemd-cgroup` to the runtime (cgroups through systemd; cgroupsPath is
+    /// `slice:prefix:name`).
+    #[arg(long)]
+    pub systemd_cgroup: bool,
     /// Once the container has exited and its exit is recorded, delete it from the runtime
     /// (`delete --force`): its cgroups go at once, and whatever it left in a shared PID
     /// namespace is killed. The exit record and the log stay.

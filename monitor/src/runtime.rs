@@ -10,6 +10,8 @@ use crate::sys;
 pub struct Runtime {
     pub path: PathBuf,
     pub root: Option<PathBuf>,
+    /// Run the runtime with `--systemd-cgroup`.
+    pub systemd_cgroup: bool,
 }
 
 impl Runtime {
@@ -17,6 +19,9 @@ impl Runtime {
         let mut cmd = Command::new(&self.path);
         if let Some(root) = &self.root {
             cmd.arg("--root").arg(root);
+        }
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
         }
         sys::reset_signals_before_exec(&mut cmd);
         cmd

@@ -188,6 +188,7 @@ fn monitor(args: MonitorArgs, mut reporter: Reporter, release: OwnedFd) -> i32 {
         Runtime {
             path: args.runtime.clone(),
             root: args.runtime_root.clone(),
+            systemd_cgroup: args.systemd_cgroup,
         }
         .delete_force(&args.id);
     }
@@ -259,6 +260,7 @@ fn start_container(args: &MonitorArgs, paths: &SocketPaths) -> Result<(libc::pid
     let runtime = Runtime {
         path: args.runtime.clone(),
         root: args.runtime_root.clone(),
+        systemd_cgroup: args.systemd_cgroup,
     };
 
     // The container's stdio, and a pipe for the runtime's own error text.

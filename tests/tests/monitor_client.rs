@@ -21,6 +21,7 @@ fn spec_for(c: &MonitoredContainer) -> MonitorSpec {
         stdin: false,
         stdin_once: false,
         delete_after_exit: false,
+        systemd_cgroup: false,
     }
 }
 

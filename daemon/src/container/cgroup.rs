@@ -24,6 +24,29 @@ fn stat_field(path: PathBuf, key: &str) -> Option<u64> {
     })
 }
 
+/// Where a `cgroupsPath` lives below a hierarchy's root. The systemd form
+/// `parent.slice:prefix:name` is the unit `prefix-name.scope` inside the parent slice, whose
+/// directory nests every dash-separated ancestor (`a-b.slice` is in `a.slice`).
+fn filesystem_path(cgroups_path: &str) -> String {
+    let mut parts = cgroups_path.splitn(3, ':');
+    let (Some(slice), Some(prefix), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        return cgroups_path.trim_start_matches('/').to_owned();
+    };
+    let mut dirs = Vec::new();
+    if let Some(stem) = slice.strip_suffix(".slice").filter(|s| *s != "-") {
+        let mut prefix_so_far = String::new();
+        for piece in stem.split('-') {
+            if !prefix_so_far.is_empty() {
+                prefix_so_far.push('-');
+            }
+            prefix_so_far.push_str(piece);
+            dirs.push(format!("{prefix_so_far}.slice"));
+        }
+    }
+    dirs.push(format!("{prefix}-{name}.scope"));
+    dirs.join("/")
+}
+
 /// CPU and memory numbers of a cgroup.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
@@ -39,7 +62,7 @@ pub struct Usage {
 impl Cgroup {
     pub fn new(path: &str) -> Self {
         Cgroup {
-            path: path.trim_start_matches('/').to_owned(),
+            path: filesystem_path(path),
             v2: cgroup_v2(),
         }
     }
@@ -91,5 +114,26 @@ impl Cgroup {
                 pids: read_u64(self.file("pids", "pids.current")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filesystem_path;
+
+    #[test]
+    fn cgroupfs_and_systemd_paths() {
+        assert_eq!(
+            filesystem_path("/kubepods/pod1/crid-x"),
+            "kubepods/pod1/crid-x"
+        );
+        assert_eq!(
+            filesystem_path("kubepods-burstable-pod1.slice:crid:x"),
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/crid-x.scope"
+        );
+        assert_eq!(
+            filesystem_path("system.slice:crid:x"),
+            "system.slice/crid-x.scope"
+        );
     }
 }

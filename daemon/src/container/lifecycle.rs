@@ -34,6 +34,7 @@ pub fn runtime(state: &State) -> OciRuntime {
     OciRuntime {
         path: state.config.runtime.runtime_path.clone(),
         root: state.config.runtime.runtime_root.clone(),
+        systemd_cgroup: state.config.runtime.cgroup_manager == CgroupManager::Systemd,
     }
 }
 
@@ -372,6 +373,7 @@ async fn setup(
         stdin: config.stdin,
         stdin_once: config.stdin_once,
         delete_after_exit: true,
+        systemd_cgroup: state.config.runtime.cgroup_manager == CgroupManager::Systemd,
     })
     .await?;
     container.update(|r| r.pid = pid)
