@@ -79,9 +79,12 @@ pub fn kill_on_parent_death(cmd: &mut std::process::Command) {
     }
 }
 
-/// For `pre_exec` of a runtime child: restores the default dispositions and an empty signal
-/// mask, which exec would otherwise inherit from the monitor. Async-signal-safe: it only makes
-/// system calls and allocates nothing.
+/// The umask runtimes run with (the conventional one).
+const RUNTIME_UMASK: libc::mode_t = 0o022;
+
+/// For `pre_exec` of a runtime child: restores the default dispositions, an empty signal
+/// mask and umask 022, which exec would otherwise inherit from the monitor.
+/// Async-signal-safe: it only makes system calls and allocates nothing.
 fn restore_child_signals() -> io::Result<()> {
     for sig in [
         libc::SIGTERM,
@@ -95,6 +98,10 @@ fn restore_child_signals() -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
     }
+    // The runtime creates the container's mount points with the umask it inherits; the
+    // monitor's own 077 would make them unreadable to a container's non-root users.
+    // SAFETY: umask is async-signal-safe and cannot fail.
+    unsafe { libc::umask(RUNTIME_UMASK) };
     // SAFETY: a zeroed sigset_t is valid for sigemptyset, which fills it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `set` is valid; sigemptyset and sigprocmask are async-signal-safe.

@@ -211,6 +211,16 @@ async fn read_only_root_masked_paths_users_and_groups() {
         },
     );
     let ro = fx.start_container(&pod_id, &pod, ro).await;
+    // The root and the runtime's mount points are 0755 (crid and crimon run with umask 077).
+    let modes = fx
+        .exec(&ro, &["stat", "-c", "%a", "/", "/dev/shm/.."], 10)
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&modes.stdout)
+            .split_whitespace()
+            .next(),
+        Some("755")
+    );
     let touch = fx.exec(&ro, &["touch", "/newfile"], 10).await;
     assert_ne!(touch.exit_code, 0, "wrote to a read-only root");
     let tmpfs = fx.exec(&ro, &["touch", "/dev/shm/ok"], 10).await;
@@ -241,7 +251,7 @@ async fn read_only_root_masked_paths_users_and_groups() {
         "uid",
     )
     .await;
-    assert!(by_uid.starts_with("uid=1000 gid=2000"), "{by_uid}");
+    assert!(by_uid.starts_with("uid=1000(tester) gid=2000"), "{by_uid}");
     assert!(
         by_uid.contains("3000") && by_uid.contains("1500"),
         "{by_uid}"
@@ -258,7 +268,7 @@ async fn read_only_root_masked_paths_users_and_groups() {
     )
     .await;
     assert!(
-        merged.starts_with("uid=1000 gid=1000") && merged.contains("1500"),
+        merged.starts_with("uid=1000(tester) gid=1000(tester)") && merged.contains("1500(extra)"),
         "{merged}"
     );
     let strict = id_as(
@@ -593,4 +603,73 @@ async fn host_to_container_propagation_and_recursive_read_only() {
     fx.finish().await;
     drop(late);
     drop(inner);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_new_privs_stops_a_setuid_binary() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("nnp");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    // The harness's setuid-root program, with the host's C library mounted in (it is not a
+    // static binary and the busybox image has no libc).
+    let dir = fx.work.path().join("suid");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let program = dir.join("euid");
+    std::fs::copy(
+        crid_tests::harness::workspace_binary("crid-test-euid"),
+        &program,
+    )
+    .expect("copy");
+    std::os::unix::fs::chown(&program, Some(0), Some(0)).expect("chown");
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
+    let libs = ["/lib/x86_64-linux-gnu", "/lib64"];
+    for lib in libs {
+        assert!(
+            std::path::Path::new(lib).exists(),
+            "missing: {lib} (the test mounts the host's C library)"
+        );
+    }
+    let run = |fx: &PodFixture, name: &str, no_new_privs: bool| {
+        let mut config = with_security(
+            fx.container_config(name, &["sleep", "1000"]),
+            cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value: 1000 }),
+                no_new_privs,
+                ..Default::default()
+            },
+        );
+        config.mounts = std::iter::once(("/opt/suid", dir.display().to_string()))
+            .chain(libs.iter().map(|l| (*l, (*l).to_owned())))
+            .map(|(target, source)| cri::Mount {
+                container_path: target.to_owned(),
+                host_path: source,
+                readonly: true,
+                ..Default::default()
+            })
+            .collect();
+        config
+    };
+    let escalates = fx
+        .start_container(&pod_id, &pod, run(&fx, "escalates", false))
+        .await;
+    let out = fx.exec(&escalates, &["/opt/suid/euid"], 10).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "setuid did not work without no_new_privs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let held = fx
+        .start_container(&pod_id, &pod, run(&fx, "held", true))
+        .await;
+    let out = fx.exec(&held, &["/opt/suid/euid"], 10).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1000",
+        "exit {}: {}",
+        out.exit_code,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fx.finish().await;
 }

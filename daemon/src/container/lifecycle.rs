@@ -20,6 +20,8 @@ use crate::state::container::{Container, ContainerRecord, Finished, Phase};
 use crate::state::pod::Pod;
 use crate::state::{new_id, persist, Kind, State};
 
+/// Mode of a container's root directory.
+const ROOT_DIR_MODE: u32 = 0o755;
 /// How long a SIGKILLed container may take to be reaped before StopContainer gives up.
 const KILL_GRACE: Duration = Duration::from_secs(30);
 /// How often the exit record is looked for when the monitor cannot be asked.
@@ -291,6 +293,18 @@ async fn setup(
             path: dir.clone(),
             err,
         })?;
+    }
+    // The merged root directory takes the upper directory's mode: 0755 as every runtime
+    // gives a container's root (layers do not set it), not what crid's umask 077 made.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(ROOT_DIR_MODE)).map_err(
+            |err| DaemonError::Io {
+                what: "chmod",
+                path: upper.clone(),
+                err,
+            },
+        )?;
     }
     overlay::mount_rootfs(&state.images.paths, layers, &upper, &work, &record.rootfs)?;
     let security = config

@@ -421,6 +421,13 @@ impl ImageStore {
                 .join(format!("layer-{}-{}", hex_of(&chain), std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(tmp.join("diff")).map_err(ImageError::layer_io)?;
+        // A layer's root directory is 0755 (the tar's own root entry is not applied), not
+        // what crid's umask 077 makes.
+        std::fs::set_permissions(
+            tmp.join("diff"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(ImageError::layer_io)?;
         let stream = session
             .blob(&layer.digest)
             .await
