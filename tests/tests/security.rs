@@ -673,3 +673,82 @@ async fn no_new_privs_stops_a_setuid_binary() {
     );
     fx.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_sysctls_and_a_target_pid_namespace() {
+    let mut fx = PodFixture::start("").await;
+    let mut pod = fx.pod_config("sysctls");
+    let linux = pod.linux.as_mut().expect("linux");
+    linux.sysctls = std::collections::HashMap::from([
+        (
+            "net.ipv4.ip_unprivileged_port_start".to_owned(),
+            "80".to_owned(),
+        ),
+        ("kernel.shm_rmid_forced".to_owned(), "1".to_owned()),
+    ]);
+    linux.security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Container as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let own_pid = |fx: &PodFixture, name: &str, pid: cri::NamespaceMode, target: &str| {
+        with_security(
+            fx.container_config(name, &["sleep", "1000"]),
+            cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: pid as i32,
+                    target_id: target.to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+    };
+    let first = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            own_pid(&fx, "first", cri::NamespaceMode::Container, ""),
+        )
+        .await;
+    let port_start = fx
+        .exec(
+            &first,
+            &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+            10,
+        )
+        .await;
+    assert_eq!(String::from_utf8_lossy(&port_start.stdout).trim(), "80");
+    let rmid = fx
+        .exec(&first, &["cat", "/proc/sys/kernel/shm_rmid_forced"], 10)
+        .await;
+    assert_eq!(String::from_utf8_lossy(&rmid.stdout).trim(), "1");
+    // The host's values are untouched.
+    let host = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .expect("host sysctl");
+    assert_ne!(host.trim(), "80");
+
+    // A debug container joining the first one's PID namespace sees its sleep as PID 1.
+    let debug = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            own_pid(&fx, "debug", cri::NamespaceMode::Target, &first),
+        )
+        .await;
+    let ps = fx.exec(&debug, &["ps", "-o", "pid,args"], 10).await;
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    assert!(
+        ps.lines()
+            .any(|l| l.trim().starts_with("1 ") && l.contains("sleep 1000")),
+        "{ps}"
+    );
+    assert!(
+        ps.lines().filter(|l| l.contains("sleep 1000")).count() >= 2,
+        "{ps}"
+    );
+    fx.finish().await;
+}
