@@ -63,7 +63,7 @@ pub fn profile(
             if enabled() && loaded(DEFAULT_PROFILE) {
                 Ok(Some(DEFAULT_PROFILE.to_owned()))
             } else {
-                tracing::debug!("AppArmor RuntimeDefault: no {DEFAULT_PROFILE} profile on this host; running unconfined by AppArmor");
+                tracing::warn!("AppArmor RuntimeDefault asked for, but this host has no {DEFAULT_PROFILE} profile loaded (or no AppArmor): the container runs without an AppArmor profile");
                 Ok(None)
             }
         }
