@@ -137,3 +137,16 @@ async fn add_assigns_an_address_and_del_releases_it() {
         other => panic!("expected PluginMissing, got {other:?}"),
     }
 }
+
+#[test]
+fn the_packaged_conflist_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/cni");
+    let list = NetworkList::load(&dir).expect("packaging/cni holds a valid conflist");
+    let kinds: Vec<&str> = list
+        .plugins
+        .iter()
+        .filter_map(|p| p["type"].as_str())
+        .collect();
+    assert_eq!(kinds, vec!["bridge", "portmap"]);
+    assert_eq!(list.name, "crid");
+}
