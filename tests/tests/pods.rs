@@ -895,3 +895,46 @@ async fn without_a_cni_config_a_pod_is_refused_and_leaves_nothing() {
     assert!(pods.is_empty(), "{pods:?}");
     fx.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_pid_and_host_ipc() {
+    let mut fx = PodFixture::start("").await;
+    let mut pod = fx.pod_config("hostpid");
+    let host_options = cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Node as i32,
+        ipc: cri::NamespaceMode::Node as i32,
+        ..Default::default()
+    };
+    pod.linux.as_mut().expect("linux").security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(host_options.clone()),
+        ..Default::default()
+    });
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let mut config = fx.container_config("c", &["sleep", "1000"]);
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(host_options),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = fx.start_container(&pod_id, &pod, config).await;
+    // The host's processes are visible (this test's own pid among them).
+    let ps = text(&fx.exec(&id, &["ps", "-o", "pid"], 10).await.stdout);
+    let own = std::process::id().to_string();
+    assert!(
+        ps.lines().any(|l| l.trim() == own),
+        "host pid {own} not visible"
+    );
+    // The host's IPC namespace and /dev/shm.
+    let ipc = fx.exec(&id, &["readlink", "/proc/self/ns/ipc"], 10).await;
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").expect("host ipc ns");
+    assert_eq!(text(&ipc.stdout).trim(), host_ipc.display().to_string());
+    let marker = format!("/dev/shm/crid-test-{}", std::process::id());
+    std::fs::write(&marker, "host").expect("write host shm");
+    let seen = fx.exec(&id, &["cat", &marker], 10).await;
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(text(&seen.stdout), "host");
+    fx.finish().await;
+}
