@@ -12,7 +12,7 @@ use super::cri_views;
 use super::stats;
 use super::unimplemented::unimplemented_rpcs;
 use crate::config::{CgroupManager, Config};
-use crate::container::lifecycle as containers;
+use crate::container::{create, lifecycle as containers, running};
 use crate::error::DaemonError;
 use crate::sandbox::lifecycle as pods;
 use crate::state::State;
@@ -222,7 +222,7 @@ impl RuntimeService for Runtime {
         let config = request
             .config
             .ok_or_else(|| DaemonError::InvalidArgument("config is missing".into()))?;
-        let container_id = containers::create(&self.state, &request.pod_sandbox_id, config).await?;
+        let container_id = create::create(&self.state, &request.pod_sandbox_id, config).await?;
         if let Ok(container) = self.state.container(&container_id) {
             events::publish(
                 &self.state,
@@ -321,7 +321,7 @@ impl RuntimeService for Runtime {
         let request = request.into_inner();
         let container = self.state.container(&request.container_id)?;
         let output =
-            containers::exec_sync(&self.state, &container, &request.cmd, request.timeout).await?;
+            running::exec_sync(&self.state, &container, &request.cmd, request.timeout).await?;
         ok(cri::ExecSyncResponse {
             stdout: output.stdout,
             stderr: output.stderr,
@@ -334,7 +334,7 @@ impl RuntimeService for Runtime {
         request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
         let container = self.state.container(&request.get_ref().container_id)?;
-        containers::reopen_log(&self.state, &container).await?;
+        running::reopen_log(&self.state, &container).await?;
         ok(cri::ReopenContainerLogResponse {})
     }
 
@@ -347,7 +347,7 @@ impl RuntimeService for Runtime {
         let linux = request
             .linux
             .ok_or_else(|| DaemonError::InvalidArgument("linux resources are missing".into()))?;
-        containers::update_resources(&self.state, &container, linux).await?;
+        running::update_resources(&self.state, &container, linux).await?;
         ok(cri::UpdateContainerResourcesResponse {})
     }
 

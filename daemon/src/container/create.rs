@@ -1,0 +1,374 @@
+//! CreateContainer: the rootfs, the user, the OCI spec, and the monitor that runs the
+//! runtime's `create` and from then on owns the container's stdio, log and exit.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crid_proto::cri;
+
+use super::invalid;
+use super::lifecycle::dispose;
+use super::spec::{self, ImageConfig, Namespaces, PidNamespace, PodFiles, SpecInputs};
+use super::user::{self, UserRequest};
+use crate::config::CgroupManager;
+use crate::error::DaemonError;
+use crate::image::overlay;
+use crate::monitor_client::{self, MonitorSpec};
+use crate::state::container::{Container, ContainerRecord, Phase};
+use crate::state::pod::Pod;
+use crate::state::{new_id, persist, Kind, State};
+
+/// Mode of a container's root directory.
+const ROOT_DIR_MODE: u32 = 0o755;
+/// The container's log file: `<pod log directory>/<log_path>`, never outside the directory.
+/// Without a pod log directory, logs go to the pod's own directory.
+fn log_path(pod: &Pod, config: &cri::ContainerConfig, id: &str) -> Result<PathBuf, DaemonError> {
+    let dir = if pod.config.log_directory.is_empty() {
+        pod.dir.join("logs")
+    } else {
+        PathBuf::from(&pod.config.log_directory)
+    };
+    let relative = if config.log_path.is_empty() {
+        format!("{id}.log")
+    } else {
+        config.log_path.clone()
+    };
+    let rel = Path::new(&relative);
+    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(invalid(format!(
+            "config.log_path {relative:?} must be relative to the pod's log directory, without '..'"
+        )));
+    }
+    let path = dir.join(rel);
+    let parent = path.parent().unwrap_or(&dir).to_owned();
+    std::fs::create_dir_all(&parent).map_err(|err| DaemonError::Io {
+        what: "create log directory",
+        path: parent.clone(),
+        err,
+    })?;
+    // The directory is kubelet's, but a symlink in it must not take the log elsewhere.
+    let io = |err| DaemonError::Io {
+        what: "resolve",
+        path: parent.clone(),
+        err,
+    };
+    let real_dir = std::fs::canonicalize(&dir).map_err(io)?;
+    let real_parent = std::fs::canonicalize(&parent).map_err(io)?;
+    if !real_parent.starts_with(&real_dir) {
+        return Err(invalid(format!(
+            "config.log_path {relative:?} leads outside the pod's log directory {}",
+            dir.display()
+        )));
+    }
+    Ok(path)
+}
+
+fn cgroups_path(state: &State, pod: &Pod, id: &str) -> String {
+    let parent = pod.record().cgroup_parent;
+    match state.config.runtime.cgroup_manager {
+        CgroupManager::Cgroupfs => {
+            let parent = if parent.is_empty() { "/crid" } else { &parent };
+            format!("{}/crid-{id}", parent.trim_end_matches('/'))
+        }
+        CgroupManager::Systemd => {
+            let parent = if parent.is_empty() {
+                "system.slice"
+            } else {
+                &parent
+            };
+            format!("{parent}:crid:{id}")
+        }
+    }
+}
+
+/// The namespaces a container joins: the pod's, or per its own PID option.
+fn namespaces(
+    state: &State,
+    pod: &Pod,
+    config: &cri::ContainerConfig,
+) -> Result<Namespaces, DaemonError> {
+    let record = pod.record();
+    let options = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_else(|| pod.namespace_options());
+    check_namespace_modes(&options, &pod.namespace_options())?;
+    let pid = match cri::NamespaceMode::try_from(options.pid).unwrap_or(cri::NamespaceMode::Pod) {
+        cri::NamespaceMode::Node => PidNamespace::Host,
+        cri::NamespaceMode::Container => PidNamespace::New,
+        cri::NamespaceMode::Pod => record
+            .namespaces
+            .pid
+            .clone()
+            .map_or(PidNamespace::New, PidNamespace::Join),
+        cri::NamespaceMode::Target => {
+            let target = state.container(&options.target_id).map_err(|_| {
+                DaemonError::NotFound(format!(
+                    "target container {} of the pid namespace not found",
+                    options.target_id
+                ))
+            })?;
+            if target.pod_id != pod.id || target.phase(&state.paths.exits) != Phase::Running {
+                return Err(DaemonError::FailedPrecondition(format!(
+                    "target container {} is not running in pod {}",
+                    target.id, pod.id
+                )));
+            }
+            PidNamespace::Join(format!("/proc/{}/ns/pid", target.record().pid).into())
+        }
+    };
+    Ok(Namespaces {
+        net: record.namespaces.net,
+        ipc: record.namespaces.ipc,
+        uts: record.namespaces.uts,
+        pid,
+        cgroup: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+    })
+}
+
+/// A container's namespace modes must fit its pod's: network and IPC are the pod's (TARGET
+/// is for PID only), a POD PID namespace needs the pod to have one, TARGET needs a target.
+fn check_namespace_modes(
+    container: &cri::NamespaceOption,
+    pod: &cri::NamespaceOption,
+) -> Result<(), DaemonError> {
+    use cri::NamespaceMode as M;
+    let mode = |m: i32| M::try_from(m).unwrap_or(M::Pod);
+    let field = |name: &str| format!("config.linux.security_context.namespace_options.{name}");
+    for (name, c, p) in [
+        ("network", container.network, pod.network),
+        ("ipc", container.ipc, pod.ipc),
+    ] {
+        if mode(c) == M::Target || mode(c) == M::Container {
+            return Err(invalid(format!(
+                "{}: {:?} is not a mode for the {name} namespace (POD or NODE)",
+                field(name),
+                mode(c)
+            )));
+        }
+        if mode(c) != mode(p) {
+            return Err(invalid(format!(
+                "{}: {:?} differs from the pod's {:?}",
+                field(name),
+                mode(c),
+                mode(p)
+            )));
+        }
+    }
+    match (mode(container.pid), mode(pod.pid)) {
+        (M::Target, _) if container.target_id.is_empty() => {
+            Err(invalid(format!("{}: TARGET needs target_id", field("pid"))))
+        }
+        (M::Pod, pod_mode) if pod_mode != M::Pod => Err(invalid(format!(
+            "{}: POD needs the pod to share a PID namespace (its mode is {pod_mode:?})",
+            field("pid")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Creates a container in a pod; returns its id. On failure nothing of it remains.
+pub async fn create(
+    state: &State,
+    pod_id: &str,
+    config: cri::ContainerConfig,
+) -> Result<String, DaemonError> {
+    let pod = state.pod(pod_id)?;
+    let _pod_guard = pod.lifecycle.lock().await;
+    if !pod.record().ready {
+        return Err(DaemonError::FailedPrecondition(format!(
+            "pod sandbox {} is not ready",
+            pod.id
+        )));
+    }
+    let meta = config
+        .metadata
+        .clone()
+        .ok_or_else(|| invalid("config.metadata is missing"))?;
+    if meta.name.is_empty() {
+        return Err(invalid("config.metadata.name is empty"));
+    }
+    let image_name = config
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .unwrap_or_default();
+    if image_name.is_empty() {
+        return Err(invalid("config.image.image is empty"));
+    }
+    let _image_in_use = state.image_use.read().await;
+    let (image, _) = state
+        .images
+        .lookup(&image_name)?
+        .ok_or_else(|| DaemonError::NotFound(format!("image {image_name} not found")))?;
+    let image_config = ImageConfig::parse(&image.config).config;
+    let stop_signal = spec::stop_signal(&image_config.stop_signal)?;
+
+    let id = new_id();
+    let pod_meta = pod.metadata();
+    let name = format!(
+        "k8s_{}_{}_{}_{}_{}",
+        meta.name, pod_meta.name, pod_meta.namespace, pod_meta.uid, meta.attempt
+    );
+    let log = log_path(&pod, &config, &id)?;
+    state.reserve_name(&name, &id, Kind::Container)?;
+    let dir = state.paths.containers.join(&id);
+    let record = ContainerRecord {
+        id: id.clone(),
+        pod_id: pod.id.clone(),
+        name: name.clone(),
+        created_at: persist::now_nanos(),
+        image_id: image.id.clone(),
+        image_ref: image
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone()),
+        log_path: log,
+        stop_signal,
+        rootfs: dir.join("rootfs"),
+        ..Default::default()
+    };
+    let container = Arc::new(Container::new(dir.clone(), config, record));
+    let made = async {
+        std::fs::create_dir(&dir).map_err(|err| DaemonError::Io {
+            what: "create",
+            path: dir.clone(),
+            err,
+        })?;
+        container.save_config()?;
+        container.update(|_| {})?;
+        setup(state, &pod, &container, &image.layers, &image_config).await
+    };
+    match made.await {
+        Ok(()) => {
+            state.insert_container(container);
+            Ok(id)
+        }
+        Err(err) => {
+            if let Err(undo) = dispose(state, &container).await {
+                tracing::error!(container = %id, error = %undo.chain(), "cleaning up after a failed CreateContainer failed");
+            }
+            state.release_name(&name, &id);
+            Err(err)
+        }
+    }
+}
+
+async fn setup(
+    state: &State,
+    pod: &Pod,
+    container: &Container,
+    layers: &[String],
+    image: &spec::ImageRuntimeConfig,
+) -> Result<(), DaemonError> {
+    let config = &container.config;
+    let record = container.record();
+    let (upper, work) = (container.dir.join("upper"), container.dir.join("work"));
+    for dir in [&upper, &work, &record.rootfs] {
+        std::fs::create_dir(dir).map_err(|err| DaemonError::Io {
+            what: "create",
+            path: dir.clone(),
+            err,
+        })?;
+    }
+    // The merged root directory takes the upper directory's mode: 0755 as every runtime
+    // gives a container's root (layers do not set it), not what crid's umask 077 made.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(ROOT_DIR_MODE)).map_err(
+            |err| DaemonError::Io {
+                what: "chmod",
+                path: upper.clone(),
+                err,
+            },
+        )?;
+    }
+    overlay::mount_rootfs(&state.images.paths, layers, &upper, &work, &record.rootfs)?;
+    let security = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.clone())
+        .unwrap_or_default();
+    let process_user = user::resolve(
+        &record.rootfs,
+        &UserRequest {
+            run_as_user: security.run_as_user.map(|v| v.value),
+            run_as_group: security.run_as_group.map(|v| v.value),
+            run_as_username: &security.run_as_username,
+            image_user: &image.user,
+            supplemental_groups: &security.supplemental_groups,
+            image_groups: security.supplemental_groups_policy
+                != cri::SupplementalGroupsPolicy::Strict as i32,
+        },
+    )
+    .map_err(|e| invalid(format!("config.linux.security_context: {e}")))?;
+    let pod_record = pod.record();
+    let cgroup_path = cgroups_path(state, pod, &container.id);
+    container.update(|r| r.cgroup_path = cgroup_path.clone())?;
+    let privileged = security.privileged;
+    let pod_privileged = pod
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.privileged);
+    if privileged && !pod_privileged {
+        return Err(invalid(
+            "config.linux.security_context.privileged: the pod sandbox is not privileged",
+        ));
+    }
+    let mut annotations = config.annotations.clone();
+    annotations.insert("io.kubernetes.cri.sandbox-id".into(), pod.id.clone());
+    annotations.insert(
+        "io.kubernetes.cri.container-name".into(),
+        container.metadata().name,
+    );
+    let spec = spec::build(SpecInputs {
+        config,
+        image,
+        rootfs: &record.rootfs,
+        user: &process_user,
+        hostname: Some(&pod_record.hostname),
+        namespaces: namespaces(state, pod, config)?,
+        files: PodFiles {
+            resolv_conf: pod.dir.join("resolv.conf"),
+            hosts: pod.dir.join("hosts"),
+            hostname: pod.dir.join("hostname"),
+            shm: pod_record.shm.clone().unwrap_or_else(|| "/dev/shm".into()),
+        },
+        cgroups_path: cgroup_path.clone(),
+        annotations,
+        privileged,
+        pids_limit: state.config.runtime.pids_limit,
+        runtime: state.config.runtime.runtime_path.clone(),
+    })?;
+    let bundle_config = container.dir.join("config.json");
+    let json = serde_json::to_vec(&spec)
+        .map_err(|e| DaemonError::Internal(format!("encode OCI spec: {e}")))?;
+    persist::write(&bundle_config, &json)?;
+    container.update(|r| r.user = process_user.clone())?;
+    let monitor = state.config.monitor_binary().ok_or_else(|| {
+        DaemonError::FailedPrecondition("crimon not found next to crid or in $PATH".into())
+    })?;
+    let pid = monitor_client::create(&MonitorSpec {
+        monitor,
+        id: container.id.clone(),
+        bundle: container.dir.clone(),
+        runtime: state.config.runtime.runtime_path.clone(),
+        runtime_root: state.config.runtime.runtime_root.clone(),
+        log_path: record.log_path.clone(),
+        log_size_max: state.config.runtime.log_size_max,
+        exit_dir: state.paths.exits.clone(),
+        socket_dir: state.paths.monitors.clone(),
+        terminal: config.tty,
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
+        delete_after_exit: true,
+        systemd_cgroup: state.config.runtime.cgroup_manager == CgroupManager::Systemd,
+    })
+    .await?;
+    container.update(|r| r.pid = pid)
+}

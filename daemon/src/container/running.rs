@@ -1,0 +1,98 @@
+//! What is done to a running container through its monitor or the runtime: ExecSync,
+//! ReopenContainerLog, UpdateContainerResources.
+
+use std::time::Duration;
+
+use crid_proto::cri;
+
+use super::invalid;
+use super::lifecycle::runtime;
+use crate::error::DaemonError;
+use crate::monitor_client::{self, MonitorConnection};
+use crate::state::container::{Container, Phase};
+use crate::state::{persist, State};
+
+fn require_running(state: &State, container: &Container) -> Result<(), DaemonError> {
+    match container.phase(&state.paths.exits) {
+        Phase::Running => Ok(()),
+        phase => Err(DaemonError::FailedPrecondition(format!(
+            "container {} is not running ({})",
+            container.id,
+            if phase == Phase::Created {
+                "created"
+            } else {
+                "exited"
+            }
+        ))),
+    }
+}
+
+/// Runs a command in a running container through its monitor.
+pub async fn exec_sync(
+    state: &State,
+    container: &Container,
+    cmd: &[String],
+    timeout_secs: i64,
+) -> Result<monitor_client::ExecOutput, DaemonError> {
+    if cmd.is_empty() {
+        return Err(invalid("cmd is empty"));
+    }
+    require_running(state, container)?;
+    let conn = MonitorConnection::connect(&state.paths.monitors, &container.id).await?;
+    let timeout = (timeout_secs > 0).then(|| Duration::from_secs(timeout_secs.unsigned_abs()));
+    let output = conn.exec_sync(cmd, timeout).await?;
+    if output.timed_out {
+        return Err(DaemonError::DeadlineExceeded(format!(
+            "command {cmd:?} in container {} timed out after {timeout_secs} s",
+            container.id
+        )));
+    }
+    Ok(output)
+}
+
+/// Applies new resources to a created or running container (`runc update`), refusing a
+/// memory limit below what it uses now.
+pub async fn update_resources(
+    state: &State,
+    container: &Container,
+    requested: cri::LinuxContainerResources,
+) -> Result<(), DaemonError> {
+    let _guard = container.lifecycle.lock().await;
+    if container.phase(&state.paths.exits) == Phase::Exited {
+        return Err(DaemonError::FailedPrecondition(format!(
+            "container {} has exited",
+            container.id
+        )));
+    }
+    let oci = super::resources::linux_resources(
+        Some(&requested),
+        Vec::new(),
+        state.config.runtime.pids_limit,
+    )?;
+    let record = container.record();
+    if requested.memory_limit_in_bytes > 0 {
+        let usage = super::cgroup::Cgroup::new(&record.cgroup_path).memory_usage();
+        if let Some(usage) = usage.filter(|u| *u > requested.memory_limit_in_bytes as u64) {
+            return Err(DaemonError::FailedPrecondition(format!(
+                "memory limit {} of container {} is below its current usage {usage}",
+                requested.memory_limit_in_bytes, container.id
+            )));
+        }
+    }
+    let file = container.dir.join("resources.json");
+    let json = serde_json::to_vec(&oci)
+        .map_err(|e| DaemonError::Internal(format!("encode resources: {e}")))?;
+    persist::write(&file, &json)?;
+    let updated = runtime(state).update(&container.id, &file).await;
+    let _ = std::fs::remove_file(&file);
+    updated?;
+    container.save_resources(&requested)
+}
+
+/// Asks the monitor to reopen the container's log file (after kubelet rotated it).
+pub async fn reopen_log(state: &State, container: &Container) -> Result<(), DaemonError> {
+    require_running(state, container)?;
+    let conn = MonitorConnection::connect(&state.paths.monitors, &container.id).await?;
+    conn.reopen_log().await?;
+    Ok(())
+}
