@@ -71,6 +71,18 @@ async fn two_containers_share_the_pod_network_and_the_host_reaches_it() {
     let (code, body) = http_get(&format!("{host_ip}:{host_port}"), "/").expect("GET host port");
     assert_eq!((code, body.trim()), (200, "hello-from-pod"));
 
+    // PodSandboxStatus carries the containers' statuses (kubelet's evented PLEG reads them).
+    let with_containers = fx
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(with_containers.containers_statuses.len(), 2);
+    assert!(with_containers.timestamp > 0);
     // The containers share the pod's PID namespace by default: the client sees httpd.
     let ps = fx.exec(&client_id, &["ps"], 10).await;
     assert!(text(&ps.stdout).contains("httpd"), "{}", text(&ps.stdout));

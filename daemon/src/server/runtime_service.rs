@@ -193,7 +193,13 @@ impl RuntimeService for Runtime {
         ok(cri::PodSandboxStatusResponse {
             status: Some(cri_views::pod_status(&pod)),
             info,
-            containers_statuses: Vec::new(),
+            // What kubelet's evented PLEG reads along with the pod's status.
+            containers_statuses: self
+                .state
+                .containers_of(&pod.id)
+                .iter()
+                .map(|c| cri_views::container_status(&self.state, c))
+                .collect(),
             timestamp: crate::state::persist::now_nanos(),
         })
     }
