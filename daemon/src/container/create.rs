@@ -348,7 +348,7 @@ async fn setup(
     let bundle_config = container.dir.join("config.json");
     let json = serde_json::to_vec(&spec)
         .map_err(|e| DaemonError::Internal(format!("encode OCI spec: {e}")))?;
-    persist::write(&bundle_config, &json)?;
+    persist::write_volatile(&bundle_config, &json)?;
     container.update(|r| r.user = process_user.clone())?;
     let monitor = state.config.monitor_binary().ok_or_else(|| {
         DaemonError::FailedPrecondition("crimon not found next to crid or in $PATH".into())

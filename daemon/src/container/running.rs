@@ -82,7 +82,7 @@ pub async fn update_resources(
     let file = container.dir.join("resources.json");
     let json = serde_json::to_vec(&oci)
         .map_err(|e| DaemonError::Internal(format!("encode resources: {e}")))?;
-    persist::write(&file, &json)?;
+    persist::write_volatile(&file, &json)?;
     let updated = runtime(state).update(&container.id, &file).await;
     let _ = std::fs::remove_file(&file);
     updated?;

@@ -227,8 +227,8 @@ async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError>
         pod.update(|r| r.shm = Some(target))?;
     }
     let hostname = pod.record().hostname;
-    persist::write(&pod.dir.join("resolv.conf"), plan.resolv_conf.as_bytes())?;
-    persist::write(
+    persist::write_volatile(&pod.dir.join("resolv.conf"), plan.resolv_conf.as_bytes())?;
+    persist::write_volatile(
         &pod.dir.join("hostname"),
         format!("{hostname}\n").as_bytes(),
     )?;
@@ -251,7 +251,7 @@ async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError>
         files::hosts(&hostname, ips.first().map(String::as_str))
             .map_err(|e| invalid(format!("config.hostname: {e}")))?
     };
-    persist::write(&pod.dir.join("hosts"), hosts.as_bytes())?;
+    persist::write_volatile(&pod.dir.join("hosts"), hosts.as_bytes())?;
     pod.update(|r| r.ready = true)
 }
 

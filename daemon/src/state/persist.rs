@@ -52,6 +52,16 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
     })
 }
 
+/// Writes `bytes` to `path` atomically (temporary file, rename) but without syncing: for
+/// files that matter only while the host stays up (a pod's resolv.conf, an OCI bundle's
+/// config.json; after a reboot their pod is NOTREADY and kubelet makes a new one), so the
+/// pod's critical path does not wait on a disk flush.
+pub fn write_volatile(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("rename", path))
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, DaemonError> {
     use std::io::Read;
     let mut bytes = Vec::new();
