@@ -330,6 +330,12 @@ impl Drop for HostNetworks {
         for network in &self.networks {
             let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(network));
         }
+        // crid's default cgroup parent (the bench's pods name none), empty by now.
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for controller in controllers.flatten() {
+                let _ = std::fs::remove_dir(controller.path().join("crid"));
+            }
+        }
     }
 }
 
