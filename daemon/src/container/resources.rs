@@ -132,13 +132,7 @@ pub fn oom_score_adj(requested: i64) -> Result<i32, SpecError> {
         .ok()
         .and_then(|v| v.trim().parse::<i64>().ok())
         .unwrap_or(0);
-    let may_lower = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
+    let may_lower = super::security::own_capabilities("CapEff")
         .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0);
     let value = if may_lower {
         requested

@@ -97,21 +97,22 @@ pub const READONLY_PATHS: &[&str] = &[
 /// kernel order, so a capability's index is its number). containerd does the same: asking the
 /// runtime for a capability crid lacks fails the create.
 fn current_bounding_set() -> BTreeSet<String> {
-    let bounding = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("CapBnd:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .unwrap_or(u64::MAX);
+    let bounding = own_capabilities("CapBnd").unwrap_or(u64::MAX);
     ALL_CAPABILITIES
         .iter()
         .enumerate()
         .filter(|(bit, _)| bounding & (1 << bit) != 0)
         .map(|(_, name)| (*name).to_owned())
         .collect()
+}
+
+/// One of crid's own capability masks from /proc/self/status (`CapEff`, `CapBnd`, …).
+pub fn own_capabilities(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| {
+        let hex = l.strip_prefix(field)?.strip_prefix(':')?;
+        u64::from_str_radix(hex.trim(), 16).ok()
+    })
 }
 
 /// `CAP_X` for `x`, `X` or `CAP_X`; an error for a name Linux does not define.

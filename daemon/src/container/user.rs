@@ -104,15 +104,19 @@ pub fn resolve(rootfs: &Path, request: &UserRequest<'_>) -> Result<ProcessUser, 
         Some((u, g)) => (u, Some(g)),
         None => (request.image_user, None),
     };
-    // The user: run_as_user, else run_as_username, else the image's.
-    let (uid, name, passwd_gid) = if let Some(uid) = request.run_as_user {
+    // A numeric uid need not be in /etc/passwd; when it is, it brings a name and a group.
+    let by_uid = |uid: i64| -> Result<(u32, Option<String>, Option<u32>), UserError> {
         let uid = id(uid)?;
         let entry = entries(&passwd).find(|e| e.id == uid);
-        (
+        Ok((
             uid,
             entry.as_ref().map(|e| e.name.to_owned()),
             entry.and_then(|e| e.fourth.parse().ok()),
-        )
+        ))
+    };
+    // The user: run_as_user, else run_as_username, else the image's.
+    let (uid, name, passwd_gid) = if let Some(uid) = request.run_as_user {
+        by_uid(uid)?
     } else {
         let wanted = if request.run_as_username.is_empty() {
             image_user
@@ -122,13 +126,7 @@ pub fn resolve(rootfs: &Path, request: &UserRequest<'_>) -> Result<ProcessUser, 
         if wanted.is_empty() {
             (0, Some("root".to_owned()), Some(0))
         } else if let Ok(uid) = wanted.parse::<i64>() {
-            let uid = id(uid)?;
-            let entry = entries(&passwd).find(|e| e.id == uid);
-            (
-                uid,
-                entry.as_ref().map(|e| e.name.to_owned()),
-                entry.and_then(|e| e.fourth.parse().ok()),
-            )
+            by_uid(uid)?
         } else {
             let entry = entries(&passwd)
                 .find(|e| e.name == wanted)
