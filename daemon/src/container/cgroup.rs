@@ -59,6 +59,23 @@ pub struct Usage {
     pub pids: Option<u64>,
 }
 
+impl Usage {
+    /// Adds another cgroup's numbers (a number known on either side is known in the sum).
+    pub fn add(&mut self, other: &Usage) {
+        let sum = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        self.cpu_nanos = sum(self.cpu_nanos, other.cpu_nanos);
+        self.memory_bytes = sum(self.memory_bytes, other.memory_bytes);
+        self.working_set_bytes = sum(self.working_set_bytes, other.working_set_bytes);
+        self.rss_bytes = sum(self.rss_bytes, other.rss_bytes);
+        self.page_faults = sum(self.page_faults, other.page_faults);
+        self.major_page_faults = sum(self.major_page_faults, other.major_page_faults);
+        self.pids = sum(self.pids, other.pids);
+    }
+}
+
 impl Cgroup {
     pub fn new(path: &str) -> Self {
         Cgroup {

@@ -93,10 +93,22 @@ pub fn container_stats(
     samples: &CpuSamples,
     container: &Container,
 ) -> cri::ContainerStats {
-    let record = container.record();
+    stats_with_usage(state, samples, container, &cgroup_usage(container))
+}
+
+fn cgroup_usage(container: &Container) -> Usage {
+    Cgroup::new(&container.record().cgroup_path).usage()
+}
+
+/// A container's stats around a usage already read from its cgroup.
+fn stats_with_usage(
+    state: &State,
+    samples: &CpuSamples,
+    container: &Container,
+    usage: &Usage,
+) -> cri::ContainerStats {
     let now = persist::now_nanos();
-    let usage = Cgroup::new(&record.cgroup_path).usage();
-    let (cpu, memory) = cpu_memory(samples, &container.id, &usage, now);
+    let (cpu, memory) = cpu_memory(samples, &container.id, usage, now);
     let (bytes, inodes) = disk_usage(&container.dir.join("upper"));
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
@@ -169,26 +181,18 @@ pub fn pod_stats(state: &State, samples: &CpuSamples, pod: &Pod) -> cri::PodSand
         .into_iter()
         .filter(|c| live(state, c))
         .collect();
+    // Each container's cgroup is read once, for its own stats and the pod's totals: the sum
+    // over its containers (the cgroup parent may hold other pods' when kubelet does not give
+    // one per pod).
+    let usages: Vec<Usage> = containers.iter().map(|c| cgroup_usage(c)).collect();
     let container_stats: Vec<cri::ContainerStats> = containers
         .iter()
-        .map(|c| container_stats(state, samples, c))
+        .zip(&usages)
+        .map(|(c, u)| stats_with_usage(state, samples, c, u))
         .collect();
-    // The pod's totals: the sum over its containers (the cgroup parent may hold other pods'
-    // when kubelet does not give one per pod).
     let mut usage = Usage::default();
-    for c in &containers {
-        let u = Cgroup::new(&c.record().cgroup_path).usage();
-        let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
-        };
-        usage.cpu_nanos = add(usage.cpu_nanos, u.cpu_nanos);
-        usage.memory_bytes = add(usage.memory_bytes, u.memory_bytes);
-        usage.working_set_bytes = add(usage.working_set_bytes, u.working_set_bytes);
-        usage.rss_bytes = add(usage.rss_bytes, u.rss_bytes);
-        usage.page_faults = add(usage.page_faults, u.page_faults);
-        usage.major_page_faults = add(usage.major_page_faults, u.major_page_faults);
-        usage.pids = add(usage.pids, u.pids);
+    for u in &usages {
+        usage.add(u);
     }
     let (cpu, memory) = cpu_memory(samples, &pod.id, &usage, now);
     let in_pod_netns = pod.record().namespaces.net.is_some();
