@@ -88,25 +88,12 @@ impl PodFixture {
         let layout = work.path().join("layout");
         build_oci_busybox(&layout, "latest", &["sh"]);
         registry.push_layout(&layout, "latest", "test/busybox");
-        let conf = work.path().join("registries.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[[registry]]\nprefix = \"{addr}\"\nlocation = \"{addr}\"\ninsecure = true\n",
-                addr = registry.addr
-            ),
-        )
-        .expect("write registries.conf");
         let n = fixture_number();
         let network = format!("crid-test-{}-{n}", std::process::id());
         let bridge = format!("crt{}x{n}", std::process::id() % 100_000);
         let subnet = format!("10.234.{n}");
         let crid = CridProcess::start(&CridOptions {
-            extra_toml: format!(
-                "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\n",
-                conf.display(),
-                work.path().join("registries.conf.d").display(),
-            ),
+            extra_toml: registry.crid_image_config(work.path()),
             dropin: (!dropin.is_empty()).then(|| dropin.to_owned()),
         });
         std::fs::write(
@@ -311,12 +298,8 @@ impl PodFixture {
     /// What of this fixture is still on the host (besides crid, its files and the bridge).
     pub fn leaks(&self) -> Vec<String> {
         let mut leaks = Vec::new();
-        let base = self.crid.dir.path().display().to_string();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        for target in mountinfo.lines().filter_map(|l| l.split(' ').nth(4)) {
-            if target.starts_with(&base) {
-                leaks.push(format!("mount {target}"));
-            }
+        for target in self.mounts() {
+            leaks.push(format!("mount {target}"));
         }
         let ns_dir = self.crid.dir.path().join("run/ns");
         for kind in ["net", "ipc", "uts", "pid"] {
@@ -324,19 +307,8 @@ impl PodFixture {
                 leaks.push(format!("namespace pin {kind}/{entry}"));
             }
         }
-        let crid_pid = self.crid.child.as_ref().map(|c| c.id());
-        for proc_entry in list(Path::new("/proc")) {
-            let Ok(pid) = proc_entry.parse::<u32>() else {
-                continue;
-            };
-            if Some(pid) == crid_pid {
-                continue;
-            }
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(&base) {
-                leaks.push(format!("process {pid}: {cmdline}"));
-            }
+        for (pid, cmdline) in self.processes() {
+            leaks.push(format!("process {pid}: {cmdline}"));
         }
         let out = Command::new(require::tool("ip"))
             .args(["-o", "link", "show", "master", &self.bridge])
@@ -353,10 +325,7 @@ impl PodFixture {
         for state in list(&self.crid.dir.path().join("run/runc")) {
             leaks.push(format!("runtime state {state}"));
         }
-        for controller in list(Path::new("/sys/fs/cgroup")) {
-            let dir = PathBuf::from("/sys/fs/cgroup")
-                .join(&controller)
-                .join(self.cgroup_parent.trim_start_matches('/'));
+        for (controller, dir) in self.cgroup_parents() {
             for child in list(&dir) {
                 if child.starts_with("crid-") {
                     leaks.push(format!("cgroup {controller}{}/{child}", self.cgroup_parent));
@@ -364,6 +333,50 @@ impl PodFixture {
             }
         }
         leaks
+    }
+
+    /// Mount points under the fixture's crid directory, deepest first.
+    fn mounts(&self) -> Vec<String> {
+        let base = self.crid.dir.path().display().to_string();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut targets: Vec<String> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|t| t.starts_with(&base))
+            .map(str::to_owned)
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        targets
+    }
+
+    /// Processes (besides crid) whose command line names the fixture's crid directory:
+    /// monitors, PID holders, runtime leftovers.
+    fn processes(&self) -> Vec<(u32, String)> {
+        let base = self.crid.dir.path().display().to_string();
+        let crid_pid = self.crid.child.as_ref().map(|c| c.id());
+        list(Path::new("/proc"))
+            .iter()
+            .filter_map(|entry| entry.parse::<u32>().ok())
+            .filter(|pid| Some(*pid) != crid_pid)
+            .filter_map(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                cmdline.contains(&base).then_some((pid, cmdline))
+            })
+            .collect()
+    }
+
+    /// The fixture's cgroup parent in every hierarchy: (controller, directory).
+    fn cgroup_parents(&self) -> Vec<(String, PathBuf)> {
+        list(Path::new("/sys/fs/cgroup"))
+            .into_iter()
+            .map(|controller| {
+                let dir = PathBuf::from("/sys/fs/cgroup")
+                    .join(&controller)
+                    .join(self.cgroup_parent.trim_start_matches('/'));
+                (controller, dir)
+            })
+            .collect()
     }
 }
 
@@ -383,34 +396,16 @@ impl Drop for PodFixture {
         // A test that failed before `finish` leaves its pods: kill their processes (monitors,
         // PID holders, containers' runc leftovers) and unmount what is under the fixture, so
         // one failure does not leak into the host for the tests after it.
-        let base = self.crid.dir.path().display().to_string();
-        let crid_pid = self.crid.child.as_ref().map(|c| c.id());
-        for proc_entry in list(Path::new("/proc")) {
-            let Ok(pid) = proc_entry.parse::<u32>() else {
-                continue;
-            };
-            if Some(pid) == crid_pid {
-                continue;
-            }
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&base) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+        for (pid, _) in self.processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut targets: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|t| t.starts_with(&base))
-            .collect();
-        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
         // Killed processes leave their cgroups only once reaped.
         std::thread::sleep(Duration::from_millis(100));
-        for target in targets {
-            let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+        for target in self.mounts() {
+            let _ = nix::mount::umount2(target.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         // Host state that outlives crid by design: the bridge, the lease directory and the
         // cgroup parent directories (kubelet owns those in a cluster).
@@ -419,10 +414,7 @@ impl Drop for PodFixture {
             .stderr(std::process::Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(Path::new(LEASE_ROOT).join(&self.network));
-        for controller in list(Path::new("/sys/fs/cgroup")) {
-            let dir = PathBuf::from("/sys/fs/cgroup")
-                .join(&controller)
-                .join(self.cgroup_parent.trim_start_matches('/'));
+        for (_, dir) in self.cgroup_parents() {
             for child in list(&dir).iter().filter(|c| c.starts_with("crid-")) {
                 let _ = std::fs::remove_dir(dir.join(child));
             }

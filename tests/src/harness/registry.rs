@@ -251,6 +251,25 @@ impl Registry {
     }
 
     /// The registry's log so far (for failure messages).
+    /// Writes `<dir>/registries.conf` naming this registry insecure (it speaks plain HTTP)
+    /// and returns the `[image]` section of a crid configuration that uses it.
+    pub fn crid_image_config(&self, dir: &Path) -> String {
+        let conf = dir.join("registries.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[[registry]]\nprefix = \"{addr}\"\nlocation = \"{addr}\"\ninsecure = true\n",
+                addr = self.addr
+            ),
+        )
+        .expect("write registries.conf");
+        format!(
+            "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\n",
+            conf.display(),
+            dir.join("registries.conf.d").display(),
+        )
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()
     }

@@ -352,20 +352,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
     registry.push_layout(&layout, "pause", "bench/pause");
     let image = format!("{}/bench/busybox:latest", registry.addr);
     let pause = format!("{}/bench/pause:pause", registry.addr);
-    let conf = work.path().join("registries.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[[registry]]\nprefix = \"{0}\"\nlocation = \"{0}\"\ninsecure = true\n",
-            registry.addr
-        ),
-    )?;
     let crid = CridProcess::start(&CridOptions {
-        extra_toml: format!(
-            "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\n",
-            conf.display(),
-            work.path().join("none.d").display()
-        ),
+        extra_toml: registry.crid_image_config(work.path()),
         // The harness logs at debug; a benchmark logs as a production crid does.
         dropin: Some(format!(
             "log_level = \"info\"\n[runtime]\nruntime_path = \"{}\"\n",

@@ -416,20 +416,8 @@ fn pull_bench(rounds: usize) -> anyhow::Result<()> {
     add_random_layers(&layout, "latest", "big", 4, 50 << 20);
     registry.push_layout(&layout, "big", "bench/big");
     let image = format!("{}/bench/big:big", registry.addr);
-    let conf = work.path().join("registries.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[[registry]]\nprefix = \"{0}\"\nlocation = \"{0}\"\ninsecure = true\n",
-            registry.addr
-        ),
-    )?;
     let crid = CridProcess::start(&CridOptions {
-        extra_toml: format!(
-            "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\n",
-            conf.display(),
-            work.path().join("none.d").display()
-        ),
+        extra_toml: registry.crid_image_config(work.path()),
         ..Default::default()
     });
     let containerd = Containerd::start(&[&registry.addr], None);
