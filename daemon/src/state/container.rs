@@ -2,7 +2,6 @@
 //! exit comes from the exit record its monitor writes; once read it is kept in the record.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use crid_common::exit_record::ExitRecord;
 use crid_proto::cri;
@@ -77,25 +76,36 @@ pub struct Container {
     pub config: cri::ContainerConfig,
     /// Serialises lifecycle operations (start, stop, remove) on this container.
     pub lifecycle: tokio::sync::Mutex<()>,
-    record: Mutex<ContainerRecord>,
+    record: persist::SavedRecord<ContainerRecord>,
 }
 
 impl Container {
+    /// A new container; its record is written by the first [`Container::update`].
     pub fn new(dir: PathBuf, config: cri::ContainerConfig, record: ContainerRecord) -> Self {
+        let record = persist::SavedRecord::new(dir.join(RECORD_FILE), record);
+        Container::with_record(dir, config, record)
+    }
+
+    fn with_record(
+        dir: PathBuf,
+        config: cri::ContainerConfig,
+        record: persist::SavedRecord<ContainerRecord>,
+    ) -> Self {
+        let ContainerRecord { id, pod_id, .. } = record.get();
         Container {
-            id: record.id.clone(),
-            pod_id: record.pod_id.clone(),
+            id,
+            pod_id,
             dir,
             config,
             lifecycle: tokio::sync::Mutex::new(()),
-            record: Mutex::new(record),
+            record,
         }
     }
 
     pub fn load(dir: &Path) -> Result<Self, DaemonError> {
-        let record: ContainerRecord = persist::load_json(&dir.join(RECORD_FILE))?;
+        let record = persist::SavedRecord::load(dir.join(RECORD_FILE))?;
         let config = persist::load_message(&dir.join(CONFIG_FILE))?;
-        Ok(Container::new(dir.to_owned(), config, record))
+        Ok(Container::with_record(dir.to_owned(), config, record))
     }
 
     pub fn save_config(&self) -> Result<(), DaemonError> {
@@ -103,16 +113,11 @@ impl Container {
     }
 
     pub fn record(&self) -> ContainerRecord {
-        self.record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.record.get()
     }
 
     pub fn update(&self, change: impl FnOnce(&mut ContainerRecord)) -> Result<(), DaemonError> {
-        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        change(&mut record);
-        persist::save_json(&self.dir.join(RECORD_FILE), &*record)
+        self.record.update(change)
     }
 
     /// The container's resources: the last update's, else the config's.

@@ -3,6 +3,7 @@
 //! a crash leaves either the old record or the new one.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::DaemonError;
 
@@ -96,5 +97,38 @@ pub fn remove_dir(path: &Path) -> Result<(), DaemonError> {
     match std::fs::remove_dir_all(path) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(io("remove", path)(err)),
         _ => Ok(()),
+    }
+}
+
+/// A record kept in memory and saved to its file (JSON, durably) after every change.
+pub struct SavedRecord<R> {
+    path: PathBuf,
+    value: Mutex<R>,
+}
+
+impl<R: Clone + serde::Serialize + serde::de::DeserializeOwned> SavedRecord<R> {
+    /// A record not yet on disk (the first `update` writes it).
+    pub fn new(path: PathBuf, value: R) -> Self {
+        SavedRecord {
+            path,
+            value: Mutex::new(value),
+        }
+    }
+
+    pub fn load(path: PathBuf) -> Result<Self, DaemonError> {
+        let value = load_json(&path)?;
+        Ok(SavedRecord::new(path, value))
+    }
+
+    /// A copy of the current value.
+    pub fn get(&self) -> R {
+        self.value.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the value and saves it.
+    pub fn update(&self, change: impl FnOnce(&mut R)) -> Result<(), DaemonError> {
+        let mut value = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut value);
+        save_json(&self.path, &*value)
     }
 }

@@ -2,7 +2,6 @@
 //! for it (namespaces, network, files), saved after every change.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use crid_proto::cri;
 use serde::{Deserialize, Serialize};
@@ -51,25 +50,34 @@ pub struct Pod {
     pub config: cri::PodSandboxConfig,
     /// Serialises lifecycle operations (run, stop, remove) on this pod.
     pub lifecycle: tokio::sync::Mutex<()>,
-    record: Mutex<PodRecord>,
+    record: persist::SavedRecord<PodRecord>,
 }
 
 impl Pod {
-    /// A new pod; nothing is written until [`Pod::save`].
+    /// A new pod; its record is written by the first [`Pod::update`].
     pub fn new(dir: PathBuf, config: cri::PodSandboxConfig, record: PodRecord) -> Self {
+        let record = persist::SavedRecord::new(dir.join(RECORD_FILE), record);
+        Pod::with_record(dir, config, record)
+    }
+
+    fn with_record(
+        dir: PathBuf,
+        config: cri::PodSandboxConfig,
+        record: persist::SavedRecord<PodRecord>,
+    ) -> Self {
         Pod {
-            id: record.id.clone(),
+            id: record.get().id,
             dir,
             config,
             lifecycle: tokio::sync::Mutex::new(()),
-            record: Mutex::new(record),
+            record,
         }
     }
 
     pub fn load(dir: &Path) -> Result<Self, DaemonError> {
-        let record: PodRecord = persist::load_json(&dir.join(RECORD_FILE))?;
+        let record = persist::SavedRecord::load(dir.join(RECORD_FILE))?;
         let config = persist::load_message(&dir.join(CONFIG_FILE))?;
-        Ok(Pod::new(dir.to_owned(), config, record))
+        Ok(Pod::with_record(dir.to_owned(), config, record))
     }
 
     /// Writes the config (once) and the record.
@@ -79,17 +87,12 @@ impl Pod {
 
     /// A copy of the current record.
     pub fn record(&self) -> PodRecord {
-        self.record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.record.get()
     }
 
     /// Changes the record and saves it.
     pub fn update(&self, change: impl FnOnce(&mut PodRecord)) -> Result<(), DaemonError> {
-        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        change(&mut record);
-        persist::save_json(&self.dir.join(RECORD_FILE), &*record)
+        self.record.update(change)
     }
 
     pub fn metadata(&self) -> cri::PodSandboxMetadata {
