@@ -58,13 +58,7 @@ fn fail(message: String) -> ! {
 /// `/proc/sys/…` for a sysctl key; keys hold only `[A-Za-z0-9_.-]` segments (no `..`, no `/`),
 /// values no newline (CVE-2022-0811 came from an unchecked value).
 fn sysctl_path(key: &str, value: &str) -> Result<PathBuf, String> {
-    let segments_ok = !key.is_empty()
-        && key.split('.').all(|s| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        });
-    if !segments_ok {
+    if !crid_daemon::sandbox::sysctl::well_formed_key(key) {
         return Err(format!("invalid sysctl key {key:?}"));
     }
     if value.contains(['\n', '\0', '+', '=']) {

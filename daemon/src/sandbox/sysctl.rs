@@ -40,6 +40,17 @@ const IPC_KEYS: &[&str] = &[
 ];
 const IPC_PREFIXES: &[&str] = &["fs.mqueue."];
 
+/// Whether a dotted sysctl key is made of non-empty `[A-Za-z0-9_-]` segments (so it cannot
+/// name a path outside /proc/sys: no `..`, no `/`).
+pub fn well_formed_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.split('.').all(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
 /// Checks one sysctl for a pod that shares (or not) the host's network and IPC namespaces;
 /// `/` separators are accepted as kubelet accepts them, and normalised to dots.
 pub fn validate(
@@ -49,13 +60,7 @@ pub fn validate(
     host_ipc: bool,
 ) -> Result<(String, SysctlNamespace), SysctlError> {
     let normalized = key.replace('/', ".");
-    let well_formed = !normalized.is_empty()
-        && normalized.split('.').all(|s| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        });
-    if !well_formed {
+    if !well_formed_key(&normalized) {
         return Err(SysctlError::BadKey(key.to_owned()));
     }
     if value.is_empty() || value.len() > 4096 || value.contains(['\n', '\r', '\0', '+', '=']) {
