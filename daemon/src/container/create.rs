@@ -307,7 +307,8 @@ async fn setup(
     .map_err(|e| invalid(format!("config.linux.security_context: {e}")))?;
     let pod_record = pod.record();
     let cgroup_path = cgroups_path(state, pod, &container.id);
-    container.update(|r| r.cgroup_path = cgroup_path.clone())?;
+    let namespaces = namespaces(state, pod, config)?;
+    let own_pid_namespace = matches!(namespaces.pid, PidNamespace::New);
     let privileged = security.privileged;
     let pod_privileged = pod
         .config
@@ -332,7 +333,7 @@ async fn setup(
         rootfs: &record.rootfs,
         user: &process_user,
         hostname: Some(&pod_record.hostname),
-        namespaces: namespaces(state, pod, config)?,
+        namespaces,
         files: PodFiles {
             resolv_conf: pod.dir.join("resolv.conf"),
             hosts: pod.dir.join("hosts"),
@@ -349,7 +350,12 @@ async fn setup(
     let json = serde_json::to_vec(&spec)
         .map_err(|e| DaemonError::Internal(format!("encode OCI spec: {e}")))?;
     persist::write_volatile(&bundle_config, &json)?;
-    container.update(|r| r.user = process_user.clone())?;
+    // What StopContainer, stats and updates need later, saved before the monitor runs.
+    container.update(|r| {
+        r.user = process_user.clone();
+        r.cgroup_path = cgroup_path.clone();
+        r.own_pid_namespace = own_pid_namespace;
+    })?;
     let monitor = state.config.monitor_binary().ok_or_else(|| {
         DaemonError::FailedPrecondition("crimon not found next to crid or in $PATH".into())
     })?;

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use crid_proto::cri;
-
 use crate::config::CgroupManager;
 use crate::error::DaemonError;
 use crate::monitor_client::MonitorConnection;
@@ -108,18 +106,6 @@ pub async fn start(state: &State, container: &Container) -> Result<(), DaemonErr
     container.update(|r| r.started_at = Some(starting))
 }
 
-/// Whether the container shares a PID namespace, so that killing its init would not end the
-/// rest of its processes.
-fn shares_pid_namespace(container: &Container) -> bool {
-    let options = container
-        .config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref());
-    options.is_none_or(|o| o.pid != cri::NamespaceMode::Container as i32)
-}
-
 /// Waits up to `limit` for the container's exit; true once it has exited.
 async fn wait_exit(state: &State, container: &Container, limit: Duration) -> bool {
     let exits = &state.paths.exits;
@@ -166,7 +152,7 @@ async fn stop_locked(
     }
     let record = container.record();
     let rt = runtime(state);
-    let all = shares_pid_namespace(container);
+    let all = !record.own_pid_namespace;
     // A signal may race with the container's own exit (and the monitor's delete of it from
     // the runtime); a failed kill of a container that has exited is no failure. What an
     // exited init left behind in a shared PID namespace is killed by that delete.

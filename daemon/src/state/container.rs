@@ -58,6 +58,10 @@ pub struct ContainerRecord {
     /// The OCI `cgroupsPath`.
     #[serde(default)]
     pub cgroup_path: String,
+    /// Whether the container has a PID namespace of its own (else killing its init does not
+    /// end its other processes).
+    #[serde(default)]
+    pub own_pid_namespace: bool,
 }
 
 /// Where a container is in its life.
