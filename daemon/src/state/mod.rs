@@ -74,6 +74,15 @@ struct Index {
     names: HashMap<String, String>,
 }
 
+impl Index {
+    /// Frees `name` if `id` holds it.
+    fn release_name(&mut self, name: &str, id: &str) {
+        if self.names.get(name).is_some_and(|holder| holder == id) {
+            self.names.remove(name);
+        }
+    }
+}
+
 /// Everything the runtime service works on.
 pub struct State {
     pub config: Arc<Config>,
@@ -202,10 +211,7 @@ impl State {
 
     /// Releases `name` if `id` holds it.
     pub fn release_name(&self, name: &str, id: &str) {
-        let mut index = self.index();
-        if index.names.get(name).is_some_and(|holder| holder == id) {
-            index.names.remove(name);
-        }
+        self.index().release_name(name, id);
     }
 
     pub fn pod(&self, id: &str) -> Result<Arc<Pod>, DaemonError> {
@@ -256,20 +262,14 @@ impl State {
     pub fn forget_pod(&self, id: &str) {
         let mut index = self.index();
         if let Some(pod) = index.pods.remove(id) {
-            let name = pod.record().name;
-            if index.names.get(&name).is_some_and(|holder| holder == id) {
-                index.names.remove(&name);
-            }
+            index.release_name(&pod.record().name, id);
         }
     }
 
     pub fn forget_container(&self, id: &str) {
         let mut index = self.index();
         if let Some(container) = index.containers.remove(id) {
-            let name = container.record().name;
-            if index.names.get(&name).is_some_and(|holder| holder == id) {
-                index.names.remove(&name);
-            }
+            index.release_name(&container.record().name, id);
         }
     }
 }
