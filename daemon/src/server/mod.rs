@@ -1,5 +1,6 @@
 //! The CRI gRPC server on a unix socket.
 
+mod authority;
 mod cri_views;
 mod events;
 mod image_service;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use crid_proto::cri::image_service_server::ImageServiceServer;
 use crid_proto::cri::runtime_service_server::RuntimeServiceServer;
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt as _;
 
 use crate::config::Config;
 
@@ -58,7 +60,10 @@ pub async fn run(
     let serve = tonic::transport::Server::builder()
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|conn| conn.map(authority::AuthorityFix::new)),
+            signal,
+        );
     // Graceful shutdown waits for every connection to close, and a client may hold an idle
     // one forever (kubelet does): in-flight calls get SHUTDOWN_GRACE, then we leave.
     let grace = async move {
