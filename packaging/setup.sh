@@ -15,11 +15,11 @@ mode=${1:-}
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
-# Packages crid needs at run time.
-RUN_PACKAGES=(runc containernetworking-plugins iptables iproute2 ca-certificates)
+# Packages crid needs at run time, and protoc, which the CRI protobufs' build script runs.
+RUN_PACKAGES=(runc containernetworking-plugins iptables iproute2 ca-certificates protobuf-compiler)
 # Packages the tests and benchmarks need besides: the peers (crun, conmon, containerd), the
 # registry and image tools, busybox for test images.
-TEST_PACKAGES=(crun conmon containerd docker-registry skopeo umoci busybox-static procps openssl apache2-utils)
+TEST_PACKAGES=(crun conmon containerd docker-registry skopeo umoci busybox-static procps openssl apache2-utils python3-grpcio)
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then

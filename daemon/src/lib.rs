@@ -11,6 +11,7 @@ pub mod logging;
 pub mod monitor_client;
 pub mod network;
 pub mod oci_runtime;
+pub mod rro;
 pub mod sandbox;
 pub mod server;
 pub mod state;

@@ -99,3 +99,25 @@ pub fn network_condition(config: &Config) -> Condition {
     }
     Condition::ready()
 }
+
+/// The runtime handler name crid answers to besides the default `""`: its OCI runtime's
+/// binary name (`runc`), as CRI-O and containerd name theirs.
+pub fn handler_name(config: &Config) -> String {
+    config
+        .runtime
+        .runtime_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// What crid's runtime handler supports. Recursive read-only mounts: from the runtime's
+/// `rro` mount option, or crid's own staging on a kernel with `mount_setattr`. User
+/// namespaces: not yet. Blocking (may run `runtime features` once).
+pub fn handler_features(runtime: &Path) -> crid_proto::cri::RuntimeHandlerFeatures {
+    crid_proto::cri::RuntimeHandlerFeatures {
+        recursive_read_only_mounts: crate::rro::kernel_supports()
+            || crate::container::mounts::runtime_supports_rro(runtime),
+        user_namespaces: false,
+    }
+}

@@ -76,6 +76,28 @@ async fn version_status_and_runtime_config() {
     assert_eq!(network.reason, "NetworkPluginNotReady");
     assert!(network.message.contains("net.d"), "{}", network.message);
     assert!(status.info.contains_key("config"));
+    // What crid supports is said (critest and kubelet skip what is not): both supplemental
+    // groups policies, and for the default handler ("", what critest asks about) and "runc",
+    // recursive read-only mounts; user namespaces not yet.
+    assert!(
+        status
+            .features
+            .as_ref()
+            .is_some_and(|f| f.supplemental_groups_policy),
+        "{:?}",
+        status.features
+    );
+    let handlers: Vec<&str> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(handlers, ["", "runc"]);
+    for handler in &status.runtime_handlers {
+        let features = handler.features.expect("handler features");
+        assert!(features.recursive_read_only_mounts, "{handler:?}");
+        assert!(!features.user_namespaces, "{handler:?}");
+    }
 
     // A CNI configuration appears: the network becomes ready.
     std::fs::write(

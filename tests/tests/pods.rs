@@ -120,6 +120,40 @@ async fn hostname_dns_and_hosts_come_from_the_pod_config() {
     fx.finish().await;
 }
 
+/// A pod without a hostname gets CRI-O's default, the first 12 characters of its id (its
+/// metadata name may be longer than a hostname can be: critest's are 68 characters), and a
+/// non-root container can read the pod's files.
+#[tokio::test(flavor = "multi_thread")]
+async fn default_hostname_and_pod_files_readable_by_any_user() {
+    let mut fx = PodFixture::start("").await;
+    let mut pod = fx.pod_config("create-PodSandbox-for-container-0123456789abcdef0123456789abcdef");
+    pod.hostname = String::new();
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let mut config = fx.container_config("c", &["sleep", "1000"]);
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = fx.start_container(&pod_id, &pod, config).await;
+    let hostname = fx.exec(&id, &["hostname"], 10).await;
+    assert_eq!(text(&hostname.stdout).trim(), &pod_id[..12]);
+    for file in ["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"] {
+        let read = fx.exec(&id, &["cat", file], 10).await;
+        assert_eq!(
+            read.exit_code,
+            0,
+            "uid 1000 cannot read {file}: {}",
+            text(&read.stderr)
+        );
+    }
+    let hosts = text(&fx.exec(&id, &["cat", "/etc/hosts"], 10).await.stdout);
+    assert!(hosts.contains(&pod_id[..12]), "{hosts}");
+    fx.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bind_mounts_follow_symlinked_host_paths_and_honour_read_only() {
     let mut fx = PodFixture::start("").await;

@@ -1,6 +1,7 @@
 //! CreateContainer: the rootfs, the user, the OCI spec, and the monitor that runs the
 //! runtime's `create` and from then on owns the container's stdio, log and exit.
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use super::user::{self, UserRequest};
 use crate::config::CgroupManager;
 use crate::error::DaemonError;
 use crate::image::overlay;
+use crate::rro;
 use crate::monitor_client::{self, MonitorSpec};
 use crate::state::container::{Container, ContainerRecord, Phase};
 use crate::state::pod::Pod;
@@ -257,6 +259,34 @@ pub async fn create(
     }
 }
 
+/// Stages the recursive read-only mounts the runtime cannot make itself (see `rro`), by
+/// container path. Mounts that break the rules (not read-only, not private) are left for the
+/// spec to refuse.
+fn stage_recursive_read_only(
+    state: &State,
+    container: &Container,
+) -> Result<HashMap<String, PathBuf>, DaemonError> {
+    let mut staged = HashMap::new();
+    let runtime = &state.config.runtime.runtime_path;
+    for (index, m) in container.config.mounts.iter().enumerate() {
+        let private = m.propagation == cri::MountPropagation::PropagationPrivate as i32;
+        if !(m.recursive_read_only && m.readonly && private)
+            || super::mounts::runtime_supports_rro(runtime)
+            || !rro::kernel_supports()
+        {
+            continue;
+        }
+        let source = spec::host_source(&m.host_path)?;
+        let target = rro::stage(&container.dir, index, &source).map_err(|err| DaemonError::Io {
+            what: "stage a recursive read-only mount of",
+            path: source.clone(),
+            err,
+        })?;
+        staged.insert(m.container_path.clone(), target);
+    }
+    Ok(staged)
+}
+
 async fn setup(
     state: &State,
     pod: &Pod,
@@ -327,6 +357,7 @@ async fn setup(
         "io.kubernetes.cri.container-name".into(),
         container.metadata().name,
     );
+    let staged_rro = stage_recursive_read_only(state, container)?;
     let spec = spec::build(SpecInputs {
         config,
         image,
@@ -345,6 +376,7 @@ async fn setup(
         privileged,
         pids_limit: state.config.runtime.pids_limit,
         runtime: state.config.runtime.runtime_path.clone(),
+        staged_rro,
     })?;
     let bundle_config = container.dir.join("config.json");
     let json = serde_json::to_vec(&spec)

@@ -194,6 +194,9 @@ pub struct SpecInputs<'a> {
     pub pids_limit: i64,
     /// The OCI runtime binary (its features decide what mounts may ask for).
     pub runtime: PathBuf,
+    /// Recursive read-only mounts crid staged itself (see `rro`), by container path: bound
+    /// from there, without asking the runtime for `rro`.
+    pub staged_rro: HashMap<String, PathBuf>,
 }
 
 fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
@@ -237,7 +240,7 @@ fn check_container_path(field: &str, path: &str) -> Result<(), SpecError> {
 
 /// The host source of a CRI mount, symlinks resolved (created as a directory when missing,
 /// as kubelet expects of the runtime).
-fn host_source(host_path: &str) -> Result<PathBuf, SpecError> {
+pub(super) fn host_source(host_path: &str) -> Result<PathBuf, SpecError> {
     let path = Path::new(host_path);
     if !path.is_absolute() {
         return Err(SpecError::Invalid(format!(
@@ -271,6 +274,7 @@ fn host_source(host_path: &str) -> Result<PathBuf, SpecError> {
 fn cri_mounts(
     mounts: &[cri::Mount],
     runtime: &Path,
+    staged_rro: &HashMap<String, PathBuf>,
 ) -> Result<(Vec<Mount>, Option<&'static str>), SpecError> {
     use super::mounts::{check_propagation, runtime_supports_rro, Propagation};
     let mut sorted: Vec<&cri::Mount> = mounts.iter().collect();
@@ -279,7 +283,7 @@ fn cri_mounts(
     let mut propagation = None;
     for m in sorted {
         check_container_path("config.mounts", &m.container_path)?;
-        let source = host_source(&m.host_path)?;
+        let mut source = host_source(&m.host_path)?;
         let (mode, wanted) = match cri::MountPropagation::try_from(m.propagation) {
             Ok(cri::MountPropagation::PropagationHostToContainer) => {
                 propagation.get_or_insert("rslave");
@@ -301,14 +305,17 @@ fn cri_mounts(
                     m.container_path
                 )));
             }
-            if !runtime_supports_rro(runtime) {
+            if let Some(staged) = staged_rro.get(&m.container_path) {
+                source = staged.clone();
+            } else if runtime_supports_rro(runtime) {
+                options.push("rro");
+            } else {
                 return Err(SpecError::Invalid(format!(
-                    "config.mounts: {}: recursive read-only needs an OCI runtime with the rro mount option ({} lacks it)",
+                    "config.mounts: {}: recursive read-only needs a kernel with mount_setattr (Linux 5.12) or an OCI runtime with the rro mount option ({} lacks it)",
                     m.container_path,
                     runtime.display()
                 )));
             }
-            options.push("rro");
         }
         out.push(bind(&m.container_path, &source, m.readonly, &options)?);
     }
@@ -493,7 +500,7 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
             mounts.push(bind(target, source, false, &["nosuid", "nodev", "noexec"])?);
         }
     }
-    let (user_mounts, propagation) = cri_mounts(&config.mounts, &inputs.runtime)?;
+    let (user_mounts, propagation) = cri_mounts(&config.mounts, &inputs.runtime, &inputs.staged_rro)?;
     mounts.extend(user_mounts);
 
     let mut devices = Vec::new();
@@ -703,6 +710,7 @@ mod build_tests {
             privileged: false,
             pids_limit: 0,
             runtime: "runc".into(),
+            staged_rro: HashMap::new(),
         })
         .expect("spec");
         let json = serde_json::to_value(&spec).expect("json");

@@ -24,13 +24,7 @@ fn invalid(message: impl Into<String>) -> DaemonError {
 
 /// The runtime handlers crid answers to: the default ("") and the runtime's own name.
 pub fn check_handler(state: &State, handler: &str) -> Result<(), DaemonError> {
-    let runtime = state
-        .config
-        .runtime
-        .runtime_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let runtime = crate::status::handler_name(&state.config);
     if handler.is_empty() || handler == runtime {
         Ok(())
     } else {
@@ -62,6 +56,9 @@ fn check_cgroup_parent(manager: CgroupManager, parent: &str) -> Result<(), Daemo
     }
 }
 
+/// How much of the pod id a pod without a hostname gets as its hostname (CRI-O's choice).
+const DEFAULT_HOSTNAME_LEN: usize = 12;
+
 fn host_resolv_conf() -> String {
     use std::io::Read;
     let mut text = String::new();
@@ -78,7 +75,11 @@ struct Plan {
     resolv_conf: String,
 }
 
-fn plan(state: &State, config: &cri::PodSandboxConfig) -> Result<(Plan, PodRecord), DaemonError> {
+fn plan(
+    state: &State,
+    id: &str,
+    config: &cri::PodSandboxConfig,
+) -> Result<(Plan, PodRecord), DaemonError> {
     let meta = config
         .metadata
         .as_ref()
@@ -114,14 +115,14 @@ fn plan(state: &State, config: &cri::PodSandboxConfig) -> Result<(Plan, PodRecor
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default()
+    } else if config.hostname.is_empty() {
+        // CRI-O's default: the first 12 characters of the pod id (the metadata name may be
+        // longer than a hostname can be).
+        id[..DEFAULT_HOSTNAME_LEN.min(id.len())].to_owned()
     } else {
-        let name = if config.hostname.is_empty() {
-            &meta.name
-        } else {
-            &config.hostname
-        };
-        files::check_hostname(name).map_err(|e| invalid(format!("config.hostname: {e}")))?;
-        name.clone()
+        files::check_hostname(&config.hostname)
+            .map_err(|e| invalid(format!("config.hostname: {e}")))?;
+        config.hostname.clone()
     };
     let resolv_conf = match &config.dns_config {
         Some(dns)
@@ -172,7 +173,8 @@ pub async fn run(
     handler: &str,
 ) -> Result<String, DaemonError> {
     check_handler(state, handler)?;
-    let (plan, mut record) = plan(state, &config)?;
+    let id = new_id();
+    let (plan, mut record) = plan(state, &id, &config)?;
     if !config.log_directory.is_empty() {
         let dir = Path::new(&config.log_directory);
         std::fs::create_dir_all(dir).map_err(|err| DaemonError::Io {
@@ -181,7 +183,6 @@ pub async fn run(
             err,
         })?;
     }
-    let id = new_id();
     record.id = id.clone();
     record.created_at = persist::now_nanos();
     record.runtime_handler = handler.to_owned();
@@ -227,8 +228,8 @@ async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError>
         pod.update(|r| r.shm = Some(target))?;
     }
     let hostname = pod.record().hostname;
-    persist::write_volatile(&pod.dir.join("resolv.conf"), plan.resolv_conf.as_bytes())?;
-    persist::write_volatile(
+    persist::write_volatile_readable(&pod.dir.join("resolv.conf"), plan.resolv_conf.as_bytes())?;
+    persist::write_volatile_readable(
         &pod.dir.join("hostname"),
         format!("{hostname}\n").as_bytes(),
     )?;
@@ -251,7 +252,7 @@ async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError>
         files::hosts(&hostname, ips.first().map(String::as_str))
             .map_err(|e| invalid(format!("config.hostname: {e}")))?
     };
-    persist::write_volatile(&pod.dir.join("hosts"), hosts.as_bytes())?;
+    persist::write_volatile_readable(&pod.dir.join("hosts"), hosts.as_bytes())?;
     pod.update(|r| r.ready = true)
 }
 

@@ -512,9 +512,7 @@ mod tests {
         let decoded = server.decode(&blocks[1].3[5..]).expect("decode second");
         assert_eq!(decoded, request("localhost", "/b"));
         // DATA frames are untouched.
-        assert!(seen
-            .iter()
-            .any(|f| f.0 == 0 && (f.2 == 1 || f.2 == 3)));
+        assert!(seen.iter().any(|f| f.0 == 0 && (f.2 == 1 || f.2 == 3)));
     }
 
     #[tokio::test]

@@ -94,10 +94,26 @@ impl RuntimeService for Runtime {
                 .map_err(|e| Status::internal(e.to_string()))?;
             info.insert("config".to_owned(), config);
         }
+        let runtime = self.config.runtime.runtime_path.clone();
+        let handler_features = tokio::task::spawn_blocking(move || status::handler_features(&runtime))
+            .await
+            .map_err(|e| Status::internal(format!("runtime features: {e}")))?;
+        // crid has one runtime handler: the default (""), also known by the runtime's name.
+        let runtime_handlers = [String::new(), status::handler_name(&self.config)]
+            .into_iter()
+            .map(|name| cri::RuntimeHandler {
+                name,
+                features: Some(handler_features),
+            })
+            .collect();
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
-            ..Default::default()
+            runtime_handlers,
+            features: Some(cri::RuntimeFeatures {
+                // Both policies (Merge, Strict) are implemented (container/user.rs).
+                supplemental_groups_policy: true,
+            }),
         }))
     }
 

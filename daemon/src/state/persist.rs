@@ -58,8 +58,32 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
 /// config.json; after a reboot their pod is NOTREADY and kubelet makes a new one), so the
 /// pod's critical path does not wait on a disk flush.
 pub fn write_volatile(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
+    write_volatile_with_mode(path, bytes, 0o600)
+}
+
+/// As [`write_volatile`], with the file's mode set exactly (crid's umask does not apply):
+/// the pod files are bind-mounted into containers whose users may be anyone, so they are
+/// world-readable as on any host.
+pub fn write_volatile_readable(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
+    write_volatile_with_mode(path, bytes, 0o644)
+}
+
+fn write_volatile_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DaemonError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io("write", &tmp))?;
+    // The umask may have cleared bits of `mode` at creation.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io("chmod", &tmp))?;
+    file.write_all(bytes).map_err(io("write", &tmp))?;
+    drop(file);
     std::fs::rename(&tmp, path).map_err(io("rename", path))
 }
 
