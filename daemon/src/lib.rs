@@ -16,3 +16,4 @@ pub mod sandbox;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod streaming;

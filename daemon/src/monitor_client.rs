@@ -223,6 +223,18 @@ impl MonitorConnection {
             .map_err(self.failed("Wait"))
     }
 
+    /// Sets the container's terminal size.
+    pub async fn resize(&self, width: u16, height: u16) -> Result<(), MonitorClientError> {
+        let mut req = proto::ResizeRequest::new();
+        req.width = u32::from(width);
+        req.height = u32::from(height);
+        self.client
+            .resize(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map(drop)
+            .map_err(self.failed("Resize"))
+    }
+
     /// Reopens the container's log file.
     pub async fn reopen_log(&self) -> Result<(), MonitorClientError> {
         self.client

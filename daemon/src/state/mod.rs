@@ -33,6 +33,9 @@ pub struct StatePaths {
     pub monitors: PathBuf,
     /// `<runroot>/ns`: pinned pod namespaces.
     pub namespaces: PathBuf,
+    /// `<runroot>/x`: streaming exec sessions' pid files and console sockets (short, for the
+    /// socket path limit); emptied at start.
+    pub exec_sessions: PathBuf,
 }
 
 impl StatePaths {
@@ -44,6 +47,7 @@ impl StatePaths {
             trash: config.root.join("trash"),
             monitors: config.runroot.join("m"),
             namespaces: config.runroot.join("ns"),
+            exec_sessions: config.runroot.join("x"),
         }
     }
 
@@ -55,6 +59,7 @@ impl StatePaths {
             &self.trash,
             &self.monitors,
             &self.namespaces,
+            &self.exec_sessions,
         ] {
             std::fs::create_dir_all(dir).map_err(|err| DaemonError::Io {
                 what: "create",
@@ -148,6 +153,12 @@ impl State {
         let paths = StatePaths::new(&config);
         paths.create()?;
         trash::empty(&paths.trash);
+        // Exec sessions do not survive crid: their pid files and console sockets are stale.
+        if let Ok(entries) = std::fs::read_dir(&paths.exec_sessions) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let mut index = Index::default();
         for dir in persist::subdirectories(&paths.pods) {
             match Pod::load(&dir) {

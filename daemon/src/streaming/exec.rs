@@ -1,0 +1,261 @@
+//! Exec for the streaming server: `<runtime> exec` in a running container, with pipes or a
+//! terminal, copied to and from the client's streams.
+//!
+//! The runtime builds the process from the container's bundle (`config.json`): user,
+//! capabilities, no_new_privs, AppArmor label, environment; seccomp and the cgroup are the
+//! container's. That is exactly what ExecSync gets (crimon runs the same command).
+//!
+//! The exec'd process dies with the session: when the client goes away (the future is
+//! dropped), it is killed through a pidfd taken while `runtime exec`, its parent, still
+//! waits on it (so the pid cannot have been reused), and `runtime exec` itself is killed.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{pty, sys, Io};
+use crate::container::lifecycle::runtime;
+use crate::error::DaemonError;
+use crate::state::container::Phase;
+use crate::state::State;
+
+/// Most arguments, and most bytes across them, an exec may carry (as ExecSync).
+const MAX_ARGS: usize = 4096;
+const MAX_ARGS_BYTES: usize = 1 << 20;
+/// How long the runtime has to report the exec'd process (pid file, terminal).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the process exited, how long output still in flight is copied: a background child
+/// that inherited the pipes must not hold the session open.
+pub(super) const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+/// Most bytes of the runtime's own error output kept for the message.
+const MAX_RUNTIME_ERROR: u64 = 16 * 1024;
+
+/// Kills the exec'd process when the session ends early.
+struct ProcessGuard {
+    pidfd: Option<OwnedFd>,
+}
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        if let Some(fd) = &self.pidfd {
+            // Already gone is fine.
+            let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Removes the session's files (pid file, console socket) when it ends.
+struct Files(Vec<PathBuf>);
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn check_args(cmd: &[String]) -> Result<(), DaemonError> {
+    if cmd.is_empty() {
+        return Err(DaemonError::InvalidArgument("cmd is empty".into()));
+    }
+    let bytes: usize = cmd.iter().map(String::len).sum();
+    if cmd.len() > MAX_ARGS || bytes > MAX_ARGS_BYTES || cmd.iter().any(|a| a.contains('\0')) {
+        return Err(DaemonError::InvalidArgument(format!(
+            "cmd exceeds {MAX_ARGS} arguments or {MAX_ARGS_BYTES} bytes, or holds a NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// Waits for the runtime's pid file and takes a pidfd for the process it names.
+async fn watch_pid_file(path: &Path) -> Option<OwnedFd> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(text) = tokio::fs::read_to_string(path).await {
+            if let Ok(pid) = text.trim().parse::<i32>() {
+                return sys::pidfd_open(pid).ok();
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs `cmd` in container `id` with the client's streams; returns its exit code. Errors are
+/// for a session that could not run the command (the runtime's message included).
+pub async fn exec(
+    state: &State,
+    id: &str,
+    cmd: &[String],
+    tty: bool,
+    io: Io,
+) -> Result<i32, DaemonError> {
+    check_args(cmd)?;
+    let container = state.container(id)?;
+    if container.phase(&state.paths.exits) != Phase::Running {
+        return Err(DaemonError::FailedPrecondition(format!(
+            "container {} is not running",
+            container.id
+        )));
+    }
+    let rt = runtime(state);
+    let dir = &state.paths.exec_sessions;
+    let session = crate::state::new_id();
+    let pid_file = dir.join(format!("{}.pid", &session[..16]));
+    let console_socket = dir.join(format!("{}.console", &session[..16]));
+    let _files = Files(vec![pid_file.clone(), console_socket.clone()]);
+
+    let mut command = tokio::process::Command::new(&rt.path);
+    command.arg("--root").arg(&rt.root);
+    if rt.systemd_cgroup {
+        command.arg("--systemd-cgroup");
+    }
+    command.arg("exec").arg("--pid-file").arg(&pid_file);
+    let listener = if tty {
+        let listener =
+            tokio::net::UnixListener::bind(&console_socket).map_err(|err| DaemonError::Io {
+                what: "listen on",
+                path: console_socket.clone(),
+                err,
+            })?;
+        command
+            .arg("--tty")
+            .arg("--console-socket")
+            .arg(&console_socket);
+        Some(listener)
+    } else {
+        None
+    };
+    command.arg(&container.id).args(cmd);
+    let Io {
+        stdin,
+        stdout,
+        stderr,
+        resize,
+    } = io;
+    let piped = |wanted: bool| {
+        if wanted && !tty {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    command
+        .stdin(piped(stdin.is_some()))
+        .stdout(piped(stdout.is_some()))
+        // With a terminal, the runtime's own errors are all its stderr carries.
+        .stderr(if tty {
+            Stdio::piped()
+        } else {
+            piped(stderr.is_some())
+        })
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|err| DaemonError::Io {
+        what: "run",
+        path: rt.path.clone(),
+        err,
+    })?;
+    let mut guard = ProcessGuard { pidfd: None };
+
+    if let Some(listener) = listener {
+        // The terminal comes over the console socket; the runtime may fail before sending it.
+        let master = tokio::select! {
+            accepted = tokio::time::timeout(START_TIMEOUT, listener.accept()) => {
+                let (conn, _) = accepted
+                    .map_err(|_| DaemonError::DeadlineExceeded(format!(
+                        "exec in container {id}: the runtime sent no terminal within {START_TIMEOUT:?}"
+                    )))?
+                    .map_err(|err| DaemonError::Io { what: "accept on", path: console_socket.clone(), err })?;
+                pty::receive_master(conn).await.map_err(|err| DaemonError::Io {
+                    what: "receive the terminal from",
+                    path: console_socket.clone(),
+                    err,
+                })?
+            }
+            status = child.wait() => {
+                let message = runtime_error(&mut child).await;
+                return Err(DaemonError::Internal(format!(
+                    "exec in container {id} failed ({}): {message}",
+                    status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+                )));
+            }
+        };
+        guard.pidfd = watch_pid_file(&pid_file).await;
+        let code = pty::run_session(master, &mut child, stdin, stdout, resize).await?;
+        guard.pidfd = None;
+        return Ok(code);
+    }
+
+    guard.pidfd = watch_pid_file(&pid_file).await;
+    let child_stdin = child.stdin.take();
+    let child_stdout = child.stdout.take();
+    let child_stderr = child.stderr.take();
+    let feed = async move {
+        if let (Some(mut from), Some(mut to)) = (stdin, child_stdin) {
+            let _ = tokio::io::copy(&mut from, &mut to).await;
+            // Dropping `to` closes the process's stdin.
+        }
+        std::future::pending::<()>().await
+    };
+    let outputs = async move {
+        let out = async {
+            if let (Some(mut from), Some(mut to)) = (child_stdout, stdout) {
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                let _ = to.shutdown().await;
+            }
+        };
+        let err = async {
+            if let (Some(mut from), Some(mut to)) = (child_stderr, stderr) {
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                let _ = to.shutdown().await;
+            }
+        };
+        tokio::join!(out, err);
+    };
+    tokio::pin!(feed);
+    tokio::pin!(outputs);
+    let mut outputs_done = false;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            () = &mut feed => unreachable!("feed never ends"),
+            () = &mut outputs, if !outputs_done => outputs_done = true,
+        }
+    };
+    let status = status.map_err(|err| DaemonError::Io {
+        what: "wait for",
+        path: rt.path.clone(),
+        err,
+    })?;
+    guard.pidfd = None;
+    if !outputs_done {
+        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut outputs).await;
+    }
+    Ok(exit_code(status))
+}
+
+/// The exit code as the client sees it: a signal `n` as 128 + n, as shells report it.
+pub(super) fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(255)
+}
+
+async fn runtime_error(child: &mut tokio::process::Child) -> String {
+    let mut text = String::new();
+    if let Some(stderr) = child.stderr.take() {
+        let _ = stderr
+            .take(MAX_RUNTIME_ERROR)
+            .read_to_string(&mut text)
+            .await;
+    }
+    text.trim().to_owned()
+}

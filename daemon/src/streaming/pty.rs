@@ -1,0 +1,146 @@
+//! A terminal session: the pty master the runtime sent, copied to and from the client, and
+//! resized as the client's terminal changes.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::mpsc;
+
+use super::{sys, BoxRead, BoxWrite, TermSize};
+use crate::error::DaemonError;
+
+/// Receives the pty master from a runtime's connection to the console socket.
+pub async fn receive_master(conn: tokio::net::UnixStream) -> io::Result<OwnedFd> {
+    loop {
+        conn.readable().await?;
+        match conn.try_io(tokio::io::Interest::READABLE, || {
+            sys::receive_fd(conn.as_fd())
+        }) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// One side of a shared non-blocking pty master.
+#[derive(Clone)]
+struct Master(Arc<AsyncFd<OwnedFd>>);
+
+impl AsyncRead for Master {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from))
+            {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // EIO: every slave fd is closed (the process and its children are gone): EOF.
+                Ok(Err(err)) if err.raw_os_error() == Some(libc::EIO) => {
+                    return Poll::Ready(Ok(()))
+                }
+                Ok(Err(err)) => return Poll::Ready(Err(err)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Master {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.0.poll_write_ready(cx))?;
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), buf).map_err(io::Error::from))
+            {
+                Ok(result) => return Poll::Ready(result),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Copies between the client and the terminal until `child` (the runtime's `exec`, which
+/// waits for the process) exits; returns the process's exit code.
+pub async fn run_session(
+    master: OwnedFd,
+    child: &mut tokio::process::Child,
+    stdin: Option<BoxRead>,
+    stdout: Option<BoxWrite>,
+    resize: Option<mpsc::Receiver<TermSize>>,
+) -> Result<i32, DaemonError> {
+    let io_err = |what: &'static str| {
+        move |err| DaemonError::Io {
+            what,
+            path: "pty master".into(),
+            err,
+        }
+    };
+    nix::fcntl::fcntl(
+        master.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| io_err("make non-blocking")(e.into()))?;
+    let master = Master(Arc::new(sys::async_fd(master).map_err(io_err("watch"))?));
+    let resizer = master.clone();
+    let resizes = async move {
+        if let Some(mut sizes) = resize {
+            while let Some(size) = sizes.recv().await {
+                let _ = sys::set_window_size(resizer.0.get_ref().as_fd(), size.width, size.height);
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let mut writer = master.clone();
+    let feed = async move {
+        if let Some(mut from) = stdin {
+            let _ = tokio::io::copy(&mut from, &mut writer).await;
+        }
+        std::future::pending::<()>().await
+    };
+    let mut reader = master;
+    let output = async move {
+        if let Some(mut to) = stdout {
+            let _ = tokio::io::copy(&mut reader, &mut to).await;
+            let _ = to.shutdown().await;
+        }
+    };
+    tokio::pin!(resizes, feed, output);
+    let mut output_done = false;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            () = &mut resizes => unreachable!("resizes never end"),
+            () = &mut feed => unreachable!("feed never ends"),
+            () = &mut output, if !output_done => output_done = true,
+        }
+    };
+    let status = status.map_err(io_err("wait for the runtime of"))?;
+    if !output_done {
+        let _ = tokio::time::timeout(super::exec::DRAIN_AFTER_EXIT, &mut output).await;
+    }
+    Ok(super::exec::exit_code(status))
+}
