@@ -94,6 +94,9 @@ impl Crictl {
         }
     }
 
+    /// crictl with the global flags before `args`, and the command line for messages. The
+    /// endpoints are given as flags too (as CRI-O's suite does), and `--timeout` is raised
+    /// from crictl's 2 s, which also bounds each call: a create on a loaded host takes longer.
     fn command(&self, args: &[&str]) -> (Command, String) {
         let mut cmd = Command::new(&self.binary);
         let mut full = vec![
@@ -108,7 +111,8 @@ impl Crictl {
         ];
         full.extend(args.iter().map(|a| (*a).to_owned()));
         cmd.args(&full).stdin(Stdio::null());
-        (cmd, format!("crictl {}", full[8..].join(" ")))
+        // Without the `-c` file, which only repeats the endpoints.
+        (cmd, format!("crictl {}", full[2..].join(" ")))
     }
 
     /// Output files for one call or background process.
@@ -182,6 +186,7 @@ impl Crictl {
         }
     }
 
+    /// The end of crid's log, for the message of a call that should have worked.
     fn crid_log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.crid_stderr).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -201,15 +206,18 @@ impl Crictl {
 }
 
 impl Background {
+    /// What the process has printed so far.
     fn stdout(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// Whether the process has not exited yet.
     fn is_running(&mut self) -> bool {
         let child = self.child.as_mut().expect("child");
         child.try_wait().expect("try_wait").is_none()
     }
 
+    /// The whole record of the process, once it has exited with `status`.
     fn finish(&mut self, status: ExitStatus) -> Run {
         self.child = None;
         Run {
@@ -287,7 +295,7 @@ fn container_json(fx: &PodFixture, pod: &str, name: &str, command: &[&str]) -> V
     })
 }
 
-/// A JSON string field, or "" (with the path in the message when it is not a string).
+/// A JSON string field; panics naming the pointer and showing the document without one.
 fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
     value
         .pointer(pointer)
@@ -539,6 +547,17 @@ async fn images_pull_list_inspect_and_remove() {
         digests.contains("DIGEST") && digests.contains(short_digest),
         "{digests}"
     );
+    let verbose = cc.ok(&["images", "-v", &other]);
+    for line in [
+        format!("ID: {other_id}"),
+        format!("RepoTags: {other}"),
+        format!("RepoDigests: {digest}"),
+    ] {
+        assert!(
+            verbose.contains(&line),
+            "images -v lacks {line:?}: {verbose}"
+        );
+    }
     let listed = cc.json(&["images", "-o", "json"]);
     assert_eq!(
         listed["images"].as_array().expect("images").len(),
@@ -564,6 +583,14 @@ async fn images_pull_list_inspect_and_remove() {
     );
     let inspect = cc.json(&["inspecti", "-o", "json", &other]);
     assert_eq!(inspect["status"]["repoTags"], json!([other]), "{inspect:#}");
+    // rmi by a short id removes the image with every tag; pulled again for what follows.
+    cc.ok(&["pull", &other_too]);
+    let removed = cc.ok(&["rmi", &other_id["sha256:".len()..][..13]]);
+    for tag in [&other, &other_too] {
+        assert!(removed.contains(&format!("Deleted: {tag}")), "{removed}");
+    }
+    assert_eq!(cc.ids(&["images", "-q"]), vec![busybox_id.clone()]);
+    cc.ok(&["pull", &other]);
 
     // An image in use is refused; --prune removes only the unused ones.
     let pod = cc.write_json("pod.json", &pod_json(&fx, "img", json!({})));
@@ -790,6 +817,26 @@ async fn pods_and_containers_lifecycle_with_filters() {
     for column in ["Running", "long", &a[..13], "lc-a", "test"] {
         assert!(row.contains(column), "ps row lacks {column}: {row}");
     }
+    let verbose = cc.ok(&["ps", "-v", "--id", &c1]);
+    for line in [
+        format!("ID: {c1}"),
+        format!("PodID: {a}"),
+        "Namespace: test".to_owned(),
+        "State: Running".to_owned(),
+    ] {
+        assert!(verbose.contains(&line), "ps -v lacks {line:?}: {verbose}");
+    }
+    let verbose = cc.ok(&["pods", "-v", "--id", &a]);
+    for line in [
+        format!("ID: {a}"),
+        "Name: lc-a".to_owned(),
+        "UID: uid-lc-a".to_owned(),
+        "Status: Ready".to_owned(),
+    ] {
+        assert!(verbose.contains(&line), "pods -v lacks {line:?}: {verbose}");
+    }
+    let yaml = cc.ok(&["ps", "-o", "yaml", "--id", &c1]);
+    assert!(yaml.contains(&format!("id: {c1}")), "{yaml}");
     let listed = cc.json(&["ps", "-o", "json", "--name", "^long$"]);
     assert_eq!(str_at(&listed, "/containers/0/id"), c1);
     assert_eq!(str_at(&listed, "/containers/0/podSandboxId"), a);
@@ -864,7 +911,11 @@ async fn pods_and_containers_lifecycle_with_filters() {
     let run = cc.fails(&["inspectp", &c_pod]);
     assert!(run.stderr.contains("NotFound"), "{run}");
 
-    // rm -a removes the remaining (exited) containers; rmp -f -a the remaining pods.
+    // rm -k keeps the log file; rm -a removes the remaining (exited) container and its log;
+    // rmp -f -a the remaining pods.
+    cc.ok(&["rm", "-k", &c3]);
+    let kept = fx.work.path().join("logs/lc-a/failing/0.log");
+    assert!(kept.exists(), "rm -k keeps {}", kept.display());
     cc.ok(&["rm", "-a"]);
     assert_eq!(cc.ids(&["ps", "-a", "-q"]), Vec::<String>::new());
     let log = fx.work.path().join("logs/lc-a/long/0.log");
@@ -951,7 +1002,7 @@ async fn logs_plain_tail_since_timestamps_limit_reopen_and_follow() {
     );
 
     // -f follows a container that keeps writing, and returns once it has exited.
-    let ticker_script = "for i in $(seq 1 10); do echo tick $i; sleep 0.3; done; echo done";
+    let ticker_script = "for i in $(seq 1 20); do echo tick $i; sleep 0.3; done; echo done";
     let ticker = cc.write_json(
         "ticker.json",
         &container_json(&fx, "logs", "ticker", &["sh", "-c", ticker_script]),
@@ -968,7 +1019,7 @@ async fn logs_plain_tail_since_timestamps_limit_reopen_and_follow() {
     assert!(follow.is_running(), "logs -f still follows: {partial}");
     let followed = follow.wait(Duration::from_secs(30));
     assert!(followed.status.success(), "{followed}");
-    let expected: String = (1..=10)
+    let expected: String = (1..=20)
         .map(|i| format!("tick {i}\n"))
         .chain(["done\n".to_owned()])
         .collect();
@@ -976,6 +1027,27 @@ async fn logs_plain_tail_since_timestamps_limit_reopen_and_follow() {
     wait_state(&cc, &ticker_id, "CONTAINER_EXITED");
     // -f on an exited container prints what there is and returns.
     assert_eq!(cc.ok(&["logs", "-f", "--tail", "1", &ticker_id]), "done\n");
+
+    // Pieces of a line (crimon's `P` records: a write without newline, a line longer than
+    // its 128 KiB read, an unterminated last line) come out joined, as kubelet reads them.
+    let pieces_script = "printf abc; sleep 0.3; printf 'def\\n'; \
+                         head -c 300000 /dev/zero | tr '\\000' x; echo; printf tail";
+    let pieces = cc.write_json(
+        "pieces.json",
+        &container_json(&fx, "logs", "pieces", &["sh", "-c", pieces_script]),
+    );
+    let pieces_id = cc.ok(&["create", &pod_id, &pieces, &pod]).trim().to_owned();
+    cc.ok(&["start", &pieces_id]);
+    wait_state(&cc, &pieces_id, "CONTAINER_EXITED");
+    let joined = cc.ok(&["logs", &pieces_id]);
+    let expected = format!("abcdef\n{}\ntail", "x".repeat(300_000));
+    assert!(
+        joined == expected,
+        "crictl logs of split lines: {} bytes, starting {:?}, ending {:?}",
+        joined.len(),
+        &joined[..joined.len().min(20)],
+        &joined[joined.len().saturating_sub(20)..]
+    );
 
     // -p: the log of the previous attempt, as kubelet names it (`<name>/<attempt>.log`).
     let mut first = container_json(&fx, "logs", "restarting", &["echo", "attempt zero"]);
@@ -1086,6 +1158,21 @@ async fn exec_sync_stats_events_and_checkpoint() {
     assert_eq!(by_name, format!("{id}:\nex\n\n\n"));
     let run = cc.fails(&["exec", "-s", &id, "/no/such/program"]);
     assert!(!run.status.success(), "{run}");
+    // 5 MiB of output: past gRPC's customary 4 MiB message size, within crictl's 16 MiB.
+    let big = cc.ok(&[
+        "exec",
+        "-s",
+        &id,
+        "sh",
+        "-c",
+        "head -c 5242880 /dev/zero | tr '\\000' y",
+    ]);
+    assert_eq!(
+        big.len(),
+        (5 << 20) + 2,
+        "5 MiB and a newline, then the empty stderr and a newline"
+    );
+    assert!(big.starts_with("yyyy") && big.trim_end().bytes().all(|b| b == b'y'));
 
     // stats: the spinner's CPU time, memory and written layer; the filters.
     let written = wait_for(Duration::from_secs(20), || {
@@ -1137,7 +1224,8 @@ async fn exec_sync_stats_events_and_checkpoint() {
         .nth(2)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no CPU % in {row}"));
-    assert!(cpu > 20.0, "a spinning container uses CPU: {row}");
+    // A spinning container: near 100 % alone; well above an idle one's 0 on a busy host.
+    assert!(cpu > 5.0, "a spinning container uses CPU: {row}");
 
     // statsp: the pod's sums, by id and label.
     let pod_stats = cc.json(&["statsp", "-o", "json", "--id", &pod_id]);
