@@ -37,6 +37,43 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub network: NetworkConfig,
     pub image: ImageConfig,
+    pub streaming: StreamingConfig,
+}
+
+/// The streaming server behind Exec, Attach and PortForward URLs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Address the server listens on (`host:port`; port 0 picks a free one).
+    pub address: String,
+    /// PEM certificate and key for HTTPS; both empty: plain HTTP (then keep the address on
+    /// loopback: a URL's token is all a client needs to exec).
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
+    /// Seconds an unused URL stays valid.
+    pub token_ttl_secs: u64,
+    /// Most URLs handed out and not yet used; more is ResourceExhausted.
+    pub max_pending_tokens: usize,
+    /// Most sessions at once; more get HTTP 429.
+    pub max_sessions: usize,
+    /// Seconds a session may stay without traffic before it is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        // containerd's and CRI-O's defaults (the kubelet library's): loopback, a free port,
+        // one-minute single-use tokens, at most 1000 pending, four hours idle.
+        StreamingConfig {
+            address: "127.0.0.1:0".into(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            token_ttl_secs: 60,
+            max_pending_tokens: 1000,
+            max_sessions: 1000,
+            idle_timeout_secs: 4 * 3600,
+        }
+    }
 }
 
 /// The OCI runtime and the monitor.
@@ -112,6 +149,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             network: NetworkConfig::default(),
             image: ImageConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -288,6 +326,22 @@ max_concurrent_downloads = {max_concurrent_downloads}
 max_layer_bytes = {max_layer_bytes}
 # Most entries one layer may hold.
 max_layer_entries = {max_layer_entries}
+
+[streaming]
+# The server behind Exec, Attach and PortForward URLs (SPDY/3.1 and WebSocket), host:port;
+# port 0 picks a free port. Without TLS keep it on loopback: a URL is all a client needs.
+address = "{stream_address}"
+# PEM certificate and key for HTTPS (both, or neither for plain HTTP).
+tls_cert_file = {tls_cert_file}
+tls_key_file = {tls_key_file}
+# Seconds an unused URL stays valid (each is good for one session).
+token_ttl_secs = {token_ttl_secs}
+# Most URLs handed out and not yet used (more: ResourceExhausted).
+max_pending_tokens = {max_pending_tokens}
+# Most sessions at once (more: HTTP 429).
+max_sessions = {max_sessions}
+# Seconds without traffic after which a session is closed.
+idle_timeout_secs = {idle_timeout_secs}
 "#,
             root = q(&d.root),
             runroot = q(&d.runroot),
@@ -307,6 +361,13 @@ max_layer_entries = {max_layer_entries}
             max_concurrent_downloads = d.image.max_concurrent_downloads,
             max_layer_bytes = d.image.max_layer_bytes,
             max_layer_entries = d.image.max_layer_entries,
+            stream_address = d.streaming.address,
+            tls_cert_file = q(&d.streaming.tls_cert_file),
+            tls_key_file = q(&d.streaming.tls_key_file),
+            token_ttl_secs = d.streaming.token_ttl_secs,
+            max_pending_tokens = d.streaming.max_pending_tokens,
+            max_sessions = d.streaming.max_sessions,
+            idle_timeout_secs = d.streaming.idle_timeout_secs,
         )
     }
 

@@ -25,6 +25,8 @@ pub enum DaemonError {
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
     Internal(String),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
@@ -57,6 +59,7 @@ impl From<DaemonError> for tonic::Status {
             DaemonError::NotFound(_) => tonic::Status::not_found(message),
             DaemonError::AlreadyExists(_) => tonic::Status::already_exists(message),
             DaemonError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            DaemonError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
             DaemonError::Unimplemented(_) => tonic::Status::unimplemented(message),
             DaemonError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
             DaemonError::Io { .. } | DaemonError::Internal(_) => tonic::Status::internal(message),

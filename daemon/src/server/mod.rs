@@ -43,12 +43,19 @@ pub async fn run(
     crate::container::lifecycle::recover(&state);
     crate::sandbox::lifecycle::recover(&state);
     events::watch_exits(state.clone()).map_err(ServeError::ExitWatch)?;
+    let streaming =
+        crate::streaming::server::StreamingServer::start(&config.streaming, state.clone())
+            .await
+            .map_err(ServeError::Streaming)?;
     let (listener, guard) = listener::bind(&config.listen, lock)?;
     tracing::info!(socket = %config.listen.display(), "serving CRI v1");
-    let runtime =
-        RuntimeServiceServer::new(runtime_service::Runtime::new(config.clone(), state.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let runtime = RuntimeServiceServer::new(runtime_service::Runtime::new(
+        config.clone(),
+        state.clone(),
+        streaming,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let image = ImageServiceServer::new(image_service::Images::new(store, state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -94,4 +101,6 @@ pub enum ServeError {
     ExitWatch(#[source] std::io::Error),
     #[error("grpc server failed")]
     Transport(#[source] tonic::transport::Error),
+    #[error("cannot start the streaming server")]
+    Streaming(#[source] crate::streaming::server::StreamingError),
 }

@@ -17,6 +17,7 @@ use crate::error::DaemonError;
 use crate::sandbox::lifecycle as pods;
 use crate::state::State;
 use crate::status::{self, Condition};
+use crate::streaming::server::StreamingServer;
 
 /// The runtime name reported by Version.
 pub const RUNTIME_NAME: &str = "crid";
@@ -30,14 +31,16 @@ pub struct Runtime {
     config: Arc<Config>,
     state: Arc<State>,
     cpu_samples: stats::CpuSamples,
+    streaming: Arc<StreamingServer>,
 }
 
 impl Runtime {
-    pub fn new(config: Arc<Config>, state: Arc<State>) -> Self {
+    pub fn new(config: Arc<Config>, state: Arc<State>, streaming: Arc<StreamingServer>) -> Self {
         Runtime {
             config,
             state,
             cpu_samples: stats::CpuSamples::default(),
+            streaming,
         }
     }
 }
@@ -95,9 +98,10 @@ impl RuntimeService for Runtime {
             info.insert("config".to_owned(), config);
         }
         let runtime = self.config.runtime.runtime_path.clone();
-        let handler_features = tokio::task::spawn_blocking(move || status::handler_features(&runtime))
-            .await
-            .map_err(|e| Status::internal(format!("runtime features: {e}")))?;
+        let handler_features =
+            tokio::task::spawn_blocking(move || status::handler_features(&runtime))
+                .await
+                .map_err(|e| Status::internal(format!("runtime features: {e}")))?;
         // crid has one runtime handler: the default (""), also known by the runtime's name.
         let runtime_handlers = [String::new(), status::handler_name(&self.config)]
             .into_iter()
@@ -462,10 +466,31 @@ impl RuntimeService for Runtime {
         Ok(Response::new(events::stream(&self.state)))
     }
 
+    async fn exec(
+        &self,
+        request: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        let url = self.streaming.exec_url(request.into_inner())?;
+        ok(cri::ExecResponse { url })
+    }
+
+    async fn attach(
+        &self,
+        request: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        let url = self.streaming.attach_url(request.into_inner())?;
+        ok(cri::AttachResponse { url })
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        let url = self.streaming.port_forward_url(request.into_inner())?;
+        ok(cri::PortForwardResponse { url })
+    }
+
     unimplemented_rpcs! {
-        exec("Exec"): cri::ExecRequest => cri::ExecResponse;
-        attach("Attach"): cri::AttachRequest => cri::AttachResponse;
-        port_forward("PortForward"): cri::PortForwardRequest => cri::PortForwardResponse;
         update_runtime_config("UpdateRuntimeConfig"): cri::UpdateRuntimeConfigRequest => cri::UpdateRuntimeConfigResponse;
         checkpoint_container("CheckpointContainer"): cri::CheckpointContainerRequest => cri::CheckpointContainerResponse;
         list_metric_descriptors("ListMetricDescriptors"): cri::ListMetricDescriptorsRequest => cri::ListMetricDescriptorsResponse;

@@ -14,24 +14,22 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::{pty, sys, Io};
 use crate::container::lifecycle::runtime;
 use crate::error::DaemonError;
-use crate::state::container::Phase;
+use crate::state::container::{Container, Phase};
 use crate::state::State;
 
 /// Most arguments, and most bytes across them, an exec may carry (as ExecSync).
 const MAX_ARGS: usize = 4096;
 const MAX_ARGS_BYTES: usize = 1 << 20;
-/// How long the runtime has to report the exec'd process (pid file, terminal).
+/// How long the runtime has to report the exec'd process (its pid file).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the process exited, how long output still in flight is copied: a background child
 /// that inherited the pipes must not hold the session open.
 pub(super) const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
-/// Most bytes of the runtime's own error output kept for the message.
-const MAX_RUNTIME_ERROR: u64 = 16 * 1024;
 
 /// Kills the exec'd process when the session ends early.
 struct ProcessGuard {
@@ -71,6 +69,17 @@ fn check_args(cmd: &[String]) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Exec needs a running container.
+pub fn check_running(state: &State, container: &Container) -> Result<(), DaemonError> {
+    if container.phase(&state.paths.exits) != Phase::Running {
+        return Err(DaemonError::FailedPrecondition(format!(
+            "container {} is not running",
+            container.id
+        )));
+    }
+    Ok(())
+}
+
 /// Waits for the runtime's pid file and takes a pidfd for the process it names.
 async fn watch_pid_file(path: &Path) -> Option<OwnedFd> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
@@ -98,18 +107,12 @@ pub async fn exec(
 ) -> Result<i32, DaemonError> {
     check_args(cmd)?;
     let container = state.container(id)?;
-    if container.phase(&state.paths.exits) != Phase::Running {
-        return Err(DaemonError::FailedPrecondition(format!(
-            "container {} is not running",
-            container.id
-        )));
-    }
+    check_running(state, &container)?;
     let rt = runtime(state);
     let dir = &state.paths.exec_sessions;
     let session = crate::state::new_id();
     let pid_file = dir.join(format!("{}.pid", &session[..16]));
-    let console_socket = dir.join(format!("{}.console", &session[..16]));
-    let _files = Files(vec![pid_file.clone(), console_socket.clone()]);
+    let _files = Files(vec![pid_file.clone()]);
 
     let mut command = tokio::process::Command::new(&rt.path);
     command.arg("--root").arg(&rt.root);
@@ -117,21 +120,9 @@ pub async fn exec(
         command.arg("--systemd-cgroup");
     }
     command.arg("exec").arg("--pid-file").arg(&pid_file);
-    let listener = if tty {
-        let listener =
-            tokio::net::UnixListener::bind(&console_socket).map_err(|err| DaemonError::Io {
-                what: "listen on",
-                path: console_socket.clone(),
-                err,
-            })?;
-        command
-            .arg("--tty")
-            .arg("--console-socket")
-            .arg(&console_socket);
-        Some(listener)
-    } else {
-        None
-    };
+    if tty {
+        command.arg("--tty");
+    }
     command.arg(&container.id).args(cmd);
     let Io {
         stdin,
@@ -139,22 +130,47 @@ pub async fn exec(
         stderr,
         resize,
     } = io;
-    let piped = |wanted: bool| {
-        if wanted && !tty {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        }
-    };
+    if tty {
+        // runc hands a console socket only to detached processes, whose exit code nobody
+        // could then collect: it runs in the foreground on a terminal crid makes instead.
+        let pty = nix::pty::openpty(None, None).map_err(|e| DaemonError::Io {
+            what: "open",
+            path: "a pty".into(),
+            err: e.into(),
+        })?;
+        let slave = |what| {
+            pty.slave.try_clone().map_err(|err| DaemonError::Io {
+                what,
+                path: "pty slave".into(),
+                err,
+            })
+        };
+        command
+            .stdin(Stdio::from(slave("dup")?))
+            .stdout(Stdio::from(slave("dup")?))
+            .stderr(Stdio::from(slave("dup")?))
+            .kill_on_drop(true);
+        sys::with_controlling_terminal(&mut command);
+        let mut child = command.spawn().map_err(|err| DaemonError::Io {
+            what: "run",
+            path: rt.path.clone(),
+            err,
+        })?;
+        // Only the runtime may hold the slave: the master reads end of file when it is gone.
+        drop(command);
+        drop(pty.slave);
+        let mut guard = ProcessGuard {
+            pidfd: watch_pid_file(&pid_file).await,
+        };
+        let code = pty::run_session(pty.master, &mut child, stdin, stdout, resize).await?;
+        guard.pidfd = None;
+        return Ok(code);
+    }
+    let piped = |wanted: bool| if wanted { Stdio::piped() } else { Stdio::null() };
     command
         .stdin(piped(stdin.is_some()))
         .stdout(piped(stdout.is_some()))
-        // With a terminal, the runtime's own errors are all its stderr carries.
-        .stderr(if tty {
-            Stdio::piped()
-        } else {
-            piped(stderr.is_some())
-        })
+        .stderr(piped(stderr.is_some()))
         .kill_on_drop(true);
     let mut child = command.spawn().map_err(|err| DaemonError::Io {
         what: "run",
@@ -162,35 +178,6 @@ pub async fn exec(
         err,
     })?;
     let mut guard = ProcessGuard { pidfd: None };
-
-    if let Some(listener) = listener {
-        // The terminal comes over the console socket; the runtime may fail before sending it.
-        let master = tokio::select! {
-            accepted = tokio::time::timeout(START_TIMEOUT, listener.accept()) => {
-                let (conn, _) = accepted
-                    .map_err(|_| DaemonError::DeadlineExceeded(format!(
-                        "exec in container {id}: the runtime sent no terminal within {START_TIMEOUT:?}"
-                    )))?
-                    .map_err(|err| DaemonError::Io { what: "accept on", path: console_socket.clone(), err })?;
-                pty::receive_master(conn).await.map_err(|err| DaemonError::Io {
-                    what: "receive the terminal from",
-                    path: console_socket.clone(),
-                    err,
-                })?
-            }
-            status = child.wait() => {
-                let message = runtime_error(&mut child).await;
-                return Err(DaemonError::Internal(format!(
-                    "exec in container {id} failed ({}): {message}",
-                    status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
-                )));
-            }
-        };
-        guard.pidfd = watch_pid_file(&pid_file).await;
-        let code = pty::run_session(master, &mut child, stdin, stdout, resize).await?;
-        guard.pidfd = None;
-        return Ok(code);
-    }
 
     guard.pidfd = watch_pid_file(&pid_file).await;
     let child_stdin = child.stdin.take();
@@ -247,15 +234,4 @@ pub(super) fn exit_code(status: std::process::ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(255)
-}
-
-async fn runtime_error(child: &mut tokio::process::Child) -> String {
-    let mut text = String::new();
-    if let Some(stderr) = child.stderr.take() {
-        let _ = stderr
-            .take(MAX_RUNTIME_ERROR)
-            .read_to_string(&mut text)
-            .await;
-    }
-    text.trim().to_owned()
 }

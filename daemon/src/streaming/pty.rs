@@ -14,19 +14,6 @@ use tokio::sync::mpsc;
 use super::{sys, BoxRead, BoxWrite, TermSize};
 use crate::error::DaemonError;
 
-/// Receives the pty master from a runtime's connection to the console socket.
-pub async fn receive_master(conn: tokio::net::UnixStream) -> io::Result<OwnedFd> {
-    loop {
-        conn.readable().await?;
-        match conn.try_io(tokio::io::Interest::READABLE, || {
-            sys::receive_fd(conn.as_fd())
-        }) {
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return other,
-        }
-    }
-}
-
 /// One side of a shared non-blocking pty master.
 #[derive(Clone)]
 struct Master(Arc<AsyncFd<OwnedFd>>);
@@ -84,7 +71,9 @@ impl AsyncWrite for Master {
 }
 
 /// Copies between the client and the terminal until `child` (the runtime's `exec`, which
-/// waits for the process) exits; returns the process's exit code.
+/// waits for the process) exits; returns the process's exit code. The runtime runs on the
+/// slave of `master` as its controlling terminal and relays it to the container's own
+/// terminal (CRI-O's arrangement): a resize of `master` reaches it as SIGWINCH.
 pub async fn run_session(
     master: OwnedFd,
     child: &mut tokio::process::Child,

@@ -57,45 +57,19 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives one file descriptor (SCM_RIGHTS) from the connected unix socket `socket`, as a
-/// runtime sends a terminal over its console socket. A truncated control message (more fds
-/// than expected) is an error; the fds that did arrive are closed.
-pub fn receive_fd(socket: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    // The runtime sends the terminal's name with it; it is not needed.
-    let mut name = [0u8; 4096];
-    let mut iov = [io::IoSliceMut::new(&mut name)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    let mut received = Vec::new();
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for fd in fds {
-                // SAFETY: the kernel just installed this fd in our table for us.
-                received.push(unsafe { OwnedFd::from_raw_fd(fd) });
+/// Makes the child of `command` a session leader whose controlling terminal is its stdin
+/// (the slave of a pty crid made), so that resizing the master sends it SIGWINCH.
+pub fn with_controlling_terminal(command: &mut tokio::process::Command) {
+    // SAFETY: the closure runs between fork and exec; it only makes the async-signal-safe
+    // setsid and ioctl calls and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(io::Error::last_os_error());
             }
-        }
+            Ok(())
+        });
     }
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "console socket message carried more than one fd",
-        ));
-    }
-    if msg.bytes == 0 && received.is_empty() {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    received.into_iter().next().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "console socket message carried no fd",
-        )
-    })
 }
 
 /// Registers an owned fd with tokio's reactor.
