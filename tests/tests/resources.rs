@@ -174,5 +174,25 @@ async fn lowering_oom_score_adj_is_clamped_without_cap_sys_resource() {
             .expect("number");
         assert_eq!(value, crid_adj.max(-999));
     }
+    // Without resources, a container gets the CRI's 0 (or crid's own score where it may not
+    // go lower), never its monitor's unkillable -1000.
+    let plain = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            fx.container_config("plain", &["sleep", "1000"]),
+        )
+        .await;
+    let value: i64 = read_in(&mut fx, &plain, "/proc/self/oom_score_adj")
+        .await
+        .parse()
+        .expect("number");
+    let crid_pid = fx.crid.child.as_ref().expect("crid").id();
+    let crid_adj: i64 = std::fs::read_to_string(format!("/proc/{crid_pid}/oom_score_adj"))
+        .expect("crid oom_score_adj")
+        .trim()
+        .parse()
+        .expect("number");
+    assert_eq!(value, if may_lower { 0 } else { crid_adj.max(0) });
     fx.finish().await;
 }

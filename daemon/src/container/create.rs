@@ -14,8 +14,8 @@ use super::user::{self, UserRequest};
 use crate::config::CgroupManager;
 use crate::error::DaemonError;
 use crate::image::overlay;
-use crate::rro;
 use crate::monitor_client::{self, MonitorSpec};
+use crate::rro;
 use crate::state::container::{Container, ContainerRecord, Phase};
 use crate::state::pod::Pod;
 use crate::state::{new_id, persist, Kind, State};
@@ -191,6 +191,11 @@ pub async fn create(
         .ok_or_else(|| invalid("config.metadata is missing"))?;
     if meta.name.is_empty() {
         return Err(invalid("config.metadata.name is empty"));
+    }
+    if !config.cdi_devices.is_empty() {
+        return Err(invalid(
+            "config.cdi_devices: CDI devices are not supported by crid yet",
+        ));
     }
     let image_name = config
         .image

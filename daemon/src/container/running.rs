@@ -91,7 +91,11 @@ pub async fn update_resources(
 
 /// Asks the monitor to reopen the container's log file (after kubelet rotated it).
 pub async fn reopen_log(state: &State, container: &Container) -> Result<(), DaemonError> {
-    require_running(state, container)?;
+    // The monitor owns the log from create on, so a created container's log reopens too
+    // (as CRI-O allows); an exited one's monitor is gone.
+    if container.phase(&state.paths.exits) == Phase::Exited {
+        return require_running(state, container);
+    }
     let conn = MonitorConnection::connect(&state.paths.monitors, &container.id).await?;
     conn.reopen_log().await?;
     Ok(())

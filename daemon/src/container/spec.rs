@@ -283,6 +283,20 @@ fn cri_mounts(
     let mut propagation = None;
     for m in sorted {
         check_container_path("config.mounts", &m.container_path)?;
+        // Refused rather than ignored: each would give the container something else than
+        // what was asked for.
+        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            return Err(SpecError::Invalid(format!(
+                "config.mounts: {}: id-mapped mounts are not supported by crid yet",
+                m.container_path
+            )));
+        }
+        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+            return Err(SpecError::Invalid(format!(
+                "config.mounts: {}: image volumes are not supported by crid yet",
+                m.container_path
+            )));
+        }
         let mut source = host_source(&m.host_path)?;
         let (mode, wanted) = match cri::MountPropagation::try_from(m.propagation) {
             Ok(cri::MountPropagation::PropagationHostToContainer) => {
@@ -500,7 +514,8 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
             mounts.push(bind(target, source, false, &["nosuid", "nodev", "noexec"])?);
         }
     }
-    let (user_mounts, propagation) = cri_mounts(&config.mounts, &inputs.runtime, &inputs.staged_rro)?;
+    let (user_mounts, propagation) =
+        cri_mounts(&config.mounts, &inputs.runtime, &inputs.staged_rro)?;
     mounts.extend(user_mounts);
 
     let mut devices = Vec::new();
@@ -593,9 +608,15 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
     if let Some(process) = spec.process_mut() {
         process.set_rlimits(None);
         process.set_apparmor_profile(super::apparmor::profile(security, privileged)?);
-        if let Some(r) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
-            process.set_oom_score_adj(Some(resources::oom_score_adj(r.oom_score_adj)?));
-        }
+        // Always set: otherwise the container inherits its monitor's score (crimon makes
+        // itself unkillable by the OOM killer where it may), and nothing in it could be
+        // chosen. No resources is the CRI's 0.
+        let requested = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref())
+            .map_or(0, |r| r.oom_score_adj);
+        process.set_oom_score_adj(Some(resources::oom_score_adj(requested)?));
     }
     Ok(spec)
 }

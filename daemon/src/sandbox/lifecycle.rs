@@ -91,6 +91,17 @@ fn plan(
         return Err(invalid("config.metadata.namespace is empty"));
     }
     let options = namespace_options(config);
+    // Refused rather than ignored: a pod that asked for its own user namespace must not run
+    // as the host's root (Status says user_namespaces is false).
+    if options
+        .userns_options
+        .as_ref()
+        .is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32)
+    {
+        return Err(invalid(
+            "config.linux.security_context.namespace_options.userns_options: user namespaces are not supported by crid yet",
+        ));
+    }
     let mode = |m: i32| cri::NamespaceMode::try_from(m).unwrap_or(cri::NamespaceMode::Pod);
     let host_network = mode(options.network) == cri::NamespaceMode::Node;
     let host_ipc = mode(options.ipc) == cri::NamespaceMode::Node;

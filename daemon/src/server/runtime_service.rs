@@ -370,10 +370,11 @@ impl RuntimeService for Runtime {
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         let request = request.into_inner();
         let container = self.state.container(&request.container_id)?;
-        let linux = request
-            .linux
-            .ok_or_else(|| DaemonError::InvalidArgument("linux resources are missing".into()))?;
-        running::update_resources(&self.state, &container, linux).await?;
+        // Nothing for Linux (a Windows-only update): nothing to change, as CRI-O and
+        // containerd answer.
+        if let Some(linux) = request.linux {
+            running::update_resources(&self.state, &container, linux).await?;
+        }
         ok(cri::UpdateContainerResourcesResponse {})
     }
 
