@@ -11,6 +11,7 @@ mod spdy;
 mod sys;
 mod tls;
 mod tokens;
+pub mod websocket;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
