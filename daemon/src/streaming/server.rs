@@ -322,14 +322,46 @@ impl StreamingServer {
 
     fn upgrade_websocket(
         self: Arc<Self>,
-        _req: Request<Incoming>,
-        _pending: Pending,
-        _permit: tokio::sync::OwnedSemaphorePermit,
+        mut req: Request<Incoming>,
+        pending: Pending,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Response<Body> {
-        text(
-            StatusCode::FORBIDDEN,
-            "websocket streaming is not served yet\n",
-        )
+        use super::websocket::{self, Endpoint, Protocol};
+        let endpoint = match pending {
+            Pending::PortForward(_) => Endpoint::PortForward,
+            _ => Endpoint::RemoteCommand,
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, _body) = req.into_parts();
+        let (response, protocol) = match websocket::accept(&parts, endpoint) {
+            Ok(accepted) => accepted,
+            Err(refused) => return refused.map(|b| Full::new(Bytes::from(b))),
+        };
+        let server = self.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => TokioIo::new(upgraded),
+                Err(err) => {
+                    tracing::debug!(error = %err, "streaming upgrade failed");
+                    return;
+                }
+            };
+            let idle = server.idle;
+            match server.session(pending) {
+                Session::Remote(session) => {
+                    websocket::serve_remote_command(upgraded, protocol, idle, session).await
+                }
+                Session::PortForward(session) if protocol == Protocol::SpdyTunnel => {
+                    let tunnel = websocket::tunnel(upgraded).await;
+                    spdy::serve_port_forward(tunnel, idle, session).await
+                }
+                Session::PortForward(session) => {
+                    websocket::serve_port_forward_legacy(upgraded, protocol, idle, session).await
+                }
+            }
+        });
+        response.map(|()| Full::new(Bytes::new()))
     }
 
     /// Binds a consumed request to what runs it.
