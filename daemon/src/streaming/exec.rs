@@ -166,7 +166,13 @@ pub async fn exec(
         guard.pidfd = None;
         return Ok(code);
     }
-    let piped = |wanted: bool| if wanted { Stdio::piped() } else { Stdio::null() };
+    let piped = |wanted: bool| {
+        if wanted {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
     command
         .stdin(piped(stdin.is_some()))
         .stdout(piped(stdout.is_some()))

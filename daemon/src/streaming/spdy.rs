@@ -9,7 +9,7 @@ use crid_spdy::frame::rst;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::{read_resizes, status_json, status_text, Io, PortForward, RemoteCommand};
+use super::{Io, PortForward, RemoteCommand};
 
 /// How long a client has to open every stream its session needs (the kubelet library's
 /// StreamCreationTimeout).
@@ -99,7 +99,10 @@ where
         Some(stream) => {
             let (tx, rx) = mpsc::channel(RESIZE_QUEUE);
             let (recv, _send) = stream.into_split();
-            (Some(rx), Some(tokio::spawn(read_resizes(recv, tx))))
+            (
+                Some(rx),
+                Some(tokio::spawn(super::resize::forward(recv, tx))),
+            )
         }
         None => (None, None),
     };
@@ -122,15 +125,11 @@ where
         reader.abort();
     }
     if let Some(outcome) = outcome {
-        let payload = if v4 {
-            status_json(&outcome, &cmd)
-        } else {
-            status_text(&outcome, &cmd)
-        };
+        let payload = super::status::payload(v4, &cmd, &outcome).unwrap_or_default();
         let (_recv, mut send) = error.into_split();
         let finish = async {
             if !payload.is_empty() {
-                send.write_all(&payload).await?;
+                send.write_all(payload.as_bytes()).await?;
             }
             send.shutdown().await
         };

@@ -22,7 +22,6 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
-use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -35,6 +34,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::io::StreamReader;
 use tokio_util::sync::PollSender;
 
+use super::resize::ResizeParser;
 use super::{BoxRead, BoxWrite, Io, Outcome, PortForward, RemoteCommand, TermSize};
 
 #[cfg(test)]
@@ -64,9 +64,6 @@ const WRITE_BATCH: usize = 16;
 const INBOUND_QUEUE: usize = 16;
 /// Terminal sizes waiting for the session; older sizes are superseded, not queued, beyond it.
 const RESIZE_QUEUE: usize = 4;
-/// Most bytes of an incomplete resize JSON value kept while waiting for its end; a size is
-/// about 30 bytes.
-const MAX_RESIZE_PENDING: usize = 4096;
 /// After crid's Close frame, how long the client has to close its side: client-go closes
 /// the TCP connection at once; a client that doesn't must not hold the connection.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -1018,156 +1015,7 @@ async fn forward_sizes(mut latest: watch::Receiver<Option<TermSize>>, to: mpsc::
     }
 }
 
-/// The resize channel: a stream of JSON values `{"Width":W,"Height":H}` (Go's
-/// `json.Encoder`, so newline-separated), which messages may split or join.
-#[derive(Debug, Default)]
-struct ResizeParser {
-    pending: Vec<u8>,
-}
-
-impl ResizeParser {
-    /// The sizes completed by `data`, in order. Errors on malformed JSON or an incomplete
-    /// value past [`MAX_RESIZE_PENDING`] bytes.
-    fn feed(&mut self, data: &[u8]) -> Result<Vec<TermSize>, &'static str> {
-        self.pending.extend_from_slice(data);
-        let mut sizes = Vec::new();
-        let mut values =
-            serde_json::Deserializer::from_slice(&self.pending).into_iter::<serde_json::Value>();
-        let mut consumed = 0;
-        loop {
-            match values.next() {
-                Some(Ok(value)) => {
-                    consumed = values.byte_offset();
-                    sizes.extend(term_size(&value));
-                }
-                Some(Err(err)) if err.is_eof() => break,
-                Some(Err(_)) => return Err("malformed resize json"),
-                None => {
-                    consumed = values.byte_offset();
-                    break;
-                }
-            }
-        }
-        self.pending.drain(..consumed);
-        if self.pending.len() > MAX_RESIZE_PENDING {
-            return Err("resize value too long");
-        }
-        Ok(sizes)
-    }
-}
-
-/// A terminal size from one resize value. Go matches field names case-insensitively, so
-/// `width` counts as `Width`; a missing field is 0. Sizes with a zero side are ignored (as
-/// containerd does), and so are values of the wrong shape.
-fn term_size(value: &serde_json::Value) -> Option<TermSize> {
-    let object = value.as_object()?;
-    let field = |name: &str| -> Option<u16> {
-        match object
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-        {
-            None => Some(0),
-            Some((_, value)) => value.as_u64().and_then(|n| u16::try_from(n).ok()),
-        }
-    };
-    let size = TermSize {
-        width: field("width")?,
-        height: field("height")?,
-    };
-    (size.width > 0 && size.height > 0).then_some(size)
-}
-
-/// `metav1.Status` as `json.Marshal` writes it (reference §3.10): field order and omitted
-/// empty fields included.
-#[derive(Serialize)]
-struct Status {
-    metadata: ListMeta,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    details: Option<Details>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<u16>,
-}
-
-/// Always `{}` in a status.
-#[derive(Serialize)]
-struct ListMeta {}
-
-#[derive(Serialize)]
-struct Details {
-    causes: Vec<Cause>,
-}
-
-/// `StatusCause`; its `Type` is serialized as `reason`.
-#[derive(Serialize)]
-struct Cause {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    message: String,
-}
-
-impl Status {
-    fn of(cmd: &[String], outcome: &Outcome) -> Self {
-        match outcome {
-            Outcome::Exited(0) | Outcome::Done => Self {
-                metadata: ListMeta {},
-                status: "Success",
-                message: None,
-                reason: None,
-                details: None,
-                code: None,
-            },
-            Outcome::Exited(code) => Self {
-                metadata: ListMeta {},
-                status: "Failure",
-                message: Some(format!(
-                    "command terminated with non-zero exit code: error executing command [{}], exit code {code}",
-                    cmd.join(" ")
-                )),
-                reason: Some("NonZeroExitCode"),
-                details: Some(Details {
-                    causes: vec![Cause {
-                        reason: Some("ExitCode"),
-                        message: code.to_string(),
-                    }],
-                }),
-                code: None,
-            },
-            Outcome::Failed(err) => Self {
-                metadata: ListMeta {},
-                status: "Failure",
-                message: Some(format!("Internal error occurred: {err}")),
-                reason: Some("InternalError"),
-                details: Some(Details {
-                    causes: vec![Cause {
-                        reason: None,
-                        message: err.clone(),
-                    }],
-                }),
-                code: Some(500),
-            },
-        }
-    }
-}
-
-/// What goes on the error channel: v4/v5 always the JSON status; older protocols the
-/// status message, only on failure.
+/// What goes on the error channel for `protocol` (see [`super::status::payload`]).
 fn status_payload(protocol: Protocol, cmd: &[String], outcome: &Outcome) -> Option<String> {
-    let status = Status::of(cmd, outcome);
-    if protocol.json_status() {
-        match serde_json::to_string(&status) {
-            Ok(json) => Some(json),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot encode a streaming status");
-                None
-            }
-        }
-    } else {
-        status.message
-    }
+    super::status::payload(protocol.json_status(), cmd, outcome)
 }

@@ -569,41 +569,6 @@ async fn base64_garbage_ends_the_session() {
     assert!(gone.await.is_err());
 }
 
-#[test]
-fn resize_parser_streams_values() {
-    let mut parser = ResizeParser::default();
-    assert_eq!(parser.feed(br#"{"Width":80,"#).unwrap(), []);
-    assert_eq!(
-        parser
-            .feed(b"\"Height\":24}\n{\"width\":100,\"height\":50}\n{\"Wid")
-            .unwrap(),
-        [
-            TermSize {
-                width: 80,
-                height: 24
-            },
-            TermSize {
-                width: 100,
-                height: 50
-            }
-        ]
-    );
-    // 0x0, a zero side, wrong types and non-objects are skipped; field case doesn't matter.
-    assert_eq!(
-        parser
-            .feed(br#"th":0,"Height":0} {"Width":0,"Height":9} {"Width":"80","Height":1} [1] 7 {"WIDTH":1,"hEiGhT":2}"#)
-            .unwrap(),
-        [TermSize { width: 1, height: 2 }]
-    );
-    assert_eq!(parser.feed(br#"{"Width":70000,"Height":2}"#).unwrap(), []);
-    assert!(parser.pending.is_empty());
-
-    assert!(ResizeParser::default().feed(b"{\"Width\" 1}").is_err());
-    let mut long = ResizeParser::default();
-    assert!(long.feed(b"{\"Width\":1,\"x\":\"").is_ok());
-    assert!(long.feed(&[b'a'; MAX_RESIZE_PENDING]).is_err());
-}
-
 #[tokio::test]
 async fn v5_resize_channel() {
     let (mut client, server_io, protocol) =
