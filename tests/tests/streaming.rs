@@ -183,25 +183,31 @@ async fn crictl_attach_sees_output_and_sends_input() {
     let mut fx = PodFixture::start("").await;
     let pod = fx.pod_config("attach");
     let pod_id = fx.run_pod(pod.clone()).await;
-    // Echoes its stdin, line by line, then exits when stdin ends.
-    let mut config = fx.container_config(
-        "echo",
-        &["sh", "-c", "while read l; do echo got:$l; done; echo bye"],
-    );
-    config.stdin = true;
-    config.stdin_once = true;
-    let id = fx.start_container(&pod_id, &pod, config).await;
-    let out = crictl(&fx, &["attach", "-i", &id], b"first\nsecond\n");
-    assert!(out.status.success(), "{}", show(&out));
-    let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains("got:first") && stdout.contains("got:second"),
-        "{}",
-        show(&out)
-    );
-    // stdin-once: the client's end of input closed the container's stdin.
-    let status = fx.wait_exited(&id, Duration::from_secs(20)).await;
-    assert_eq!(status.exit_code, 0);
+    for transport in ["spdy", "websocket"] {
+        // Echoes its stdin, line by line, then exits when stdin ends.
+        let mut config = fx.container_config(
+            &format!("echo-{transport}"),
+            &["sh", "-c", "while read l; do echo got:$l; done; echo bye"],
+        );
+        config.stdin = true;
+        config.stdin_once = true;
+        let id = fx.start_container(&pod_id, &pod, config).await;
+        let out = crictl(
+            &fx,
+            &["attach", "-i", "-r", transport, &id],
+            b"first\nsecond\n",
+        );
+        assert!(out.status.success(), "{transport}: {}", show(&out));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("got:first") && stdout.contains("got:second"),
+            "{transport}: {}",
+            show(&out)
+        );
+        // stdin-once: the client's end of input closed the container's stdin.
+        let status = fx.wait_exited(&id, Duration::from_secs(20)).await;
+        assert_eq!(status.exit_code, 0, "{transport}");
+    }
     // A container without stdin refuses an interactive attach.
     let sleeper = fx
         .start_container(
@@ -268,7 +274,10 @@ async fn crictl_port_forward_reaches_the_pod() {
         if !body.contains("It works!") {
             let _ = forwarder.kill();
             let out = forwarder.wait_with_output().expect("port-forward output");
-            panic!("{transport}: nothing through the forward: {body}\n{}", show(&out));
+            panic!(
+                "{transport}: nothing through the forward: {body}\n{}",
+                show(&out)
+            );
         }
         // Several connections over one session.
         for _ in 0..3 {
@@ -287,5 +296,56 @@ async fn crictl_port_forward_reaches_the_pod() {
             show(&out)
         );
     }
+    fx.finish().await;
+}
+
+/// With a certificate configured, URLs are https and crictl (which skips verification
+/// without its TLS flags, as kubelet's own hop may not) execs through them.
+#[tokio::test(flavor = "multi_thread")]
+async fn crictl_exec_over_tls() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    let made = Command::new(crid_tests::harness::require::tool("openssl"))
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "openssl: {}", show(&made));
+    let dropin = format!(
+        "[streaming]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let mut fx = PodFixture::start(&dropin).await;
+    let (_pod_id, id) = pod_with_sleeper(&mut fx, "tls").await;
+    let url = fx
+        .runtime
+        .exec(cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let out = crictl(&fx, &["exec", &id, "echo", "-n", "secure"], b"");
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(text(&out.stdout), "secure");
     fx.finish().await;
 }
