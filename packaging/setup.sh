@@ -6,6 +6,9 @@
 #   packaging/setup.sh test   install what the tests need, build everything once, run the
 #                             whole test suite (format, lints, unit and end-to-end tests)
 #   packaging/setup.sh bench  install what the benchmarks need, build in release, run them
+#   packaging/setup.sh conformance [critest flags...]
+#                             install what critest's images need, build (debug), run
+#                             cri-tools' critest against a private crid (crid-conformance)
 #
 # A Rust toolchain (rustup, with the version pinned in rust-toolchain.toml) must be present;
 # every system package comes from Debian through apt-get.
@@ -20,6 +23,10 @@ RUN_PACKAGES=(runc containernetworking-plugins iptables iproute2 ca-certificates
 # Packages the tests and benchmarks need besides: the peers (crun, conmon, containerd), the
 # registry and image tools, busybox for test images.
 TEST_PACKAGES=(crun conmon containerd docker-registry skopeo umoci busybox-static procps openssl apache2-utils python3-grpcio)
+# Packages the conformance run needs besides: the pause process, the real ipcs and pgrep its
+# busybox image holds, ldd and dpkg-deb to assemble images, and the libraries of the nginx it
+# fetches with apt-get download (never installs).
+CONFORMANCE_PACKAGES=(catatonit util-linux procps libc-bin dpkg libcrypt1 libpcre2-8-0 libssl3 zlib1g)
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
@@ -97,8 +104,16 @@ bench)
     shift
     exec target/release/crid-bench "$@"
     ;;
+conformance)
+    need_root
+    install_packages "${RUN_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${CONFORMANCE_PACKAGES[@]}"
+    need_cargo
+    cargo build --workspace --bins
+    shift
+    exec target/debug/crid-conformance "$@"
+    ;;
 *)
-    echo "usage: $0 run|test|bench [bench args]" >&2
+    echo "usage: $0 run|test|bench|conformance [bench args | critest flags]" >&2
     exit 2
     ;;
 esac

@@ -297,11 +297,53 @@ impl PodFixture {
 
     /// What of this fixture is still on the host (besides crid, its files and the bridge).
     pub fn leaks(&self) -> Vec<String> {
+        self.traces().leaks()
+    }
+
+    /// Where this fixture's crid and network leave traces on the host.
+    pub fn traces(&self) -> HostTraces {
+        HostTraces {
+            crid_dir: self.crid.dir.path().to_owned(),
+            crid_pid: self.crid.child.as_ref().map(std::process::Child::id),
+            bridge: self.bridge.clone(),
+            network: self.network.clone(),
+            subnet: self.subnet.clone(),
+            cgroup_parent: self.cgroup_parent.clone(),
+            foreign_cgroups: Vec::new(),
+        }
+    }
+}
+
+/// What one crid (with a private directory) and its private CNI network can leave on the
+/// host, found by name: the leak check of the pod tests and of the conformance run.
+#[derive(Debug, Clone)]
+pub struct HostTraces {
+    /// crid's directory (root, runroot, socket): its mounts, namespace pins, processes and
+    /// runtime state are found under or by it.
+    pub crid_dir: PathBuf,
+    /// crid itself, which names its directory too and is no leak.
+    pub crid_pid: Option<u32>,
+    /// The bridge the pods attach to.
+    pub bridge: String,
+    /// The CNI network name (names the lease directory).
+    pub network: String,
+    /// `a.b.c` of the network's /24.
+    pub subnet: String,
+    /// The cgroup parent the pods get.
+    pub cgroup_parent: String,
+    /// Container cgroups under that parent that are not this crid's (another crid on the
+    /// host shares the parent): neither leaks nor removed.
+    pub foreign_cgroups: Vec<PathBuf>,
+}
+
+impl HostTraces {
+    /// What is still on the host (besides crid, its files and the bridge).
+    pub fn leaks(&self) -> Vec<String> {
         let mut leaks = Vec::new();
         for target in self.mounts() {
             leaks.push(format!("mount {target}"));
         }
-        let ns_dir = self.crid.dir.path().join("run/ns");
+        let ns_dir = self.crid_dir.join("run/ns");
         for kind in ["net", "ipc", "uts", "pid"] {
             for entry in list(&ns_dir.join(kind)) {
                 leaks.push(format!("namespace pin {kind}/{entry}"));
@@ -322,22 +364,20 @@ impl PodFixture {
                 leaks.push(format!("IP lease {lease}"));
             }
         }
-        for state in list(&self.crid.dir.path().join("run/runc")) {
+        for state in list(&self.crid_dir.join("run/runc")) {
             leaks.push(format!("runtime state {state}"));
         }
-        for (controller, dir) in self.cgroup_parents() {
-            for child in list(&dir) {
-                if child.starts_with("crid-") {
-                    leaks.push(format!("cgroup {controller}{}/{child}", self.cgroup_parent));
-                }
+        for dir in self.cgroups() {
+            if !self.foreign_cgroups.contains(&dir) {
+                leaks.push(format!("cgroup {}", dir.display()));
             }
         }
         leaks
     }
 
-    /// Mount points under the fixture's crid directory, deepest first.
+    /// Mount points under crid's directory, deepest first.
     fn mounts(&self) -> Vec<String> {
-        let base = self.crid.dir.path().display().to_string();
+        let base = self.crid_dir.display().to_string();
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut targets: Vec<String> = mountinfo
             .lines()
@@ -349,15 +389,14 @@ impl PodFixture {
         targets
     }
 
-    /// Processes (besides crid) whose command line names the fixture's crid directory:
-    /// monitors, PID holders, runtime leftovers.
+    /// Processes (besides crid) whose command line names crid's directory: monitors, PID
+    /// holders, runtime leftovers.
     fn processes(&self) -> Vec<(u32, String)> {
-        let base = self.crid.dir.path().display().to_string();
-        let crid_pid = self.crid.child.as_ref().map(|c| c.id());
+        let base = self.crid_dir.display().to_string();
         list(Path::new("/proc"))
             .iter()
             .filter_map(|entry| entry.parse::<u32>().ok())
-            .filter(|pid| Some(*pid) != crid_pid)
+            .filter(|pid| Some(*pid) != self.crid_pid)
             .filter_map(|pid| {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
                 let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
@@ -366,17 +405,60 @@ impl PodFixture {
             .collect()
     }
 
-    /// The fixture's cgroup parent in every hierarchy: (controller, directory).
-    fn cgroup_parents(&self) -> Vec<(String, PathBuf)> {
+    /// The cgroup parent in every hierarchy.
+    fn cgroup_parents(&self) -> Vec<PathBuf> {
         list(Path::new("/sys/fs/cgroup"))
             .into_iter()
             .map(|controller| {
-                let dir = PathBuf::from("/sys/fs/cgroup")
-                    .join(&controller)
-                    .join(self.cgroup_parent.trim_start_matches('/'));
-                (controller, dir)
+                PathBuf::from("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(self.cgroup_parent.trim_start_matches('/'))
             })
             .collect()
+    }
+
+    /// The container cgroups (`crid-*`) under the parent in every hierarchy.
+    pub fn cgroups(&self) -> Vec<PathBuf> {
+        self.cgroup_parents()
+            .into_iter()
+            .flat_map(|dir| {
+                list(&dir)
+                    .into_iter()
+                    .filter(|c| c.starts_with("crid-"))
+                    .map(move |c| dir.join(c))
+            })
+            .collect()
+    }
+
+    /// Removes what is left: kills the processes (monitors, PID holders, runc leftovers),
+    /// unmounts what is under crid's directory, and deletes the host state that outlives
+    /// crid by design: the bridge, the lease directory and the cgroup parent directories
+    /// (kubelet owns those in a cluster).
+    pub fn remove(&self) {
+        for (pid, _) in self.processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        // Killed processes leave their cgroups only once reaped.
+        std::thread::sleep(Duration::from_millis(100));
+        for target in self.mounts() {
+            let _ = nix::mount::umount2(target.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(Path::new(LEASE_ROOT).join(&self.network));
+        for dir in self.cgroups() {
+            if !self.foreign_cgroups.contains(&dir) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+        for dir in self.cgroup_parents() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -393,32 +475,8 @@ fn list(dir: &Path) -> Vec<String> {
 
 impl Drop for PodFixture {
     fn drop(&mut self) {
-        // A test that failed before `finish` leaves its pods: kill their processes (monitors,
-        // PID holders, containers' runc leftovers) and unmount what is under the fixture, so
-        // one failure does not leak into the host for the tests after it.
-        for (pid, _) in self.processes() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        // Killed processes leave their cgroups only once reaped.
-        std::thread::sleep(Duration::from_millis(100));
-        for target in self.mounts() {
-            let _ = nix::mount::umount2(target.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-        // Host state that outlives crid by design: the bridge, the lease directory and the
-        // cgroup parent directories (kubelet owns those in a cluster).
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = std::fs::remove_dir_all(Path::new(LEASE_ROOT).join(&self.network));
-        for (_, dir) in self.cgroup_parents() {
-            for child in list(&dir).iter().filter(|c| c.starts_with("crid-")) {
-                let _ = std::fs::remove_dir(dir.join(child));
-            }
-            let _ = std::fs::remove_dir(dir);
-        }
+        // A test that failed before `finish` leaves its pods: remove them, so one failure
+        // does not leak into the host for the tests after it.
+        self.traces().remove();
     }
 }

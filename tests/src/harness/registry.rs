@@ -250,19 +250,27 @@ impl Registry {
         registry
     }
 
-    /// The registry's log so far (for failure messages).
     /// Writes `<dir>/registries.conf` naming this registry insecure (it speaks plain HTTP)
     /// and returns the `[image]` section of a crid configuration that uses it.
     pub fn crid_image_config(&self, dir: &Path) -> String {
+        self.crid_image_config_for(dir, &[&self.addr])
+    }
+
+    /// The same, with every registry of `prefixes` (`registry.k8s.io`, `gcr.io`, …) redirected
+    /// to this one (registries.conf's `location`), so that images named after public
+    /// registries are pulled from loopback and nothing leaves the machine.
+    pub fn crid_image_config_for(&self, dir: &Path, prefixes: &[&str]) -> String {
         let conf = dir.join("registries.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[[registry]]\nprefix = \"{addr}\"\nlocation = \"{addr}\"\ninsecure = true\n",
-                addr = self.addr
-            ),
-        )
-        .expect("write registries.conf");
+        let entries: String = prefixes
+            .iter()
+            .map(|prefix| {
+                format!(
+                    "[[registry]]\nprefix = \"{prefix}\"\nlocation = \"{addr}\"\ninsecure = true\n",
+                    addr = self.addr
+                )
+            })
+            .collect();
+        std::fs::write(&conf, entries).expect("write registries.conf");
         format!(
             "[image]\nregistries_conf = \"{}\"\nregistries_conf_dir = \"{}\"\n",
             conf.display(),
@@ -270,6 +278,7 @@ impl Registry {
         )
     }
 
+    /// The registry's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("registry.log")).unwrap_or_default()
     }
@@ -281,6 +290,12 @@ impl Registry {
 
     /// The same with extra `skopeo copy` flags (manifest format, compression).
     pub fn push_layout_with(&self, layout: &Path, tag: &str, repo: &str, flags: &[&str]) {
+        self.push_layout_as(layout, tag, &format!("{repo}:{tag}"), flags);
+    }
+
+    /// Pushes `<layout>:<tag>` to `<registry>/<destination>` (`repo:tag`) with skopeo and
+    /// extra `skopeo copy` flags: one image of a layout under several names.
+    pub fn push_layout_as(&self, layout: &Path, tag: &str, destination: &str, flags: &[&str]) {
         let skopeo = require::tool("skopeo");
         let mut cmd = Command::new(skopeo);
         cmd.args(["copy", "--quiet", "--dest-tls-verify=false"])
@@ -293,12 +308,12 @@ impl Registry {
         }
         let out = cmd
             .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{}/{repo}:{tag}", self.addr))
+            .arg(format!("docker://{}/{destination}", self.addr))
             .output()
             .expect("run skopeo");
         assert!(
             out.status.success(),
-            "skopeo copy to {} failed: {}",
+            "skopeo copy to {}/{destination} failed: {}",
             self.addr,
             String::from_utf8_lossy(&out.stderr)
         );
