@@ -984,3 +984,85 @@ async fn host_pid_and_host_ipc() {
     assert_eq!(text(&seen.stdout), "host");
     fx.finish().await;
 }
+
+/// The pid of the crimon serving container `id` (its command line names the id).
+fn monitor_of(id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_monitor = args.first().is_some_and(|a| a.ends_with(b"crimon"));
+            let names_id = args
+                .windows(2)
+                .any(|w| w[0] == b"--id" && w[1] == id.as_bytes());
+            (is_monitor && names_id).then_some(pid)
+        })
+}
+
+/// A crimon that dies is noticed at once: the container is exited with a reason saying so,
+/// a STOPPED event goes out, and Stop and Remove work (quickly) and leave nothing, also
+/// after a crid restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_monitor_is_noticed_and_its_container_cleaned_up() {
+    use std::time::Instant;
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("monitor-death");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let mut ids = Vec::new();
+    for name in ["first", "second"] {
+        ids.push(
+            fx.start_container(
+                &pod_id,
+                &pod,
+                fx.container_config(name, &["sleep", "100000"]),
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        let monitor = monitor_of(id).expect("the container's crimon");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(monitor),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill crimon");
+    }
+    let status = fx.wait_exited(&ids[0], Duration::from_secs(10)).await;
+    assert_eq!(status.reason, "Unknown", "{status:?}");
+    assert!(status.message.contains("monitor"), "{status:?}");
+    let started = Instant::now();
+    fx.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: ids[0].clone(),
+            timeout: 10,
+        })
+        .await
+        .expect("StopContainer after the monitor died");
+    fx.runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: ids[0].clone(),
+        })
+        .await
+        .expect("RemoveContainer after the monitor died");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stop and remove took {:?}",
+        started.elapsed()
+    );
+    // The second one across a restart of crid.
+    fx.crid.stop_with(nix::sys::signal::Signal::SIGKILL);
+    fx.crid.restart();
+    fx.runtime = fx.crid.runtime().await;
+    let status = fx.wait_exited(&ids[1], Duration::from_secs(10)).await;
+    assert_eq!(status.reason, "Unknown", "{status:?}");
+    fx.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await
+        .expect("RemovePodSandbox after the monitors died");
+    fx.finish().await;
+}

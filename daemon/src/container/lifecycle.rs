@@ -147,11 +147,15 @@ async fn stop_locked(
     container: &Container,
     timeout_secs: i64,
 ) -> Result<(), DaemonError> {
-    if container.finished(&state.paths.exits).is_some() {
+    let rt = runtime(state);
+    if let Some(finished) = container.finished(&state.paths.exits) {
+        // A container whose monitor died may still run: the runtime kills and forgets it.
+        if finished.lost {
+            rt.delete(&container.id).await?;
+        }
         return Ok(());
     }
     let record = container.record();
-    let rt = runtime(state);
     let all = !record.own_pid_namespace;
     // A signal may race with the container's own exit (and the monitor's delete of it from
     // the runtime); a failed kill of a container that has exited is no failure. What an
@@ -188,7 +192,8 @@ pub async fn remove(state: &State, container: &Container) -> Result<(), DaemonEr
 }
 
 /// After a restart: containers whose monitor is gone without an exit record (the host
-/// rebooted, or the monitor was killed) are recorded as exited with an unknown code.
+/// rebooted, or the monitor was killed) are recorded as exited with an unknown code. Live
+/// monitors are watched from then on (`server::monitors`).
 pub fn recover(state: &State) {
     for container in state.containers() {
         if container.finished(&state.paths.exits).is_some() {
@@ -196,18 +201,30 @@ pub fn recover(state: &State) {
         }
         let socket =
             crid_common::monitor_paths::control_socket(&state.paths.monitors, &container.id);
-        if socket.exists() {
+        // A socket file nobody listens on is what a killed monitor leaves.
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             continue;
         }
-        tracing::warn!(container = %container.id, "monitor gone without an exit record; marking the container exited");
-        let lost = Finished {
-            exit_code: 255,
-            finished_at: persist::now_nanos(),
-            oom_killed: false,
-            lost: true,
-        };
-        if let Err(err) = container.update(|r| r.finished = Some(lost)) {
-            tracing::error!(container = %container.id, error = %err.chain(), "cannot record the lost exit");
-        }
+        mark_lost(state, container.as_ref());
     }
+}
+
+/// Records a container whose monitor is gone as exited with an unknown code, unless the
+/// monitor wrote its exit record first (it does before it exits). True if it was marked.
+pub fn mark_lost(state: &State, container: &Container) -> bool {
+    if container.finished(&state.paths.exits).is_some() {
+        return false;
+    }
+    tracing::warn!(container = %container.id, "monitor gone without an exit record; marking the container exited");
+    let lost = Finished {
+        exit_code: 255,
+        finished_at: persist::now_nanos(),
+        oom_killed: false,
+        lost: true,
+    };
+    if let Err(err) = container.update(|r| r.finished = Some(lost)) {
+        tracing::error!(container = %container.id, error = %err.chain(), "cannot record the lost exit");
+        return false;
+    }
+    true
 }

@@ -102,7 +102,7 @@ pub fn container_status(state: &State, container: &Container) -> cri::ContainerS
         reason = if finished.oom_killed {
             "OOMKilled"
         } else if finished.lost {
-            message = "the container's monitor ended without recording an exit code".into();
+            message = "the container's monitor (crimon) died without recording an exit code; the exit code is unknown".into();
             "Unknown"
         } else if finished.exit_code == 0 {
             "Completed"

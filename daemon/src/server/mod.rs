@@ -5,6 +5,7 @@ mod cri_views;
 mod events;
 mod image_service;
 mod listener;
+mod monitors;
 mod runtime_service;
 mod stats;
 mod unimplemented;
@@ -41,6 +42,9 @@ pub async fn run(
         crate::state::State::load(config.clone(), store.clone()).map_err(ServeError::State)?,
     );
     crate::container::lifecycle::recover(&state);
+    for container in state.containers() {
+        monitors::watch(state.clone(), container);
+    }
     crate::sandbox::lifecycle::recover(&state);
     events::watch_exits(state.clone()).map_err(ServeError::ExitWatch)?;
     let streaming =

@@ -250,6 +250,7 @@ impl RuntimeService for Runtime {
             .ok_or_else(|| DaemonError::InvalidArgument("config is missing".into()))?;
         let container_id = create::create(&self.state, &request.pod_sandbox_id, config).await?;
         if let Ok(container) = self.state.container(&container_id) {
+            super::monitors::watch(self.state.clone(), container.clone());
             events::publish(
                 &self.state,
                 Event::ContainerCreatedEvent,

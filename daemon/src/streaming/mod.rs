@@ -10,7 +10,7 @@ mod resize;
 pub mod server;
 mod spdy;
 mod status;
-mod sys;
+pub(crate) mod sys;
 mod tls;
 mod tokens;
 pub mod websocket;
