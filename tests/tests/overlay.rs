@@ -1,9 +1,9 @@
 //! Container root filesystems from the layer store: many layers still mount (past the
 //! page-size limit of mount options), and unmount cleanly.
 
+use crid_daemon::image::digest::Digest;
 use crid_daemon::image::overlay::{mount_rootfs, unmount_rootfs};
 use crid_daemon::image::store::{LayerMeta, StorePaths};
-use sha2::Digest;
 
 #[test]
 fn a_hundred_and_twenty_layers_mount_and_stack_in_order() {
@@ -17,7 +17,7 @@ fn a_hundred_and_twenty_layers_mount_and_stack_in_order() {
     paths.prepare().expect("prepare");
     let mut layers = Vec::new();
     for n in 0..120u32 {
-        let chain = format!("sha256:{:x}", sha2::Sha256::digest(n.to_be_bytes()));
+        let chain = Digest::of(&n.to_be_bytes());
         let tmp = paths.tmp().join(format!("l{n}"));
         std::fs::create_dir_all(tmp.join("diff")).expect("mkdir");
         std::fs::write(tmp.join("diff").join(format!("file{n}")), n.to_string()).expect("write");
@@ -78,7 +78,7 @@ fn a_hundred_and_twenty_layers_mount_and_stack_in_order() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(!mounts.contains(&merged.display().to_string()));
     // A layer that is not in the store is an error, not a partial mount.
-    let missing = vec!["sha256:00".to_owned()];
+    let missing = vec![Digest::of(b"not in the store")];
     assert!(mount_rootfs(
         &paths,
         &missing,

@@ -210,7 +210,12 @@ pub async fn create(
         .images
         .lookup(&image_name)?
         .ok_or_else(|| DaemonError::NotFound(format!("image {image_name} not found")))?;
-    let image_config = ImageConfig::parse(&image.config).config;
+    let image_config = ImageConfig::parse(&image.config)
+        .map_err(|e| {
+            let why = crid_common::error_chain::error_chain(&e);
+            DaemonError::FailedPrecondition(format!("image {image_name}: {why}"))
+        })?
+        .config;
     let stop_signal = spec::stop_signal(&image_config.stop_signal)?;
 
     let id = new_id();
@@ -227,12 +232,12 @@ pub async fn create(
         pod_id: pod.id.clone(),
         name: name.clone(),
         created_at: persist::now_nanos(),
-        image_id: image.id.clone(),
+        image_id: image.id.to_string(),
         image_ref: image
             .repo_digests
             .first()
             .cloned()
-            .unwrap_or_else(|| image.id.clone()),
+            .unwrap_or_else(|| image.id.to_string()),
         log_path: log,
         stop_signal,
         rootfs: dir.join("rootfs"),
@@ -296,7 +301,7 @@ async fn setup(
     state: &State,
     pod: &Pod,
     container: &Container,
-    layers: &[String],
+    layers: &[crate::image::digest::Digest],
     image: &spec::ImageRuntimeConfig,
 ) -> Result<(), DaemonError> {
     let config = &container.config;
@@ -322,6 +327,16 @@ async fn setup(
         )?;
     }
     overlay::mount_rootfs(&state.images.paths, layers, &upper, &work, &record.rootfs)?;
+    // CVE-2024-21626's class: no working directory under /proc, through the image's
+    // symlinks too, whatever the runtime does.
+    let image_name = config.image.as_ref().map_or("", |i| i.image.as_str());
+    crate::image::config::check_working_dir(
+        &record.rootfs,
+        &config.working_dir,
+        &image.working_dir,
+        image_name,
+    )
+    .map_err(invalid)?;
     let security = config
         .linux
         .as_ref()

@@ -11,7 +11,6 @@ use oci_spec::runtime::{
     LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder,
     Spec, SpecBuilder, UserBuilder,
 };
-use serde::Deserialize;
 
 use super::{resources, security};
 use crate::state::container::ProcessUser;
@@ -32,35 +31,8 @@ pub enum SpecError {
     Oci(#[from] oci_spec::OciSpecError),
 }
 
-/// The parts of an OCI image config a container uses.
-#[derive(Debug, Default, Clone, Deserialize)]
-pub struct ImageConfig {
-    #[serde(default, rename = "config")]
-    pub config: ImageRuntimeConfig,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ImageRuntimeConfig {
-    #[serde(default)]
-    pub user: String,
-    #[serde(default)]
-    pub env: Option<Vec<String>>,
-    #[serde(default)]
-    pub entrypoint: Option<Vec<String>>,
-    #[serde(default)]
-    pub cmd: Option<Vec<String>>,
-    #[serde(default)]
-    pub working_dir: String,
-    #[serde(default)]
-    pub stop_signal: String,
-}
-
-impl ImageConfig {
-    pub fn parse(json: &str) -> Self {
-        serde_json::from_str(json).unwrap_or_default()
-    }
-}
+// The image config, parsed strictly (an image config that does not parse is an error).
+pub use crate::image::config::{ImageConfig, ImageRuntimeConfig};
 
 /// The PATH a container gets when neither the image nor the CRI config sets one.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -9,11 +9,11 @@
 
 use futures_util::StreamExt;
 use oci_client::errors::OciDistributionError;
-use oci_client::manifest::{OciImageIndex, OciImageManifest};
+use oci_client::manifest::{OciDescriptor, OciImageIndex, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
-use sha2::{Digest, Sha256};
 
+use super::digest::Digest;
 use super::ImageError;
 
 /// Largest manifest or index accepted (containerd uses the same bound).
@@ -27,7 +27,34 @@ application/vnd.docker.distribution.manifest.list.v2+json";
 /// A manifest and its digest.
 pub struct Fetched {
     pub manifest: OciImageManifest,
-    pub digest: String,
+    pub digest: Digest,
+}
+
+/// A descriptor (of a config or a layer) whose digest and size were checked.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+impl Blob {
+    /// Checks a descriptor of image `image`; `what` says which one (for the error).
+    pub fn check(descriptor: &OciDescriptor, image: &str, what: &str) -> Result<Blob, ImageError> {
+        let digest = Digest::parse(&descriptor.digest)
+            .map_err(|e| ImageError::Invalid(format!("image {image}: {what}: {e}")))?;
+        let size = u64::try_from(descriptor.size).map_err(|_| {
+            ImageError::Invalid(format!(
+                "image {image}: {what} {digest} has a negative size ({})",
+                descriptor.size
+            ))
+        })?;
+        Ok(Blob {
+            media_type: descriptor.media_type.clone(),
+            digest,
+            size,
+        })
+    }
 }
 
 fn server_error(url: &str, code: u16, message: String) -> OciDistributionError {
@@ -130,7 +157,7 @@ impl Session {
     /// header when a redirect leaves the host).
     pub async fn blob(
         &self,
-        digest: &str,
+        digest: &Digest,
     ) -> Result<
         impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>>,
         OciDistributionError,
@@ -151,24 +178,31 @@ impl Session {
     }
 
     /// The manifest of `target`'s tag or digest (an index resolved to the host platform).
+    /// Every digest that names something to fetch is checked first: the one asked for
+    /// (by the caller), the one an index chooses.
     pub async fn manifest(&self, target: &Reference) -> Result<Fetched, FetchError> {
+        let image = target.whole();
+        let invalid =
+            |why: String| FetchError::Content(ImageError::Invalid(format!("image {image}: {why}")));
         let base = format!("{}/v2/{}/manifests/", self.base, self.repository);
+        let mut wanted_digest = match target.digest() {
+            Some(raw) => Some(Digest::parse(raw).map_err(|e| invalid(e.to_string()))?),
+            None => None,
+        };
         let first = target.digest().or(target.tag()).unwrap_or("latest");
-        let mut wanted_digest = target.digest().map(str::to_owned);
         let mut url = format!("{base}{first}");
         for _ in 0..2 {
             let (body, content_type) = self.get_bounded(&url).await?;
-            let digest = format!("sha256:{:x}", Sha256::digest(&body));
+            let digest = Digest::of(&body);
             if let Some(wanted) = &wanted_digest {
                 if *wanted != digest {
-                    return Err(FetchError::Content(ImageError::Invalid(format!(
+                    return Err(invalid(format!(
                         "manifest at {url} has digest {digest}, expected {wanted}"
-                    ))));
+                    )));
                 }
             }
-            let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-                FetchError::Content(ImageError::Invalid(format!("manifest at {url}: {e}")))
-            })?;
+            let doc: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| invalid(format!("manifest at {url}: {e}")))?;
             let media_type = doc["mediaType"]
                 .as_str()
                 .unwrap_or(&content_type)
@@ -177,28 +211,26 @@ impl Session {
                 || media_type.contains("manifest.list")
                 || doc.get("manifests").is_some()
             {
-                let index: OciImageIndex = serde_json::from_value(doc).map_err(|e| {
-                    FetchError::Content(ImageError::Invalid(format!("index at {url}: {e}")))
-                })?;
+                let index: OciImageIndex = serde_json::from_value(doc)
+                    .map_err(|e| invalid(format!("index at {url}: {e}")))?;
                 let chosen = oci_client::client::current_platform_resolver(&index.manifests)
                     .ok_or_else(|| {
-                        FetchError::Content(ImageError::Invalid(format!(
+                        invalid(format!(
                             "index at {url} has no image for linux/{}",
                             std::env::consts::ARCH
-                        )))
+                        ))
                     })?;
+                let chosen = Digest::parse(&chosen)
+                    .map_err(|e| invalid(format!("index at {url} names a manifest by {e}")))?;
                 url = format!("{base}{chosen}");
                 wanted_digest = Some(chosen);
                 continue;
             }
-            let manifest: OciImageManifest = serde_json::from_value(doc).map_err(|e| {
-                FetchError::Content(ImageError::Invalid(format!("manifest at {url}: {e}")))
-            })?;
+            let manifest: OciImageManifest = serde_json::from_value(doc)
+                .map_err(|e| invalid(format!("manifest at {url}: {e}")))?;
             return Ok(Fetched { manifest, digest });
         }
-        Err(FetchError::Content(ImageError::Invalid(format!(
-            "index at {url} points at another index"
-        ))))
+        Err(invalid(format!("index at {url} points at another index")))
     }
 
     async fn get_bounded(&self, url: &str) -> Result<(Vec<u8>, String), FetchError> {

@@ -2,6 +2,8 @@
 //! images (see `store` for the layout), and the lookups the ImageService and containers need.
 
 pub mod auth;
+pub mod config;
+pub mod digest;
 mod fsops;
 pub mod manifest;
 pub mod overlay;
@@ -9,12 +11,14 @@ pub mod pull;
 pub mod reference;
 pub mod registries;
 pub mod store;
+mod tarstream;
 pub mod unpack;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use digest::Digest;
 use store::{ImageRecord, StoreError, StorePaths};
 
 use crate::config::ImageConfig;
@@ -44,8 +48,8 @@ pub enum ImageError {
     },
     #[error("invalid image: {0}")]
     Invalid(String),
-    #[error("refused layer")]
-    Unpack(#[source] unpack::UnpackError),
+    #[error(transparent)]
+    Unpack(Box<LayerRefused>),
     #[error("layer i/o failed")]
     LayerIo(#[source] std::io::Error),
     #[error(transparent)]
@@ -60,15 +64,61 @@ impl ImageError {
     }
 }
 
+/// A layer whose content broke the extraction rules.
+#[derive(Debug, thiserror::Error)]
+#[error("image {image}: layer {layer} is refused")]
+pub struct LayerRefused {
+    pub image: String,
+    pub layer: Digest,
+    #[source]
+    pub err: unpack::UnpackError,
+}
+
+/// What RemoveImage did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// No such image (removal is idempotent).
+    Absent,
+    /// Only the tag went; the image keeps its others.
+    Untagged,
+    /// The image and the layers no other image uses are gone.
+    Removed,
+    /// Nothing was done: a container uses the image.
+    InUse { id: Digest, container: String },
+}
+
 /// The image store and its in-memory index.
 pub struct ImageStore {
     pub paths: StorePaths,
     config: ImageConfig,
-    images: RwLock<HashMap<String, ImageRecord>>,
-    layer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    images: RwLock<HashMap<Digest, ImageRecord>>,
+    layer_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Layers that pulls in progress will record, with how many pulls hold each: a layer
+    /// held here is never removed, even when no recorded image uses it.
+    held: Mutex<HashMap<Digest, usize>>,
     downloads: tokio::sync::Semaphore,
-    /// Serialises record updates (tags move between images).
+    /// Serialises record updates (tags move between images) and layer removal.
     records: Mutex<()>,
+}
+
+/// Layers held for a pull in progress; released on drop.
+pub struct LayerHold<'a> {
+    store: &'a ImageStore,
+    layers: Vec<Digest>,
+}
+
+impl Drop for LayerHold<'_> {
+    fn drop(&mut self) {
+        let mut held = self.store.held.lock().unwrap_or_else(|e| e.into_inner());
+        for layer in &self.layers {
+            if let Some(count) = held.get_mut(layer) {
+                *count -= 1;
+                if *count == 0 {
+                    held.remove(layer);
+                }
+            }
+        }
+    }
 }
 
 /// Bytes and inodes the store uses.
@@ -90,6 +140,7 @@ impl ImageStore {
             config,
             images: RwLock::new(images),
             layer_locks: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
             records: Mutex::new(()),
         })
     }
@@ -102,9 +153,30 @@ impl ImageStore {
         .map_err(ImageError::Registries)
     }
 
-    /// Records a pulled image; its tags move off any other image that had them.
-    fn add_image(&self, mut record: ImageRecord) -> Result<(), ImageError> {
+    /// Holds `layers` for a pull: from now until the hold is dropped, RemoveImage leaves
+    /// them in place. A pull holds its layers before it looks for them in the store, so a
+    /// layer it finds present stays present until its image is recorded.
+    pub fn hold_layers(&self, layers: &[Digest]) -> LayerHold<'_> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        for layer in layers {
+            *held.entry(layer.clone()).or_default() += 1;
+        }
+        LayerHold {
+            store: self,
+            layers: layers.to_vec(),
+        }
+    }
+
+    /// Records a pulled image (whose layers the caller holds); its tags move off any other
+    /// image that had them.
+    pub fn add_image(&self, mut record: ImageRecord) -> Result<(), ImageError> {
         let _guard = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(missing) = record.layers.iter().find(|l| !self.paths.has_layer(l)) {
+            return Err(ImageError::LayerIo(std::io::Error::other(format!(
+                "layer {missing} of image {} is not in the store",
+                record.id
+            ))));
+        }
         let mut images = self.images.write().unwrap_or_else(|e| e.into_inner());
         let mut touched = Vec::new();
         for other in images.values_mut().filter(|o| o.id != record.id) {
@@ -151,7 +223,7 @@ impl ImageStore {
         } else {
             format!("sha256:{spec}")
         };
-        if let Some(record) = images.get(&as_id) {
+        if let Some(record) = images.get(as_id.as_str()) {
             return Ok(Some((record.clone(), Lookup::Id)));
         }
         // A unique id prefix of at least 12 hex digits, as docker and crictl print them.
@@ -159,7 +231,7 @@ impl ImageStore {
         if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             let matches: Vec<_> = images
                 .values()
-                .filter(|r| store::hex_of(&r.id).starts_with(hex))
+                .filter(|r| r.id.hex().starts_with(hex))
                 .collect();
             if matches.len() == 1 {
                 return Ok(Some((matches[0].clone(), Lookup::Id)));
@@ -177,34 +249,87 @@ impl ImageStore {
         Ok(found.map(|r| (r.clone(), Lookup::Tag(wanted))))
     }
 
-    /// Removes an image, or only one tag of it when it has others. Absent is fine.
-    pub fn remove(&self, spec: &str) -> Result<(), ImageError> {
+    /// Removes an image, or only one tag of it when it has others; absent is fine. The whole
+    /// image is kept when `in_use` names a container that uses it (asked under the store's
+    /// lock, so no pull can move tags between the answer and the removal). Layers no other
+    /// image uses and no pull holds go with it.
+    pub fn remove(
+        &self,
+        spec: &str,
+        in_use: impl Fn(&Digest) -> Option<String>,
+    ) -> Result<Removal, ImageError> {
+        let guard = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let Some((record, how)) = self.lookup(spec)? else {
-            return Ok(());
+            return Ok(Removal::Absent);
         };
-        let _guard = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let mut images = self.images.write().unwrap_or_else(|e| e.into_inner());
         let Some(current) = images.get_mut(&record.id) else {
-            return Ok(());
+            return Ok(Removal::Absent);
         };
         if let Lookup::Tag(tag) = &how {
             if current.repo_tags.len() > 1 {
-                current.repo_tags.retain(|t| t != tag);
-                let updated = current.clone();
-                drop(images);
+                let mut updated = current.clone();
+                updated.repo_tags.retain(|t| t != tag);
                 self.paths.save_image(&updated)?;
-                return Ok(());
+                *current = updated;
+                return Ok(Removal::Untagged);
             }
         }
-        images.remove(&record.id);
-        self.paths.delete_image(&record.id)?;
-        // Layers no other image uses go too.
-        let in_use: std::collections::HashSet<&String> =
-            images.values().flat_map(|r| r.layers.iter()).collect();
-        for layer in record.layers.iter().filter(|l| !in_use.contains(l)) {
-            self.paths.delete_layer(layer)?;
+        if let Some(container) = in_use(&record.id) {
+            return Ok(Removal::InUse {
+                id: record.id,
+                container,
+            });
         }
-        Ok(())
+        self.paths.delete_image(&record.id)?;
+        images.remove(&record.id);
+        let doomed = self.detach_unused(&images, &record.layers)?;
+        drop(images);
+        drop(guard);
+        for dir in doomed {
+            store::remove_detached(&dir)?;
+        }
+        Ok(Removal::Removed)
+    }
+
+    /// Takes out of the store those of `layers` that no image in `images` uses and no pull
+    /// holds (the caller holds `records`); returns the directories to delete.
+    fn detach_unused(
+        &self,
+        images: &HashMap<Digest, ImageRecord>,
+        layers: &[Digest],
+    ) -> Result<Vec<PathBuf>, ImageError> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let used: HashSet<&Digest> = images.values().flat_map(|r| r.layers.iter()).collect();
+        let mut doomed = Vec::new();
+        for layer in layers {
+            if used.contains(layer) || held.contains_key(layer) {
+                continue;
+            }
+            if let Some(dir) = self.paths.detach_layer(layer)? {
+                doomed.push(dir);
+            }
+        }
+        Ok(doomed)
+    }
+
+    /// After a refused pull: removes those of its layers that nothing uses or holds (layers
+    /// it unpacked before another was refused). Failures are logged: the pull's own error is
+    /// what the client hears.
+    fn drop_unused_layers(&self, layers: &[Digest]) {
+        let doomed = {
+            let _guard = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            let images = self.images.read().unwrap_or_else(|e| e.into_inner());
+            self.detach_unused(&images, layers)
+        };
+        let doomed = doomed.and_then(|dirs| {
+            dirs.iter()
+                .try_for_each(|d| store::remove_detached(d))
+                .map_err(ImageError::from)
+        });
+        if let Err(err) = doomed {
+            tracing::warn!(error = %crid_common::error_chain::error_chain(&err), "removing the layers of a refused pull failed");
+        }
     }
 
     /// Bytes and inodes used by the store (layers as recorded when unpacked, plus records).
@@ -212,8 +337,11 @@ impl ImageStore {
         let mut usage = Usage::default();
         if let Ok(entries) = std::fs::read_dir(self.paths.layers()) {
             for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(meta) = self.paths.layer_meta(&format!("sha256:{name}")) {
+                let name = entry.file_name();
+                let Some(layer) = name.to_str().and_then(Digest::from_hex) else {
+                    continue; // `l/`
+                };
+                if let Some(meta) = self.paths.layer_meta(&layer) {
                     usage.bytes += meta.bytes;
                     usage.inodes += meta.inodes + 3;
                 }
@@ -251,7 +379,7 @@ pub fn user_of(user: &str) -> (Option<i64>, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::user_of;
+    use super::*;
 
     #[test]
     fn user_from_image_config() {
@@ -261,5 +389,164 @@ mod tests {
         assert_eq!(user_of("tester"), (None, "tester".to_owned()));
         assert_eq!(user_of("tester:extra"), (None, "tester".to_owned()));
         assert_eq!(user_of("0"), (Some(0), String::new()));
+    }
+
+    fn store() -> (tempfile::TempDir, ImageStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            ImageStore::open(dir.path().join("root"), ImageConfig::default()).expect("open store");
+        (dir, store)
+    }
+
+    /// What a pull does for a layer it does not find: unpack into tmp/, commit.
+    fn commit_fake_layer(store: &ImageStore, chain: &Digest) {
+        let tmp = store.paths.new_temp_dir("layer").expect("temp");
+        std::fs::create_dir(tmp.join("diff")).expect("mkdir");
+        std::fs::write(tmp.join("diff/file"), "x").expect("write");
+        let meta = store::LayerMeta {
+            bytes: 1,
+            inodes: 1,
+        };
+        store.paths.commit_layer(&tmp, chain, meta).expect("commit");
+    }
+
+    fn record(name: &str, layers: &[Digest]) -> ImageRecord {
+        ImageRecord {
+            id: Digest::of(name.as_bytes()),
+            repo_tags: vec![format!("example.com/{name}:latest")],
+            repo_digests: Vec::new(),
+            layers: layers.to_vec(),
+            size: 1,
+            user: String::new(),
+            config: "{}".into(),
+            manifest: "{}".into(),
+        }
+    }
+
+    #[test]
+    fn a_pull_reusing_a_layer_keeps_it_through_the_removal_of_its_last_image() {
+        let (_dir, store) = store();
+        let shared = Digest::of(b"shared layer");
+        commit_fake_layer(&store, &shared);
+        let a = record("a", std::slice::from_ref(&shared));
+        store.add_image(a.clone()).expect("add a");
+        // A pull of b starts: it holds its layers, then finds `shared` present and reuses it.
+        let hold = store.hold_layers(std::slice::from_ref(&shared));
+        assert!(store.paths.has_layer(&shared));
+        // RemoveImage of a, the last image with the layer, comes in before b is recorded.
+        assert_eq!(
+            store.remove(&a.id, |_| None).expect("remove a"),
+            Removal::Removed
+        );
+        assert!(store.paths.has_layer(&shared), "a held layer stays");
+        let b = record("b", std::slice::from_ref(&shared));
+        store
+            .add_image(b.clone())
+            .expect("b is recorded with its layer");
+        drop(hold);
+        assert!(store.paths.has_layer(&shared), "b uses it now");
+        // When b goes, nothing holds or uses the layer any more.
+        assert_eq!(
+            store.remove(&b.id, |_| None).expect("remove b"),
+            Removal::Removed
+        );
+        assert!(!store.paths.has_layer(&shared));
+        assert_eq!(
+            std::fs::read_dir(store.paths.tmp()).expect("tmp").count(),
+            0
+        );
+    }
+
+    #[test]
+    fn an_image_is_never_recorded_with_a_missing_layer() {
+        let (_dir, store) = store();
+        let layer = Digest::of(b"layer");
+        commit_fake_layer(&store, &layer);
+        let a = record("a", std::slice::from_ref(&layer));
+        store.add_image(a.clone()).expect("add a");
+        // Without a hold (what the store did before), the removal takes the layer; recording
+        // an image that counted on it is then an error, not a broken image.
+        store.remove(&a.id, |_| None).expect("remove a");
+        assert!(!store.paths.has_layer(&layer));
+        let b = record("b", std::slice::from_ref(&layer));
+        assert!(store.add_image(b).is_err());
+        assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn racing_pulls_and_removals_never_lose_a_recorded_image_layer() {
+        let (_dir, store) = store();
+        let store = Arc::new(store);
+        let shared = Digest::of(b"shared");
+        // The per-layer lock a pull takes around unpacking.
+        let unpacking = Arc::new(Mutex::new(()));
+        let pull_and_remove = |name: &'static str| {
+            let (store, shared, unpacking) = (store.clone(), shared.clone(), unpacking.clone());
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    let layers = [shared.clone()];
+                    let hold = store.hold_layers(&layers);
+                    if !store.paths.has_layer(&shared) {
+                        let _lock = unpacking.lock().unwrap_or_else(|e| e.into_inner());
+                        if !store.paths.has_layer(&shared) {
+                            commit_fake_layer(&store, &shared);
+                        }
+                    }
+                    let image = record(name, &layers);
+                    store
+                        .add_image(image.clone())
+                        .expect("recorded with its layer");
+                    drop(hold);
+                    // Recorded: its layer stays whatever the other thread removes.
+                    assert!(store.paths.has_layer(&shared), "{name} lost its layer");
+                    assert_eq!(
+                        store.remove(&image.id, |_| None).expect("remove"),
+                        Removal::Removed
+                    );
+                }
+            })
+        };
+        let threads = [pull_and_remove("a"), pull_and_remove("b")];
+        for thread in threads {
+            thread.join().expect("no lost layer");
+        }
+        assert!(store.list().is_empty());
+        assert!(!store.paths.has_layer(&shared));
+    }
+
+    #[test]
+    fn an_image_in_use_is_kept_and_a_tag_is_resolved_under_the_lock() {
+        let (_dir, store) = store();
+        let layer = Digest::of(b"layer");
+        commit_fake_layer(&store, &layer);
+        let mut a = record("a", std::slice::from_ref(&layer));
+        a.repo_tags.push("example.com/a:other".into());
+        store.add_image(a.clone()).expect("add");
+        // One of two tags: untagged, whoever uses the image.
+        assert_eq!(
+            store
+                .remove("example.com/a:other", |_| Some("c1".into()))
+                .expect("untag"),
+            Removal::Untagged
+        );
+        // The last tag: the image would go, but a container uses it.
+        assert_eq!(
+            store
+                .remove("example.com/a:latest", |id| (*id == a.id)
+                    .then(|| "c1".into()))
+                .expect("in use"),
+            Removal::InUse {
+                id: a.id.clone(),
+                container: "c1".into()
+            }
+        );
+        assert!(store.paths.has_layer(&layer));
+        assert_eq!(store.list().len(), 1);
+        assert_eq!(
+            store
+                .remove("example.com/nothere:1", |_| None)
+                .expect("absent"),
+            Removal::Absent
+        );
     }
 }

@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use super::digest::Digest;
 use super::fsops;
 use super::store::StorePaths;
 
@@ -21,7 +22,7 @@ const MAX_MOUNT_OPTIONS: usize = 4095;
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
     #[error("layer {0} is not in the store")]
-    MissingLayer(String),
+    MissingLayer(Digest),
     #[error("failed to {what} {path}")]
     Io {
         what: &'static str,
@@ -34,7 +35,7 @@ pub enum OverlayError {
 /// Mounts the overlay of `layers` (base first) with `upper`/`work` at `target`.
 pub fn mount_rootfs(
     paths: &StorePaths,
-    layers: &[String],
+    layers: &[Digest],
     upper: &Path,
     work: &Path,
     target: &Path,

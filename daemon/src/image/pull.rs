@@ -1,58 +1,37 @@
 //! Pulling an image: resolve endpoints (mirrors first), fetch manifest and config, then fetch
 //! and unpack the missing layers in parallel while they stream, verifying each blob's digest
 //! and size and each layer's diff id. Two pulls of the same layer do the work once.
+//!
+//! Everything a registry sends is bounded as it streams, not after: a blob stops at its
+//! descriptor's size (one byte more is an error), a config at its descriptor's size and
+//! [`MAX_CONFIG_BYTES`], a layer at `max_layer_bytes` (compressed and unpacked), and what
+//! follows the end of a layer's tar at [`MAX_TAIL_BYTES`].
 
+use std::cell::Cell;
 use std::io::Read;
-use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
-use super::manifest::{FetchError, Session};
+use super::digest::{chain_ids, Digest};
+use super::manifest::{Blob, FetchError, Session};
 use super::registries::Endpoint;
-use super::store::{hex_of, ImageRecord, LayerMeta};
+use super::store::{ImageRecord, LayerMeta};
 use super::unpack::{self, UnpackLimits};
-use super::{ImageError, ImageStore};
+use super::{ImageError, ImageStore, LayerRefused};
 
 /// Largest image config accepted.
-const MAX_CONFIG_BYTES: usize = 8 << 20;
+const MAX_CONFIG_BYTES: u64 = 8 << 20;
 
-/// The parts of an image config we use.
-#[derive(Debug, serde::Deserialize)]
-struct ConfigDoc {
-    #[serde(default)]
-    config: Option<ConfigSection>,
-    rootfs: RootFs,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct ConfigSection {
-    #[serde(rename = "User", default)]
-    user: Option<String>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct RootFs {
-    diff_ids: Vec<String>,
-}
-
-/// Chain ids from diff ids: chain[0] = diff[0]; chain[n] = sha256(chain[n-1] + " " + diff[n]).
-pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(diff_ids.len());
-    for diff in diff_ids {
-        let next = match out.last() {
-            None => diff.clone(),
-            Some(parent) => format!("sha256:{:x}", Sha256::digest(format!("{parent} {diff}"))),
-        };
-        out.push(next);
-    }
-    out
-}
+/// Bytes accepted after the end of a layer's tar, decompressed and again compressed: the
+/// zero blocks a writer pads its last record with (GNU tar: to 10 KiB) and the end of the
+/// compressed stream. More is a decompression bomb hiding behind the archive's end.
+const MAX_TAIL_BYTES: u64 = 1 << 20;
 
 fn is_not_found(err: &OciDistributionError) -> bool {
     match err {
@@ -131,38 +110,130 @@ impl<R> HashingReader<R> {
             count: 0,
         }
     }
-    fn digest(&self) -> String {
-        format!("sha256:{:x}", self.hasher.clone().finalize())
+    fn digest(&self) -> Digest {
+        Digest::from_sha256(self.hasher.clone())
     }
 }
 
-/// Unpacks a compressed layer stream into `dest`, returning its size, the digest and length
-/// of the compressed stream and the digest of the uncompressed tar (the diff id).
+/// How far a blob may be read, shared between the reader deep inside the decompressor and
+/// the code that drives it.
+struct Budget {
+    /// Bytes read so far.
+    read: Cell<u64>,
+    /// Bytes that may be read.
+    limit: Cell<u64>,
+    /// Whether the limit is the descriptor's size (else the tail's).
+    whole_blob: Cell<bool>,
+    /// Set when the blob went past the limit.
+    exceeded: Cell<bool>,
+}
+
+/// A blob's bytes, up to the budget: one byte more is an error, detected as it arrives.
+struct BoundedBlob<R> {
+    inner: R,
+    budget: Rc<Budget>,
+}
+
+impl<R: Read> Read for BoundedBlob<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let budget = &self.budget;
+        let left = budget.limit.get().saturating_sub(budget.read.get());
+        if left == 0 {
+            // At the limit: the blob must end here.
+            let mut probe = [0u8; 1];
+            if buf.is_empty() || self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            budget.exceeded.set(true);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "blob is longer than allowed",
+            ));
+        }
+        let want = left.min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..want])?;
+        budget.read.set(budget.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// Why a layer stream was refused.
+#[derive(Debug)]
+enum StreamError {
+    MediaType(String),
+    /// More bytes than the descriptor says.
+    LongerThanDescriptor,
+    /// More than [`MAX_TAIL_BYTES`] after the tar's end.
+    Tail,
+    Unpack(unpack::UnpackError),
+    Io(std::io::Error),
+}
+
+/// A layer unpacked from its stream.
+#[derive(Debug)]
+struct Unpacked {
+    meta: LayerMeta,
+    /// Digest and length of the blob as received.
+    digest: Digest,
+    count: u64,
+    /// Digest of the uncompressed tar.
+    diff_id: Digest,
+}
+
+/// Unpacks a layer blob of `size` bytes (its descriptor's) into `dest`, returning its unpacked
+/// size, the digest and length of the blob and the digest of the uncompressed tar (the diff
+/// id). The stream is bounded throughout: at `size`, at the unpack limits, and after the end
+/// of the tar at [`MAX_TAIL_BYTES`] both decompressed and compressed.
 fn unpack_stream(
     reader: impl Read,
     media_type: &str,
+    blob_size: u64,
     dest: &std::path::Path,
     limits: UnpackLimits,
-) -> Result<(LayerMeta, String, u64, String), ImageError> {
-    let mut compressed = HashingReader::new(reader);
+) -> Result<Unpacked, StreamError> {
+    let budget = Rc::new(Budget {
+        read: Cell::new(0),
+        limit: Cell::new(blob_size),
+        whole_blob: Cell::new(true),
+        exceeded: Cell::new(false),
+    });
+    let overrun = |err: StreamError| match (budget.exceeded.get(), budget.whole_blob.get()) {
+        (true, true) => StreamError::LongerThanDescriptor,
+        (true, false) => StreamError::Tail,
+        _ => err,
+    };
+    let mut compressed = HashingReader::new(BoundedBlob {
+        inner: reader,
+        budget: budget.clone(),
+    });
     let (meta, diff_id) = {
         let decompressed: Box<dyn Read + '_> = match compression_of(media_type) {
             Some(Compression::Zstd) => Box::new(
-                zstd::stream::read::Decoder::new(&mut compressed).map_err(ImageError::layer_io)?,
+                zstd::stream::read::Decoder::new(&mut compressed)
+                    .map_err(|e| overrun(StreamError::Io(e)))?,
             ),
             // Multi-member: parallel gzip writers (pgzip, pigz) emit several members.
             Some(Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(&mut compressed)),
             Some(Compression::None) => Box::new(&mut compressed),
-            None => {
-                return Err(ImageError::Invalid(format!(
-                    "unsupported layer media type {media_type:?}"
-                )))
-            }
+            None => return Err(StreamError::MediaType(media_type.to_owned())),
         };
         let mut tar = HashingReader::new(decompressed);
-        let size = unpack::unpack_layer(&mut tar, dest, limits).map_err(ImageError::Unpack)?;
-        // The tar reader stops at the end-of-archive marker; the diff id covers every byte.
-        std::io::copy(&mut tar, &mut std::io::sink()).map_err(ImageError::layer_io)?;
+        let size = unpack::unpack_layer(&mut tar, dest, limits)
+            .map_err(|e| overrun(StreamError::Unpack(e)))?;
+        // The tar reader stops at the end-of-archive marker; the diff id covers every byte
+        // after it too, and there may be only so many of them, compressed or not.
+        budget
+            .limit
+            .set(budget.limit.get().min(budget.read.get() + MAX_TAIL_BYTES));
+        budget.whole_blob.set(budget.limit.get() == blob_size);
+        let tail = std::io::copy(
+            &mut (&mut tar).take(MAX_TAIL_BYTES + 1),
+            &mut std::io::sink(),
+        )
+        .map_err(|e| overrun(StreamError::Io(e)))?;
+        if tail > MAX_TAIL_BYTES {
+            return Err(StreamError::Tail);
+        }
         (
             LayerMeta {
                 bytes: size.bytes,
@@ -171,8 +242,14 @@ fn unpack_stream(
             tar.digest(),
         )
     };
-    std::io::copy(&mut compressed, &mut std::io::sink()).map_err(ImageError::layer_io)?;
-    Ok((meta, compressed.digest(), compressed.count, diff_id))
+    std::io::copy(&mut compressed, &mut std::io::sink())
+        .map_err(|e| overrun(StreamError::Io(e)))?;
+    Ok(Unpacked {
+        meta,
+        digest: compressed.digest(),
+        count: compressed.count,
+        diff_id,
+    })
 }
 
 impl ImageStore {
@@ -215,6 +292,12 @@ impl ImageStore {
     /// Pulls `reference` and returns the image id.
     pub async fn pull(&self, raw: &str, auth: Option<RegistryAuth>) -> Result<String, ImageError> {
         let reference = super::reference::parse(raw)?;
+        if let Some(digest) = reference.digest() {
+            Digest::parse(digest).map_err(|e| ImageError::InvalidReference {
+                reference: raw.to_owned(),
+                why: e.to_string(),
+            })?;
+        }
         let registries = self.registries()?;
         let endpoints = registries
             .endpoints(reference.registry(), reference.repository())
@@ -303,69 +386,81 @@ impl ImageStore {
             reference: target.whole(),
             err,
         };
+        let image = requested.whole();
+        let invalid = |why: String| ImageError::Invalid(format!("image {image}: {why}"));
         let fetched = match session.manifest(target).await {
             Ok(fetched) => fetched,
             Err(FetchError::Registry(err)) => return Err(registry(err)),
             Err(FetchError::Content(err)) => return Err(err),
         };
         let (manifest, manifest_digest) = (fetched.manifest, fetched.digest);
-        // The config through the blob stream, read with a bound.
+        // Every descriptor is checked before anything is fetched by it.
+        let config_blob = Blob::check(&manifest.config, &image, "config descriptor")?;
+        let layers = manifest
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| Blob::check(layer, &image, &format!("layers[{i}] descriptor")))
+            .collect::<Result<Vec<_>, _>>()?;
+        for layer in &layers {
+            if layer.size > self.config.max_layer_bytes {
+                return Err(invalid(format!(
+                    "layer {} is {} bytes, more than max_layer_bytes ({})",
+                    layer.digest, layer.size, self.config.max_layer_bytes
+                )));
+            }
+        }
+        // The config through the blob stream, read with a bound: its descriptor's size, at
+        // most MAX_CONFIG_BYTES.
+        if config_blob.size > MAX_CONFIG_BYTES {
+            return Err(invalid(format!(
+                "image config is {} bytes, more than {MAX_CONFIG_BYTES}",
+                config_blob.size
+            )));
+        }
         let mut config_bytes = Vec::new();
-        let mut stream = Box::pin(
-            session
-                .blob(&manifest.config.digest)
-                .await
-                .map_err(registry)?,
-        );
+        let mut stream = Box::pin(session.blob(&config_blob.digest).await.map_err(registry)?);
         while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
             let chunk = chunk.map_err(|e| registry(OciDistributionError::IoError(e)))?;
-            if config_bytes.len() + chunk.len() > MAX_CONFIG_BYTES {
-                return Err(ImageError::Invalid(format!(
-                    "image config of {} exceeds {MAX_CONFIG_BYTES} bytes",
-                    target.whole()
+            if (config_bytes.len() + chunk.len()) as u64 > config_blob.size {
+                return Err(invalid(format!(
+                    "image config {} is longer than its descriptor's {} bytes",
+                    config_blob.digest, config_blob.size
                 )));
             }
             config_bytes.extend_from_slice(&chunk);
         }
-        let config = String::from_utf8(config_bytes).map_err(|_| {
-            ImageError::Invalid(format!("image config of {} is not UTF-8", target.whole()))
-        })?;
-        let config_digest = format!("sha256:{:x}", Sha256::digest(config.as_bytes()));
-        if config_digest != manifest.config.digest {
-            return Err(ImageError::Invalid(format!(
-                "config of {} has digest {config_digest}, manifest says {}",
-                target.whole(),
-                manifest.config.digest
+        let config_digest = Digest::of(&config_bytes);
+        if config_digest != config_blob.digest {
+            return Err(invalid(format!(
+                "config has digest {config_digest}, manifest says {}",
+                config_blob.digest
             )));
         }
-        let doc: ConfigDoc = serde_json::from_str(&config)
-            .map_err(|e| ImageError::Invalid(format!("config of {}: {e}", target.whole())))?;
-        if doc.rootfs.diff_ids.len() != manifest.layers.len() {
-            return Err(ImageError::Invalid(format!(
-                "{} has {} layers but {} diff ids",
-                target.whole(),
-                manifest.layers.len(),
-                doc.rootfs.diff_ids.len()
-            )));
-        }
-        let chains = chain_ids(&doc.rootfs.diff_ids);
+        let config = String::from_utf8(config_bytes)
+            .map_err(|_| invalid("image config is not UTF-8".into()))?;
+        let pulled = super::config::parse_pulled(&config, layers.len())
+            .map_err(|e| invalid(crid_common::error_chain::error_chain(&e)))?;
+        let chains = chain_ids(&pulled.diff_ids);
+        // Held before the store is asked whether it has them: a RemoveImage from now on
+        // leaves them in place until the image is recorded (or the pull gives up).
+        let hold = self.hold_layers(&chains);
         let mut tasks = Vec::new();
-        for ((layer, diff_id), chain) in manifest
-            .layers
-            .iter()
-            .zip(&doc.rootfs.diff_ids)
-            .zip(&chains)
-        {
-            tasks.push(self.ensure_layer(
-                session,
-                target,
-                layer.clone(),
-                diff_id.clone(),
-                chain.clone(),
-            ));
+        for ((layer, diff_id), chain) in layers.iter().zip(&pulled.diff_ids).zip(&chains) {
+            tasks.push(self.ensure_layer(session, target, &image, layer, diff_id, chain));
         }
+        let mut failure = None;
         for result in futures_util::future::join_all(tasks).await {
-            result?;
+            if let Err(err) = result {
+                failure.get_or_insert(err);
+            }
+        }
+        if let Some(err) = failure {
+            drop(hold);
+            if matches!(err, ImageError::Invalid(_) | ImageError::Unpack(_)) {
+                self.drop_unused_layers(&chains);
+            }
+            return Err(err);
         }
         let size = chains
             .iter()
@@ -385,12 +480,13 @@ impl ImageStore {
             repo_digests: vec![digest_ref],
             layers: chains,
             size,
-            user: doc.config.and_then(|c| c.user).unwrap_or_default(),
+            user: pulled.runtime.user,
             config,
             manifest: manifest_json,
         };
         self.add_image(record)?;
-        Ok(config_digest)
+        drop(hold);
+        Ok(config_digest.to_string())
     }
 
     /// Makes sure one layer is present, downloading and unpacking it at most once at a time.
@@ -398,16 +494,17 @@ impl ImageStore {
         &self,
         session: &Session,
         target: &Reference,
-        layer: OciDescriptor,
-        diff_id: String,
-        chain: String,
+        image: &str,
+        layer: &Blob,
+        diff_id: &Digest,
+        chain: &Digest,
     ) -> Result<(), ImageError> {
-        if self.paths.has_layer(&chain) {
+        if self.paths.has_layer(chain) {
             return Ok(());
         }
-        let lock = self.layer_lock(&chain);
+        let lock = self.layer_lock(chain);
         let _guard = lock.lock().await;
-        if self.paths.has_layer(&chain) {
+        if self.paths.has_layer(chain) {
             return Ok(());
         }
         let _permit = self
@@ -415,16 +512,38 @@ impl ImageStore {
             .acquire()
             .await
             .map_err(|_| ImageError::Invalid("store is closing".into()))?;
-        let tmp: PathBuf =
-            self.paths
-                .tmp()
-                .join(format!("layer-{}-{}", hex_of(&chain), std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(tmp.join("diff")).map_err(ImageError::layer_io)?;
+        let tmp = self.paths.new_temp_dir("layer")?;
+        let result = self
+            .fetch_layer(session, target, image, layer, diff_id, &tmp)
+            .await;
+        match result {
+            Ok(meta) => self
+                .paths
+                .commit_layer(&tmp, chain, meta)
+                .map_err(ImageError::Store),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Downloads and unpacks a layer into `tmp/diff` and verifies it.
+    async fn fetch_layer(
+        &self,
+        session: &Session,
+        target: &Reference,
+        image: &str,
+        layer: &Blob,
+        diff_id: &Digest,
+        tmp: &std::path::Path,
+    ) -> Result<LayerMeta, ImageError> {
+        let diff_dir = tmp.join("diff");
+        std::fs::create_dir(&diff_dir).map_err(ImageError::layer_io)?;
         // A layer's root directory is 0755 (the tar's own root entry is not applied), not
         // what crid's umask 077 makes.
         std::fs::set_permissions(
-            tmp.join("diff"),
+            &diff_dir,
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .map_err(ImageError::layer_io)?;
@@ -441,47 +560,50 @@ impl ImageStore {
             max_bytes: self.config.max_layer_bytes,
             max_entries: self.config.max_layer_entries,
         };
-        let media_type = layer.media_type.clone();
-        let diff_dir = tmp.join("diff");
+        let (media_type, size) = (layer.media_type.clone(), layer.size);
         let unpacked = tokio::task::spawn_blocking(move || {
-            unpack_stream(bridge, &media_type, &diff_dir, limits)
+            unpack_stream(bridge, &media_type, size, &diff_dir, limits)
         })
         .await
         .map_err(|e| ImageError::Invalid(format!("unpack task failed: {e}")))?;
-        let result = unpacked.and_then(|(meta, digest, count, got_diff)| {
-            if digest != layer.digest || count != layer.size as u64 {
-                return Err(ImageError::Invalid(format!(
-                    "layer {} of {} arrived as {digest} ({count} bytes), expected {} bytes",
-                    layer.digest,
-                    target.whole(),
-                    layer.size
-                )));
-            }
-            if got_diff != diff_id {
-                return Err(ImageError::Invalid(format!(
-                    "layer {} of {} unpacks to {got_diff}, config says {diff_id}",
-                    layer.digest,
-                    target.whole()
-                )));
-            }
-            Ok(meta)
-        });
-        match result {
-            Ok(meta) => self
-                .paths
-                .commit_layer(&tmp, &chain, meta)
-                .map_err(ImageError::Store),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Err(e)
-            }
+        let invalid = |why: String| {
+            ImageError::Invalid(format!("image {image}: layer {}: {why}", layer.digest))
+        };
+        let unpacked = unpacked.map_err(|err| match err {
+            StreamError::MediaType(media) => invalid(format!("unsupported media type {media:?}")),
+            StreamError::LongerThanDescriptor => invalid(format!(
+                "the blob is longer than its descriptor's {} bytes",
+                layer.size
+            )),
+            StreamError::Tail => invalid(format!(
+                "more than {MAX_TAIL_BYTES} bytes follow the end of its tar archive"
+            )),
+            StreamError::Unpack(err) => ImageError::Unpack(Box::new(LayerRefused {
+                image: image.to_owned(),
+                layer: layer.digest.clone(),
+                err,
+            })),
+            StreamError::Io(err) => ImageError::LayerIo(err),
+        })?;
+        if unpacked.digest != layer.digest || unpacked.count != layer.size {
+            return Err(invalid(format!(
+                "arrived as {} ({} bytes), expected {} bytes",
+                unpacked.digest, unpacked.count, layer.size
+            )));
         }
+        if unpacked.diff_id != *diff_id {
+            return Err(invalid(format!(
+                "unpacks to {}, config says {diff_id}",
+                unpacked.diff_id
+            )));
+        }
+        Ok(unpacked.meta)
     }
 
-    fn layer_lock(&self, chain: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn layer_lock(&self, chain: &Digest) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.layer_locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.retain(|_, l| Arc::strong_count(l) > 1);
-        locks.entry(chain.to_owned()).or_default().clone()
+        locks.entry(chain.clone()).or_default().clone()
     }
 }
 
@@ -490,6 +612,11 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    const LIMITS: UnpackLimits = UnpackLimits {
+        max_bytes: 1 << 20,
+        max_entries: 100,
+    };
 
     fn tar_with_one_file() -> Vec<u8> {
         let mut builder = tar::Builder::new(Vec::new());
@@ -506,50 +633,44 @@ mod tests {
         builder.into_inner().expect("finish")
     }
 
+    const PLAIN: &str = "application/vnd.oci.image.layer.v1.tar";
+    const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
     #[test]
     fn unpacks_gzip_zstd_and_plain_layers_and_reports_both_digests() {
         let tar = tar_with_one_file();
-        let diff_id = format!("sha256:{:x}", Sha256::digest(&tar));
+        let diff_id = Digest::of(&tar);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&tar).expect("gzip");
         let gz = gz.finish().expect("gzip");
         let zst = zstd::encode_all(&tar[..], 3).expect("zstd");
         for (media, blob) in [
-            ("application/vnd.oci.image.layer.v1.tar", tar.clone()),
+            (PLAIN, tar.clone()),
             ("application/vnd.oci.image.layer.v1.tar+gzip", gz),
             (
                 "application/vnd.docker.image.rootfs.diff.tar.gzip",
                 tar_gz(&tar),
             ),
-            ("application/vnd.oci.image.layer.v1.tar+zstd", zst),
+            (ZSTD, zst),
         ] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let limits = UnpackLimits {
-                max_bytes: 1 << 20,
-                max_entries: 100,
-            };
-            let (meta, digest, count, got_diff) =
-                unpack_stream(&blob[..], media, dir.path(), limits).expect(media);
+            let unpacked = unpack_stream(&blob[..], media, blob.len() as u64, dir.path(), LIMITS)
+                .expect(media);
             assert_eq!(
                 std::fs::read(dir.path().join("hello.txt")).expect("file"),
                 b"hello",
                 "{media}"
             );
-            assert_eq!(meta.bytes, 5);
-            assert_eq!(
-                digest,
-                format!("sha256:{:x}", Sha256::digest(&blob)),
-                "{media}"
-            );
-            assert_eq!(count, blob.len() as u64);
-            assert_eq!(got_diff, diff_id, "{media}");
+            assert_eq!(unpacked.meta.bytes, 5);
+            assert_eq!(unpacked.digest, Digest::of(&blob), "{media}");
+            assert_eq!(unpacked.count, blob.len() as u64);
+            assert_eq!(unpacked.diff_id, diff_id, "{media}");
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let limits = UnpackLimits {
-            max_bytes: 1 << 20,
-            max_entries: 100,
-        };
-        assert!(unpack_stream(&tar[..], "application/x-unknown", dir.path(), limits).is_err());
+        assert!(matches!(
+            unpack_stream(&tar[..], "application/x-unknown", 0, dir.path(), LIMITS),
+            Err(StreamError::MediaType(_))
+        ));
     }
 
     fn tar_gz(tar: &[u8]) -> Vec<u8> {
@@ -558,14 +679,107 @@ mod tests {
         gz.finish().expect("gzip")
     }
 
+    /// A reader that fails the test past `limit` bytes.
+    struct Tripwire<R> {
+        inner: R,
+        read: u64,
+        limit: u64,
+    }
+
+    impl<R: Read> Read for Tripwire<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.read += n as u64;
+            assert!(self.read <= self.limit, "read {} bytes", self.read);
+            Ok(n)
+        }
+    }
+
     #[test]
-    fn chain_ids_follow_the_oci_definition() {
-        let diffs = vec!["sha256:a".to_owned(), "sha256:b".to_owned()];
-        let chains = chain_ids(&diffs);
-        assert_eq!(chains[0], "sha256:a");
-        assert_eq!(
-            chains[1],
-            format!("sha256:{:x}", Sha256::digest("sha256:a sha256:b"))
-        );
+    fn a_blob_stops_at_its_descriptor_size_while_it_streams() {
+        let tar = tar_with_one_file();
+        let gz = tar_gz(&tar);
+        for (media, blob) in [
+            (PLAIN, &tar),
+            ("application/vnd.oci.image.layer.v1.tar+gzip", &gz),
+        ] {
+            // An endless blob: the descriptor's size and one byte are read, no more.
+            let endless = Tripwire {
+                inner: blob.as_slice().chain(std::io::repeat(7)),
+                read: 0,
+                limit: blob.len() as u64 + (1 << 16),
+            };
+            let dir = tempfile::tempdir().expect("tempdir");
+            let err = unpack_stream(endless, media, blob.len() as u64, dir.path(), LIMITS)
+                .expect_err("longer than its descriptor");
+            assert!(
+                matches!(err, StreamError::LongerThanDescriptor),
+                "{media}: {err:?}"
+            );
+            // Shorter than the descriptor arrives as what it is (the caller compares).
+            let dir = tempfile::tempdir().expect("tempdir");
+            let short = unpack_stream(&blob[..], media, blob.len() as u64 + 10, dir.path(), LIMITS)
+                .expect("short blob unpacks");
+            assert_eq!(short.count, blob.len() as u64);
+        }
+    }
+
+    /// A zstd frame of `len` zero bytes made of RLE blocks: a few bytes per 128 KiB.
+    fn zstd_zeros(len: u64) -> Vec<u8> {
+        let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(128 << 10);
+            left -= n;
+            let header = (n as u32) << 3 | 1 << 1 | u32::from(left == 0);
+            frame.extend_from_slice(&header.to_le_bytes()[..3]);
+            frame.push(0);
+        }
+        frame
+    }
+
+    #[test]
+    fn what_follows_the_end_of_the_tar_is_bounded() {
+        let tar = tar_with_one_file();
+        // Decompressed: a 16 GiB tail of zeros in a few hundred KiB of zstd.
+        let mut bomb = zstd::encode_all(&tar[..], 3).expect("zstd");
+        bomb.extend(zstd_zeros(16 << 30));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let started = std::time::Instant::now();
+        let err = unpack_stream(&bomb[..], ZSTD, bomb.len() as u64, dir.path(), LIMITS)
+            .expect_err("tail bomb");
+        assert!(matches!(err, StreamError::Tail), "{err:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // Compressed: zstd skippable frames decompress to nothing but still cost reading.
+        let mut skippable = zstd::encode_all(&tar[..], 3).expect("zstd");
+        for _ in 0..4 {
+            skippable.extend_from_slice(&0x184d_2a50u32.to_le_bytes());
+            skippable.extend_from_slice(&(1u32 << 20).to_le_bytes());
+            skippable.extend(std::iter::repeat_n(0u8, 1 << 20));
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = unpack_stream(
+            &skippable[..],
+            ZSTD,
+            skippable.len() as u64,
+            dir.path(),
+            LIMITS,
+        )
+        .expect_err("compressed tail");
+        assert!(matches!(err, StreamError::Tail), "{err:?}");
+        // A writer's padding after the end-of-archive blocks is fine and in the diff id.
+        let mut padded = tar.clone();
+        padded.extend(std::iter::repeat_n(0u8, 10 << 10));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = unpack_stream(&padded[..], PLAIN, padded.len() as u64, dir.path(), LIMITS)
+            .expect("padding");
+        assert_eq!(ok.diff_id, Digest::of(&padded));
+    }
+
+    #[test]
+    fn the_rle_helper_makes_valid_zstd() {
+        let zeros = zstd::decode_all(&zstd_zeros(300 << 10)[..]).expect("decode");
+        assert_eq!(zeros.len(), 300 << 10);
+        assert!(zeros.iter().all(|b| *b == 0));
     }
 }

@@ -15,6 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::fsops;
+use super::tarstream::{Archive, Entry, Kind, TarError};
 
 /// Bounds for one layer.
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +47,7 @@ pub enum UnpackError {
         err: io::Error,
     },
     #[error("layer is not a valid tar stream")]
-    Tar(#[source] io::Error),
+    Tar(#[source] TarError),
 }
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -118,70 +119,107 @@ pub fn unpack_layer<R: Read>(
 ) -> Result<UnpackedSize, UnpackError> {
     let root = std::fs::File::open(dest).map_err(io_err(dest.as_os_str().as_bytes()))?;
     let root: OwnedFd = root.into();
-    let mut archive = tar::Archive::new(PadToArchiveEnd {
+    let mut archive = Archive::new(PadToArchiveEnd {
         inner: tar,
         read: 0,
         pad: None,
     });
     let mut size = UnpackedSize::default();
+    // Data of members that are not regular files is read past, never written; it counts
+    // toward the byte bound all the same, so no member can make crid read without end.
+    let mut skipped: u64 = 0;
     // Directory mtimes are set last: creating their children changes them.
     let mut dir_times: Vec<(Vec<u8>, i64)> = Vec::new();
-    for entry in archive.entries().map_err(UnpackError::Tar)? {
-        let mut entry = entry.map_err(UnpackError::Tar)?;
-        size.inodes += 1;
-        if size.inodes > limits.max_entries {
+    while let Some(entry) = archive.next_entry().map_err(UnpackError::Tar)? {
+        // Every header counts, metadata ones (PAX, GNU long names) included.
+        if archive.headers() > limits.max_entries {
             return Err(UnpackError::TooLarge {
                 what: "entries",
                 limit: limits.max_entries,
             });
         }
-        let raw = entry.path_bytes().into_owned();
+        size.inodes += 1;
+        if entry.kind != Kind::File {
+            skipped = skipped.saturating_add(entry.size);
+            if size.bytes.saturating_add(skipped) > limits.max_bytes {
+                return Err(UnpackError::TooLarge {
+                    what: "bytes",
+                    limit: limits.max_bytes,
+                });
+            }
+        }
+        let raw = entry.path.clone();
         let parts = clean_components(&raw)?;
         let Some((name, parents)) = parts.split_last() else {
             continue; // the layer root itself
         };
-        let parent = open_parent(root.as_fd(), parents).map_err(io_err(&raw))?;
-        let name_str = name.to_string_lossy();
-        if name_str == OPAQUE_WHITEOUT {
+        let hostile = |why| UnpackError::Hostile {
+            path: String::from_utf8_lossy(&raw).into_owned(),
+            why,
+        };
+        let name_bytes = name.as_bytes();
+        if name_bytes == OPAQUE_WHITEOUT.as_bytes() {
+            let parent = open_parent(root.as_fd(), parents).map_err(io_err(&raw))?;
             fsops::set_xattr(parent.as_fd(), c"trusted.overlay.opaque", b"y")
                 .map_err(io_err(&raw))?;
             continue;
         }
-        if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
-            let hidden = fsops::c(Path::new(hidden)).map_err(io_err(&raw))?;
+        if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            // Other `.wh..wh.*` names are AUFS bookkeeping (`.wh..wh.plnk`): skipped, as
+            // containerd and docker skip them.
+            if hidden.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                continue;
+            }
+            // `.wh.` alone, `.wh..` and `.wh...` would white out the directory itself or
+            // its parent (containerd's TestBreakouts: WhiteoutRootParent,
+            // WhiteoutCurrentDirectory).
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(hostile("is a whiteout of '.', '..' or nothing"));
+            }
+            let parent = open_parent(root.as_fd(), parents).map_err(io_err(&raw))?;
+            let hidden = fsops::c(Path::new(OsStr::from_bytes(hidden))).map_err(io_err(&raw))?;
             fsops::remove(parent.as_fd(), &hidden).map_err(io_err(&raw))?;
             fsops::mknod(parent.as_fd(), &hidden, libc::S_IFCHR, 0, 0).map_err(io_err(&raw))?;
             continue;
         }
+        let kind = entry.kind;
+        if let Kind::Other(_) = kind {
+            continue; // vendor and archival types: nothing to create
+        }
+        // Owners as the image says them, or refused: a uid past u32 would be truncated, and
+        // u32::MAX means "unchanged" to chown (the file would stay root's, setuid bits and all).
+        let id = |n: u64| u32::try_from(n).ok().filter(|n| *n != u32::MAX);
+        let (Some(uid), Some(gid)) = (id(entry.uid), id(entry.gid)) else {
+            return Err(hostile("has an owner or group outside 0..=4294967294"));
+        };
+        let parent = open_parent(root.as_fd(), parents).map_err(io_err(&raw))?;
         let cname = fsops::c(Path::new(name)).map_err(io_err(&raw))?;
-        let header = entry.header().clone();
-        let kind = header.entry_type();
-        let mode = header.mode().map_err(UnpackError::Tar)? & 0o7777;
-        let uid = header.uid().map_err(UnpackError::Tar)? as u32;
-        let gid = header.gid().map_err(UnpackError::Tar)? as u32;
-        let mtime = header.mtime().map_err(UnpackError::Tar)? as i64;
-        let xattrs = entry_xattrs(&mut entry);
+        let mode = entry.mode;
+        let mtime = entry.mtime;
+        let xattrs = entry_xattrs(&entry);
 
         // A later entry replaces an earlier one, except directory over directory.
         let existing = fsops::lstat(parent.as_fd(), &cname).map_err(io_err(&raw))?;
         let existing_dir = existing.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
-        if existing.is_some() && !(kind.is_dir() && existing_dir) {
+        if existing.is_some() && !(kind == Kind::Dir && existing_dir) {
             fsops::remove(parent.as_fd(), &cname).map_err(io_err(&raw))?;
         }
 
         match kind {
-            t if t.is_dir() => {
+            Kind::Dir => {
                 fsops::mkdir(parent.as_fd(), &cname, 0o700).map_err(io_err(&raw))?;
                 apply_owner_mode_xattrs(parent.as_fd(), &cname, uid, gid, mode, &xattrs)
                     .map_err(io_err(&raw))?;
                 dir_times.push((raw.clone(), mtime));
                 continue;
             }
-            t if t.is_file() => {
+            Kind::File => {
                 let mut file = fsops::create_file(parent.as_fd(), &cname).map_err(io_err(&raw))?;
-                let room = limits.max_bytes.saturating_sub(size.bytes);
-                let copied =
-                    io::copy(&mut (&mut entry).take(room + 1), &mut file).map_err(io_err(&raw))?;
+                let room = limits
+                    .max_bytes
+                    .saturating_sub(size.bytes.saturating_add(skipped));
+                let copied = io::copy(&mut archive.data().take(room.saturating_add(1)), &mut file)
+                    .map_err(io_err(&raw))?;
                 if copied > room {
                     return Err(UnpackError::TooLarge {
                         what: "bytes",
@@ -193,72 +231,48 @@ pub fn unpack_layer<R: Read>(
                 apply_owner_mode_xattrs(parent.as_fd(), &cname, uid, gid, mode, &xattrs)
                     .map_err(io_err(&raw))?;
             }
-            t if t.is_symlink() => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| UnpackError::Hostile {
-                        path: String::from_utf8_lossy(&raw).into_owned(),
-                        why: "is a symlink without a target",
-                    })?
-                    .into_owned();
-                let target = CString::new(target).map_err(|_| UnpackError::Hostile {
+            Kind::Symlink => {
+                let target = CString::new(entry.link).map_err(|_| UnpackError::Hostile {
                     path: String::from_utf8_lossy(&raw).into_owned(),
                     why: "has a NUL byte in its link target",
                 })?;
+                if target.is_empty() {
+                    return Err(hostile("is a symlink without a target"));
+                }
                 fsops::symlink(&target, parent.as_fd(), &cname).map_err(io_err(&raw))?;
                 fsops::chown(parent.as_fd(), &cname, uid, gid).map_err(io_err(&raw))?;
             }
-            t if t.is_hard_link() => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                let target_parts = clean_components(&target)?;
+            Kind::HardLink => {
+                let target_parts = clean_components(&entry.link)?;
                 let Some((tname, tparents)) = target_parts.split_last() else {
-                    return Err(UnpackError::Hostile {
-                        path: String::from_utf8_lossy(&raw).into_owned(),
-                        why: "is a hard link to the layer root",
-                    });
+                    return Err(hostile("is a hard link to the layer root"));
                 };
                 let tpath: PathBuf = tparents.iter().collect();
                 let tdir = fsops::open_dir_beneath(root.as_fd(), &tpath).map_err(io_err(&raw))?;
                 let tcname = fsops::c(Path::new(tname)).map_err(io_err(&raw))?;
                 match fsops::lstat(tdir.as_fd(), &tcname).map_err(io_err(&raw))? {
                     Some(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {}
-                    _ => {
-                        return Err(UnpackError::Hostile {
-                            path: String::from_utf8_lossy(&raw).into_owned(),
-                            why: "is a hard link to nothing earlier in its layer",
-                        })
-                    }
+                    _ => return Err(hostile("is a hard link to nothing earlier in its layer")),
                 }
                 fsops::hardlink(tdir.as_fd(), &tcname, parent.as_fd(), &cname)
                     .map_err(io_err(&raw))?;
                 continue; // a link shares the target's inode and metadata
             }
-            t if matches!(
-                t,
-                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
-            ) =>
-            {
-                let (ftype, major, minor) = match t {
-                    tar::EntryType::Char | tar::EntryType::Block => (
-                        if t == tar::EntryType::Char {
-                            libc::S_IFCHR
-                        } else {
-                            libc::S_IFBLK
-                        },
-                        header.device_major().ok().flatten().unwrap_or(0),
-                        header.device_minor().ok().flatten().unwrap_or(0),
-                    ),
+            Kind::Char | Kind::Block | Kind::Fifo => {
+                let (ftype, major, minor) = match kind {
+                    Kind::Char => (libc::S_IFCHR, entry.dev_major, entry.dev_minor),
+                    Kind::Block => (libc::S_IFBLK, entry.dev_major, entry.dev_minor),
                     _ => (libc::S_IFIFO, 0, 0),
+                };
+                let (Ok(major), Ok(minor)) = (u32::try_from(major), u32::try_from(minor)) else {
+                    return Err(hostile("has a device number out of range"));
                 };
                 fsops::mknod(parent.as_fd(), &cname, ftype | 0o600, major, minor)
                     .map_err(io_err(&raw))?;
                 fsops::chown(parent.as_fd(), &cname, uid, gid).map_err(io_err(&raw))?;
                 fsops::chmod(parent.as_fd(), &cname, mode).map_err(io_err(&raw))?;
             }
-            _ => continue, // pax/GNU metadata entries are consumed by the tar reader
+            Kind::Other(_) => continue,
         }
         fsops::set_mtime(parent.as_fd(), &cname, mtime).map_err(io_err(&raw))?;
     }
@@ -307,20 +321,14 @@ impl<R: Read> Read for PadToArchiveEnd<R> {
 
 /// Extended attributes carried by an entry (`SCHILY.xattr.*`), without `trusted.*`: those
 /// would let an image forge overlay metadata (redirects, opaque markers) on the host.
-fn entry_xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(CString, Vec<u8>)> {
+fn entry_xattrs(entry: &Entry) -> Vec<(CString, Vec<u8>)> {
     let mut out = Vec::new();
-    if let Ok(Some(exts)) = entry.pax_extensions() {
-        for ext in exts.flatten() {
-            let Ok(key) = ext.key() else { continue };
-            let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
-                continue;
-            };
-            if name.starts_with("trusted.") {
-                continue;
-            }
-            if let Ok(cname) = CString::new(name) {
-                out.push((cname, ext.value_bytes().to_vec()));
-            }
+    for (name, value) in &entry.xattrs {
+        if name.starts_with(b"trusted.") {
+            continue;
+        }
+        if let Ok(cname) = CString::new(name.clone()) {
+            out.push((cname, value.clone()));
         }
     }
     out
@@ -612,6 +620,80 @@ mod tests {
             std::fs::read(dir.path().join("layer/b")).expect("read"),
             b"z"
         );
+    }
+
+    #[test]
+    fn whiteouts_of_dot_dotdot_or_nothing_are_refused() {
+        // containerd's TestBreakouts: WhiteoutRootParent (`.wh...`), WhiteoutCurrentDirectory
+        // (`etc/.wh..`), and a whiteout of nothing.
+        for name in [".wh..", ".wh...", "etc/.wh..", "etc/.wh...", ".wh."] {
+            let tar = RawTar::new()
+                .dir("etc/")
+                .file("etc/keep", b"k")
+                .file("keep", b"k")
+                .file(name, b"")
+                .finish();
+            let (dir, result) = unpack(&tar);
+            let err = result.expect_err(name);
+            assert!(
+                crid_common::error_chain::error_chain(&err).contains("whiteout of '.', '..'"),
+                "{name}: {err}"
+            );
+            assert!(dir.path().join("layer/keep").exists(), "{name}");
+            assert!(dir.path().join("layer/etc/keep").exists(), "{name}");
+        }
+        refused(RawTar::new().file("../.wh.x", b"").finish(), "'..'");
+        refused(RawTar::new().file("/.wh.etc", b"").finish(), "absolute");
+        // AUFS bookkeeping is skipped, not turned into whiteouts.
+        let (dir, result) = unpack(&RawTar::new().file(".wh..wh.plnk", b"").finish());
+        result.expect("aufs metadata");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("layer"))
+                .expect("read")
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn owners_past_u32_or_chowns_unchanged_marker_are_refused() {
+        for (uid, gid) in [
+            (u64::from(u32::MAX), 0),
+            (0, u64::from(u32::MAX)),
+            (1 << 32, 0),
+        ] {
+            let mut builder = tar::Builder::new(Vec::new());
+            let mut header = tar::Header::new_gnu();
+            header.set_size(1);
+            header.set_mode(0o4755);
+            header.set_uid(uid);
+            header.set_gid(gid);
+            builder
+                .append_data(&mut header, "su", &b"x"[..])
+                .expect("append");
+            refused(builder.into_inner().expect("tar"), "owner or group");
+        }
+    }
+
+    #[test]
+    fn data_of_members_that_are_not_files_counts_toward_the_bound() {
+        let big = vec![0u8; (LIMITS.max_bytes + 1) as usize];
+        refused(
+            RawTar::new()
+                .entry("d/", tar::EntryType::Directory, 0o755, "", &big)
+                .finish(),
+            "unpack bound",
+        );
+    }
+
+    #[test]
+    fn the_tar_rs_238_poc_creates_nothing_outside() {
+        // `symlink -> ..`, then `symlink/exploit/foo/bar`: tar-rs created `exploit/` outside.
+        let tar = RawTar::new()
+            .entry("symlink", tar::EntryType::Symlink, 0o777, "..", b"")
+            .file("symlink/exploit/foo/bar", b"x")
+            .finish();
+        refused(tar, "symlink");
     }
 
     #[test]

@@ -27,14 +27,14 @@ impl Images {
 fn to_cri(record: &ImageRecord) -> cri::Image {
     let (uid, username) = image::user_of(&record.user);
     cri::Image {
-        id: record.id.clone(),
+        id: record.id.to_string(),
         repo_tags: record.repo_tags.clone(),
         repo_digests: record.repo_digests.clone(),
         size: record.size,
         uid: uid.map(|value| cri::Int64Value { value }),
         username,
         spec: Some(cri::ImageSpec {
-            image: record.id.clone(),
+            image: record.id.to_string(),
             ..Default::default()
         }),
         pinned: false,
@@ -124,21 +124,19 @@ impl ImageService for Images {
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         let spec = spec_of(request.into_inner().image)?;
         // Containers mount the image's layers: while one exists (in any state), the image
-        // stays (CRI-O refuses the same way). Untagging one of several tags is fine.
+        // stays (CRI-O refuses the same way). Untagging one of several tags is fine. The store
+        // asks under its own lock, so no pull can move a tag between the check and the removal.
         let _no_creates = self.state.image_use.write().await;
-        if let Some((record, how)) = self.store.lookup(&spec).map_err(DaemonError::from)? {
-            let only_untag = matches!(how, image::Lookup::Tag(_)) && record.repo_tags.len() > 1;
-            if !only_untag {
-                if let Some(user) = self.state.container_using_image(&record.id) {
-                    return Err(DaemonError::FailedPrecondition(format!(
-                        "image {spec} ({}) is in use by container {user}",
-                        record.id
-                    ))
-                    .into());
-                }
-            }
+        let removal = self
+            .store
+            .remove(&spec, |id| self.state.container_using_image(id))
+            .map_err(DaemonError::from)?;
+        if let image::Removal::InUse { id, container } = removal {
+            return Err(DaemonError::FailedPrecondition(format!(
+                "image {spec} ({id}) is in use by container {container}"
+            ))
+            .into());
         }
-        self.store.remove(&spec).map_err(DaemonError::from)?;
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
 
