@@ -4,8 +4,9 @@
 //! and RemoveContainer then clean up what the runtime still has.
 //!
 //! The watch is a pidfd per monitor (one fd in crid, nothing in the monitor). The monitor's
-//! pid comes from the monitor itself over its control socket, and is checked again after the
-//! pidfd is open, so a pid reused between the two can never be watched by mistake.
+//! pid is the parent of the container's init (the monitor is its subreaper), or, once the
+//! init is gone, what the monitor says over its control socket; either is checked again after
+//! the pidfd is open, so a pid reused between the two is never watched by mistake.
 
 use std::sync::Arc;
 
@@ -34,11 +35,36 @@ pub fn watch(state: Arc<State>, container: Arc<Container>) {
     });
 }
 
-/// A pidfd for the monitor of `container`, registered with tokio; None if it does not answer.
+/// The parent of `pid` (field 4 of /proc/<pid>/stat, after the parenthesised name).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A pidfd for the monitor of `container`, registered with tokio; None if it is gone.
 async fn watched_pidfd(
     state: &State,
     container: &Container,
 ) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // While the container's init lives, its parent is its monitor (a subreaper): no call to
+    // the monitor needed (each connection costs the monitor memory).
+    let init = container.record().pid;
+    if init > 0 {
+        if let Some(parent) = parent_of(init).filter(|p| *p > 1) {
+            if let Ok(pidfd) = crate::streaming::sys::pidfd_open(parent) {
+                // Still its parent once the pidfd is open: the pid named the monitor.
+                if parent_of(init) == Some(parent) {
+                    return crate::streaming::sys::async_fd(pidfd).ok();
+                }
+            }
+        }
+    }
+    // The init is gone (or unknown): ask the monitor for its pid.
     let conn = MonitorConnection::connect(&state.paths.monitors, &container.id)
         .await
         .ok()?;
