@@ -1,6 +1,8 @@
 //! crid driven only through the real crictl (cri-tools v1.32.0), as CRI-O's integration suite
 //! drives its daemon: every crictl subcommand that needs no streaming server, with its filters
-//! and output formats, against a crid with a private CNI network and the harness registry.
+//! and output formats, against a crid with a private CNI network and the harness registry;
+//! of the streaming ones (`streaming.rs` tests exec, attach and port-forward themselves) only
+//! that a client going away mid-session leaves crid serving.
 //! The fixture is the one of `pods.rs` (its tonic client is used only by the final leak check).
 //!
 //! crictl comes from `$CRICTL`, else `<repository top>/../shared/cri-tools/crictl`; a missing
@@ -186,11 +188,25 @@ impl Crictl {
         }
     }
 
-    /// The end of crid's log, for the message of a call that should have worked.
+    /// The end of crid's log (or its panic), for the message of a call that should have
+    /// worked: without the HTTP/2 libraries' debug lines and backtrace locations.
     fn crid_log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.crid_stderr).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                !["h2::", "hyper", "loona_hpack", "tonic::transport"]
+                    .iter()
+                    .any(|noise| l.contains(noise))
+                    && !l.trim_start().starts_with("at ")
+            })
+            .collect();
+        // A panic's message and its first frames say more than the end of its backtrace.
+        let start = lines
+            .iter()
+            .position(|l| l.contains("panicked at"))
+            .unwrap_or(lines.len().saturating_sub(40));
+        lines[start..lines.len().min(start + 40)].join("\n")
     }
 
     /// Writes `value` as `<name>` in the crictl directory; returns its path.
@@ -240,6 +256,13 @@ impl Background {
                 panic!("still running after {limit:?}, killed: {run}")
             }
         }
+    }
+
+    /// Kills the process at once, as a vanished client or a dropped connection would end it.
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("child");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Stops a process that would run forever (SIGTERM, as an operator's Ctrl-C would).
@@ -1483,6 +1506,108 @@ async fn update_changes_the_cgroup_and_inspect_reports_what_is_in_force() {
          quota, period and shares in force (the cgroup's); it reports {resources:#}"
     );
 
+    remove_everything(&cc);
+    fx.finish().await;
+}
+
+/// crid answers `crictl version` (its CRI socket still serves) after what `after` did.
+fn assert_crid_serves(cc: &Crictl, after: &str) {
+    let run = cc.run(&["version"]);
+    assert!(
+        run.status.success() && run.stdout.contains("RuntimeName:  crid"),
+        "crid stopped serving after {after}: {run}\n--- crid's log (tail)\n{}",
+        cc.crid_log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_clients_that_go_away_leave_crid_serving() {
+    let fx = PodFixture::start("").await;
+    let cc = Crictl::new(&fx);
+    let pod = cc.write_json("pod.json", &pod_json(&fx, "gone", json!({})));
+    let ticker = cc.write_json(
+        "ticker.json",
+        &container_json(
+            &fx,
+            "gone",
+            "ticker",
+            &["sh", "-c", "while :; do echo tick; sleep 0.2; done"],
+        ),
+    );
+    let id = cc
+        .ok(&["run", "--no-pull", &ticker, &pod])
+        .trim()
+        .to_owned();
+    wait_state(&cc, &id, "CONTAINER_RUNNING");
+
+    // An exec whose client is killed (a dropped connection, an operator's kill) mid-command.
+    let mut exec = cc.spawn(&["exec", &id, "sh", "-c", "echo started; sleep 100"]);
+    wait_for(Duration::from_secs(20), || {
+        exec.stdout().contains("started").then_some(())
+    })
+    .unwrap_or_else(|| panic!("crictl exec printed nothing: {}", exec.stop()));
+    exec.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_crid_serves(&cc, "a `crictl exec` client was killed mid-command");
+
+    // An attach left the way operators leave it: the client goes, the container stays.
+    let mut attach = cc.spawn(&["attach", &id]);
+    wait_for(Duration::from_secs(20), || {
+        attach.stdout().contains("tick").then_some(())
+    })
+    .unwrap_or_else(|| panic!("crictl attach printed nothing: {}", attach.stop()));
+    attach.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_crid_serves(&cc, "a `crictl attach` client was killed");
+    assert_eq!(
+        cc.ids(&["ps", "-q"]),
+        vec![id.clone()],
+        "the container runs on"
+    );
+
+    remove_everything(&cc);
+    fx.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_that_exit_at_once_start_without_error() {
+    let fx = PodFixture::start("").await;
+    let cc = Crictl::new(&fx);
+    let pod = cc.write_json("pod.json", &pod_json(&fx, "brief", json!({})));
+    let pod_id = cc.ok(&["runp", &pod]).trim().to_owned();
+    // `runc start` removes the container's exec fifo after the process has begun: a process
+    // that exits at once races that removal (the more so on a busy host, hence four starts
+    // at a time), and its start must still succeed.
+    let mut failures = Vec::new();
+    for round in 0..10 {
+        let ids: Vec<String> = (0..4)
+            .map(|n| {
+                let name = format!("brief-{round}-{n}");
+                let config = cc.write_json(
+                    &format!("{name}.json"),
+                    &container_json(&fx, "brief", &name, &["true"]),
+                );
+                cc.ok(&["create", &pod_id, &config, &pod]).trim().to_owned()
+            })
+            .collect();
+        let mut starts: Vec<Background> = ids.iter().map(|id| cc.spawn(&["start", id])).collect();
+        for start in &mut starts {
+            let run = start.wait(CALL_LIMIT);
+            if !run.status.success() {
+                failures.push(run.to_string());
+            }
+        }
+        for id in &ids {
+            let exited = wait_state(&cc, id, "CONTAINER_EXITED");
+            assert_eq!(int_at(&exited, "/status/exitCode"), 0, "{exited:#}");
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 40 starts of `true` failed; the first:\n{}",
+        failures.len(),
+        failures[0]
+    );
     remove_everything(&cc);
     fx.finish().await;
 }
