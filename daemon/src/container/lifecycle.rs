@@ -102,7 +102,15 @@ pub async fn start(state: &State, container: &Container) -> Result<(), DaemonErr
     // The process runs from within `runc start`; a container that exits at once must not
     // show a start after its finish.
     let starting = persist::now_nanos();
-    runtime(state).start(&container.id).await?;
+    if let Err(err) = runtime(state).start(&container.id).await {
+        // A process that exits at once races `runc start`'s removal of the exec fifo with
+        // the monitor's delete after the exit: the start did happen when the exit is
+        // recorded (the monitor writes it before it deletes).
+        if container.finished(&state.paths.exits).is_none() {
+            return Err(err.into());
+        }
+        tracing::debug!(container = %container.id, error = %err, "the runtime's start raced the container's exit");
+    }
     container.update(|r| r.started_at = Some(starting))
 }
 

@@ -116,10 +116,14 @@ where
     };
     let cmd = session.cmd.clone();
     let run = (session.run)(io);
+    let mut driver_done = false;
     let outcome = tokio::select! {
         outcome = run => Some(outcome),
         // The connection ended first: the client is gone, and dropping the session stops it.
-        _ = &mut driver => None,
+        _ = &mut driver => {
+            driver_done = true;
+            None
+        }
     };
     if let Some(reader) = resize_reader {
         reader.abort();
@@ -138,7 +142,9 @@ where
     // Dropping the last streams and `incoming` shuts the connection down gracefully: what is
     // queued goes out, the client gets time to close first, then GOAWAY.
     drop(incoming);
-    let _ = driver.await;
+    if !driver_done {
+        let _ = driver.await;
+    }
 }
 
 /// Where a port-forward request's streams are paired: by `requestid`, or for clients that
