@@ -53,6 +53,11 @@ enum Body {
         prefix: Vec<u8>,
         fill: u8,
     },
+    /// `bytes` (with their length announced), a KiB at a time, one KiB per `pause`.
+    Trickle {
+        bytes: Vec<u8>,
+        pause: Duration,
+    },
 }
 
 struct Route {
@@ -89,6 +94,20 @@ fn respond(stream: &mut std::net::TcpStream, route: Option<(String, Body, Arc<At
             );
             if stream.write_all(&bytes).is_ok() {
                 sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Body::Trickle { bytes, pause } => {
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                bytes.len()
+            );
+            for chunk in bytes.chunks(1024) {
+                if stream.write_all(chunk).is_err() {
+                    return;
+                }
+                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                std::thread::sleep(pause);
             }
         }
         Body::Endless { prefix, fill } => {
@@ -545,7 +564,7 @@ async fn go_digest_validate_hostile_diff_ids_are_refused() {
             &s.registry,
             "hostile/diffid",
             tag,
-            &[layer.clone()],
+            std::slice::from_ref(&layer),
             &config,
             |_| {},
         );
@@ -583,7 +602,7 @@ async fn go_digest_validate_hostile_config_digests_are_refused() {
             &s.registry,
             "hostile/config",
             tag,
-            &[layer.clone()],
+            std::slice::from_ref(&layer),
             &config,
             |m| {
                 m["config"]["digest"] = id.clone().into();
@@ -608,7 +627,7 @@ async fn go_digest_validate_hostile_manifest_layer_digests_are_refused() {
             &s.registry,
             "hostile/layer",
             tag,
-            &[layer.clone()],
+            std::slice::from_ref(&layer),
             &config,
             |m| {
                 m["layers"][0]["digest"] = id.clone().into();
@@ -621,7 +640,7 @@ async fn go_digest_validate_hostile_manifest_layer_digests_are_refused() {
         &s.registry,
         "hostile/layer",
         "negative",
-        &[layer.clone()],
+        std::slice::from_ref(&layer),
         &config,
         |m| {
             m["layers"][0]["size"] = (-1).into();
@@ -665,7 +684,7 @@ async fn cve_2023_25153_blobs_longer_than_their_descriptors_stop_at_the_size() {
         &s.registry,
         "hostile/long",
         "layer",
-        &[layer.clone()],
+        std::slice::from_ref(&layer),
         &config,
         |_| {},
     );
@@ -720,7 +739,7 @@ async fn cve_2023_25153_blobs_longer_than_their_descriptors_stop_at_the_size() {
         &s.registry,
         "hostile/long",
         "big-config",
-        &[layer.clone()],
+        std::slice::from_ref(&layer),
         &config,
         |m| {
             m["config"]["size"] = (64u64 << 20).into();
@@ -738,6 +757,59 @@ async fn cve_2023_25153_blobs_longer_than_their_descriptors_stop_at_the_size() {
         },
     );
     refused(&mut images, &image, "more than max_layer_bytes").await;
+    s.assert_clean(&mut images).await;
+}
+
+/// Anchor: containerd's `integration/image_pull_timeout_test.go` (a stalled registry) and
+/// crid issue 10 ("no temporary directory is left"): a client that gives up on a pull (the
+/// kubelet's deadline) stops the unpacking, and its temporary directory goes at once, not at
+/// crid's next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_image_pull_timeout_an_abandoned_pull_leaves_no_temporary_directory() {
+    static DATA: [u8; 1 << 20] = [0; 1 << 20];
+    let s = setup("");
+    let tar = tar_of(&[Member::file("data", 0o644, 0, 0, &DATA)]);
+    let layer = Layer::plain(&tar);
+    let config = config_json(std::slice::from_ref(&layer.diff_id), serde_json::json!({}));
+    let image = serve_image(
+        &s.registry,
+        "slow/image",
+        "latest",
+        std::slice::from_ref(&layer),
+        &config,
+        |_| {},
+    );
+    // A KiB every 20 ms: a minute for the whole layer.
+    s.registry.put_blob(
+        "slow/image",
+        &sha256(&layer.blob),
+        Body::Trickle {
+            bytes: layer.blob.clone(),
+            pause: Duration::from_millis(20),
+        },
+    );
+    let tmp = s.root().join("tmp");
+    let socket = s.crid.socket.clone();
+    let puller = tokio::spawn(async move {
+        let mut images = Images::new(crid_tests::harness::crid::connect(&socket).await);
+        pull(&mut images, &image).await
+    });
+    let busy = crid_tests::harness::wait_for(Duration::from_secs(20), || {
+        std::fs::read_dir(&tmp).ok()?.next().map(drop)
+    });
+    assert!(busy.is_some(), "the pull never started unpacking");
+    // The client gives up: the RPC is cancelled.
+    puller.abort();
+    let _ = puller.await;
+    let gone = crid_tests::harness::wait_for(Duration::from_secs(10), || {
+        (std::fs::read_dir(&tmp).ok()?.count() == 0).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "temporary directory left after the pull was abandoned: {:?}",
+        entries(&tmp)
+    );
+    let mut images = s.crid.images().await;
     s.assert_clean(&mut images).await;
 }
 
@@ -1002,7 +1074,7 @@ async fn rustsec_2026_0067_setuid_files_and_device_nodes_kept_only_as_the_image_
         &s.registry,
         "hostile/modes",
         "ok",
-        &[layer.clone()],
+        std::slice::from_ref(&layer),
         &config,
         |_| {},
     );
@@ -1101,7 +1173,7 @@ async fn issue_10_an_image_config_that_does_not_parse_is_refused_never_a_silent_
             &s.registry,
             "hostile/config",
             tag,
-            &[layer.clone()],
+            std::slice::from_ref(&layer),
             &config,
             |_| {},
         );

@@ -157,6 +157,58 @@ impl<R: Read> Read for BoundedBlob<R> {
     }
 }
 
+/// One layer's unpacking as both sides see it: the pull that awaits it (whose future is
+/// dropped when the client gives up) and the blocking thread that does it.
+#[derive(Debug, Default)]
+struct Unpacking {
+    /// The pull is gone: stop, and remove the temporary directory.
+    abandoned: bool,
+    /// The thread is working in the temporary directory.
+    running: bool,
+}
+
+/// Held by the pull while a layer is fetched: when the pull's future is dropped, the thread
+/// stops at its next read and the temporary directory goes (removed here when no thread is in
+/// it, else by the thread when it stops).
+struct AbandonOnDrop {
+    state: Arc<std::sync::Mutex<Unpacking>>,
+    dir: std::path::PathBuf,
+    armed: bool,
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.abandoned = true;
+        if !state.running {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A blob stream that fails once its pull is abandoned.
+struct Cancellable<R> {
+    inner: R,
+    state: Arc<std::sync::Mutex<Unpacking>>,
+}
+
+impl<R: Read> Read for Cancellable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abandoned
+        {
+            return Err(std::io::Error::other("the pull was abandoned"));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// Why a layer stream was refused.
 #[derive(Debug)]
 enum StreamError {
@@ -513,9 +565,15 @@ impl ImageStore {
             .await
             .map_err(|_| ImageError::Invalid("store is closing".into()))?;
         let tmp = self.paths.new_temp_dir("layer")?;
+        let mut abandon = AbandonOnDrop {
+            state: Arc::default(),
+            dir: tmp.clone(),
+            armed: true,
+        };
         let result = self
-            .fetch_layer(session, target, image, layer, diff_id, &tmp)
+            .fetch_layer(session, target, image, layer, diff_id, &abandon)
             .await;
+        abandon.armed = false;
         match result {
             Ok(meta) => self
                 .paths
@@ -528,7 +586,8 @@ impl ImageStore {
         }
     }
 
-    /// Downloads and unpacks a layer into `tmp/diff` and verifies it.
+    /// Downloads and unpacks a layer into `<tmp>/diff` (`tmp` is `abandon.dir`) and verifies
+    /// it.
     async fn fetch_layer(
         &self,
         session: &Session,
@@ -536,9 +595,9 @@ impl ImageStore {
         image: &str,
         layer: &Blob,
         diff_id: &Digest,
-        tmp: &std::path::Path,
+        abandon: &AbandonOnDrop,
     ) -> Result<LayerMeta, ImageError> {
-        let diff_dir = tmp.join("diff");
+        let diff_dir = abandon.dir.join("diff");
         std::fs::create_dir(&diff_dir).map_err(ImageError::layer_io)?;
         // A layer's root directory is 0755 (the tar's own root entry is not applied), not
         // what crid's umask 077 makes.
@@ -561,8 +620,26 @@ impl ImageStore {
             max_entries: self.config.max_layer_entries,
         };
         let (media_type, size) = (layer.media_type.clone(), layer.size);
+        let (state, tmp) = (abandon.state.clone(), abandon.dir.clone());
         let unpacked = tokio::task::spawn_blocking(move || {
-            unpack_stream(bridge, &media_type, size, &diff_dir, limits)
+            {
+                let mut unpacking = state.lock().unwrap_or_else(|e| e.into_inner());
+                if unpacking.abandoned {
+                    return Err(StreamError::Io(std::io::Error::other("abandoned")));
+                }
+                unpacking.running = true;
+            }
+            let reader = Cancellable {
+                inner: bridge,
+                state: state.clone(),
+            };
+            let result = unpack_stream(reader, &media_type, size, &diff_dir, limits);
+            let mut unpacking = state.lock().unwrap_or_else(|e| e.into_inner());
+            unpacking.running = false;
+            if unpacking.abandoned {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            result
         })
         .await
         .map_err(|e| ImageError::Invalid(format!("unpack task failed: {e}")))?;
