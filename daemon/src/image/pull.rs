@@ -274,9 +274,12 @@ fn unpack_stream(
             .map_err(|e| overrun(StreamError::Unpack(e)))?;
         // The tar reader stops at the end-of-archive marker; the diff id covers every byte
         // after it too, and there may be only so many of them, compressed or not.
-        budget
-            .limit
-            .set(budget.limit.get().min(budget.read.get() + MAX_TAIL_BYTES));
+        budget.limit.set(
+            budget
+                .limit
+                .get()
+                .min(budget.read.get().saturating_add(MAX_TAIL_BYTES)),
+        );
         budget.whole_blob.set(budget.limit.get() == blob_size);
         let tail = std::io::copy(
             &mut (&mut tar).take(MAX_TAIL_BYTES + 1),
@@ -574,16 +577,15 @@ impl ImageStore {
             .fetch_layer(session, target, image, layer, diff_id, &abandon)
             .await;
         abandon.armed = false;
-        match result {
-            Ok(meta) => self
-                .paths
+        let committed = result.and_then(|meta| {
+            self.paths
                 .commit_layer(&tmp, chain, meta)
-                .map_err(ImageError::Store),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Err(e)
-            }
+                .map_err(ImageError::Store)
+        });
+        if committed.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
         }
+        committed
     }
 
     /// Downloads and unpacks a layer into `<tmp>/diff` (`tmp` is `abandon.dir`) and verifies

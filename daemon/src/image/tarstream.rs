@@ -308,7 +308,7 @@ impl<R: Read> Archive<R> {
         if self.done {
             return Ok(None);
         }
-        self.skip(self.remaining + self.padding)?;
+        self.skip(self.remaining.saturating_add(self.padding))?;
         self.remaining = 0;
         self.padding = 0;
         let mut pending = Pending::default();

@@ -3,10 +3,13 @@
 //! The layer is untrusted: entry paths with `..` or an absolute path are refused, no entry is
 //! created through a symlink (parents are opened with RESOLVE_NO_SYMLINKS below the layer
 //! root), hard links must point at files of the same layer, and the unpacked size and entry
-//! count are bounded (a decompression bomb stops with an error). OCI whiteouts become overlay
-//! whiteouts: `.wh.<name>` a 0:0 character device, `.wh..wh..opq` the `trusted.overlay.opaque`
-//! xattr on its directory. Owners, modes (setuid too), mtimes, xattrs (not `trusted.*`), device
-//! nodes, fifos and hard links are kept.
+//! count are bounded (a decompression bomb stops with an error; data of members that are not
+//! files and metadata headers count too). The tar is read by crid's own reader
+//! ([`super::tarstream`]), which bounds PAX headers and GNU long names before buffering them.
+//! OCI whiteouts become overlay whiteouts: `.wh.<name>` a 0:0 character device, `.wh..wh..opq`
+//! the `trusted.overlay.opaque` xattr on its directory; a whiteout of `.`, `..` or nothing is
+//! refused. Owners (within `0..=u32::MAX - 1`, else refused), modes (setuid too), mtimes,
+//! xattrs (not `trusted.*`), device nodes, fifos and hard links are kept as the layer says.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io::{self, Read};
