@@ -86,7 +86,65 @@ pub async fn update_resources(
     let updated = runtime(state).update(&container.id, &file).await;
     let _ = std::fs::remove_file(&file);
     updated?;
-    container.save_resources(&requested)
+    // A field left 0 (or empty) means "not given": the runtime kept its value, so the
+    // resources in force are the earlier ones with the given fields replaced (crictl sends
+    // only what it was told; kubelet sends them all).
+    let in_force = merge_resources(container.resources().unwrap_or_default(), requested);
+    container.save_resources(&in_force)
+}
+
+/// `earlier` with every field `update` gives (non-zero, non-empty) replaced.
+fn merge_resources(
+    mut earlier: cri::LinuxContainerResources,
+    update: cri::LinuxContainerResources,
+) -> cri::LinuxContainerResources {
+    fn take<T: PartialEq + Default>(into: &mut T, from: T) {
+        if from != T::default() {
+            *into = from;
+        }
+    }
+    take(&mut earlier.cpu_period, update.cpu_period);
+    take(&mut earlier.cpu_quota, update.cpu_quota);
+    take(&mut earlier.cpu_shares, update.cpu_shares);
+    take(
+        &mut earlier.memory_limit_in_bytes,
+        update.memory_limit_in_bytes,
+    );
+    take(&mut earlier.oom_score_adj, update.oom_score_adj);
+    take(&mut earlier.cpuset_cpus, update.cpuset_cpus);
+    take(&mut earlier.cpuset_mems, update.cpuset_mems);
+    take(&mut earlier.hugepage_limits, update.hugepage_limits);
+    take(&mut earlier.unified, update.unified);
+    take(
+        &mut earlier.memory_swap_limit_in_bytes,
+        update.memory_swap_limit_in_bytes,
+    );
+    earlier
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_update_keeps_what_it_does_not_name() {
+        let earlier = cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        };
+        let update = cri::LinuxContainerResources {
+            cpu_quota: 20_000,
+            ..Default::default()
+        };
+        let merged = merge_resources(earlier.clone(), update);
+        assert_eq!(merged.cpu_quota, 20_000);
+        assert_eq!(merged.cpu_period, earlier.cpu_period);
+        assert_eq!(merged.cpu_shares, earlier.cpu_shares);
+        assert_eq!(merged.memory_limit_in_bytes, earlier.memory_limit_in_bytes);
+    }
 }
 
 /// Asks the monitor to reopen the container's log file (after kubelet rotated it).
