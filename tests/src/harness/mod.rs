@@ -8,6 +8,7 @@ pub mod monitor;
 pub mod pods;
 pub mod registry;
 pub mod require;
+pub mod streaming_client;
 
 use std::path::PathBuf;
 
