@@ -122,6 +122,18 @@ fn merge_resources(
     earlier
 }
 
+/// Asks the monitor to reopen the container's log file (after kubelet rotated it).
+pub async fn reopen_log(state: &State, container: &Container) -> Result<(), DaemonError> {
+    // The monitor owns the log from create on, so a created container's log reopens too
+    // (as CRI-O allows); an exited one's monitor is gone.
+    if container.phase(&state.paths.exits) == Phase::Exited {
+        return require_running(state, container);
+    }
+    let conn = MonitorConnection::connect(&state.paths.monitors, &container.id).await?;
+    conn.reopen_log().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,16 +157,4 @@ mod tests {
         assert_eq!(merged.cpu_shares, earlier.cpu_shares);
         assert_eq!(merged.memory_limit_in_bytes, earlier.memory_limit_in_bytes);
     }
-}
-
-/// Asks the monitor to reopen the container's log file (after kubelet rotated it).
-pub async fn reopen_log(state: &State, container: &Container) -> Result<(), DaemonError> {
-    // The monitor owns the log from create on, so a created container's log reopens too
-    // (as CRI-O allows); an exited one's monitor is gone.
-    if container.phase(&state.paths.exits) == Phase::Exited {
-        return require_running(state, container);
-    }
-    let conn = MonitorConnection::connect(&state.paths.monitors, &container.id).await?;
-    conn.reopen_log().await?;
-    Ok(())
 }

@@ -31,27 +31,40 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// that inherited the pipes must not hold the session open.
 pub(super) const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
-/// Kills the exec'd process when the session ends early.
+/// Kills the exec'd process when the session ends before it (the client went away), and
+/// removes the pid file.
+///
+/// The runtime's `exec` is not killed itself: killed between starting the process and
+/// writing the pid file, it would leave a process nobody can name. It ends by itself once
+/// its process is dead (and is then reaped by tokio).
 struct ProcessGuard {
+    pid_file: PathBuf,
     pidfd: Option<OwnedFd>,
+    /// The process exited: nothing to kill.
+    done: bool,
 }
 
 impl Drop for ProcessGuard {
     fn drop(&mut self) {
+        if self.done {
+            let _ = std::fs::remove_file(&self.pid_file);
+            return;
+        }
         if let Some(fd) = &self.pidfd {
             // Already gone is fine.
             let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+            let _ = std::fs::remove_file(&self.pid_file);
+            return;
         }
-    }
-}
-
-/// Removes the session's files (pid file, console socket) when it ends.
-struct Files(Vec<PathBuf>);
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        for path in &self.0 {
-            let _ = std::fs::remove_file(path);
+        // Not known to have started yet: wait (bounded) for the runtime to name it.
+        let pid_file = self.pid_file.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Some(fd) = watch_pid_file(&pid_file).await {
+                    let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+                }
+                let _ = std::fs::remove_file(&pid_file);
+            });
         }
     }
 }
@@ -112,7 +125,11 @@ pub async fn exec(
     let dir = &state.paths.exec_sessions;
     let session = crate::state::new_id();
     let pid_file = dir.join(format!("{}.pid", &session[..16]));
-    let _files = Files(vec![pid_file.clone()]);
+    let mut guard = ProcessGuard {
+        pid_file: pid_file.clone(),
+        pidfd: None,
+        done: false,
+    };
 
     let mut command = tokio::process::Command::new(&rt.path);
     command.arg("--root").arg(&rt.root);
@@ -148,8 +165,7 @@ pub async fn exec(
         command
             .stdin(Stdio::from(slave("dup")?))
             .stdout(Stdio::from(slave("dup")?))
-            .stderr(Stdio::from(slave("dup")?))
-            .kill_on_drop(true);
+            .stderr(Stdio::from(slave("dup")?));
         sys::with_controlling_terminal(&mut command);
         let mut child = command.spawn().map_err(|err| DaemonError::Io {
             what: "run",
@@ -159,12 +175,21 @@ pub async fn exec(
         // Only the runtime may hold the slave: the master reads end of file when it is gone.
         drop(command);
         drop(pty.slave);
-        let mut guard = ProcessGuard {
-            pidfd: watch_pid_file(&pid_file).await,
+        let session = pty::run_session(pty.master, &mut child, stdin, stdout, resize);
+        let watch = watch_pid_file(&pid_file);
+        tokio::pin!(session, watch);
+        let mut watched = false;
+        let code = loop {
+            tokio::select! {
+                code = &mut session => break code,
+                pidfd = &mut watch, if !watched => {
+                    guard.pidfd = pidfd;
+                    watched = true;
+                }
+            }
         };
-        let code = pty::run_session(pty.master, &mut child, stdin, stdout, resize).await?;
-        guard.pidfd = None;
-        return Ok(code);
+        guard.done = true;
+        return code;
     }
     let piped = |wanted: bool| {
         if wanted {
@@ -176,16 +201,12 @@ pub async fn exec(
     command
         .stdin(piped(stdin.is_some()))
         .stdout(piped(stdout.is_some()))
-        .stderr(piped(stderr.is_some()))
-        .kill_on_drop(true);
+        .stderr(piped(stderr.is_some()));
     let mut child = command.spawn().map_err(|err| DaemonError::Io {
         what: "run",
         path: rt.path.clone(),
         err,
     })?;
-    let mut guard = ProcessGuard { pidfd: None };
-
-    guard.pidfd = watch_pid_file(&pid_file).await;
     let child_stdin = child.stdin.take();
     let child_stdout = child.stdout.take();
     let child_stderr = child.stderr.take();
@@ -211,22 +232,26 @@ pub async fn exec(
         };
         tokio::join!(out, err);
     };
-    tokio::pin!(feed);
-    tokio::pin!(outputs);
-    let mut outputs_done = false;
+    let watch = watch_pid_file(&pid_file);
+    tokio::pin!(feed, outputs, watch);
+    let (mut outputs_done, mut watched) = (false, false);
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
             () = &mut feed => unreachable!("feed never ends"),
             () = &mut outputs, if !outputs_done => outputs_done = true,
+            pidfd = &mut watch, if !watched => {
+                guard.pidfd = pidfd;
+                watched = true;
+            }
         }
     };
+    guard.done = true;
     let status = status.map_err(|err| DaemonError::Io {
         what: "wait for",
         path: rt.path.clone(),
         err,
     })?;
-    guard.pidfd = None;
     if !outputs_done {
         let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut outputs).await;
     }

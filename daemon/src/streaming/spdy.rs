@@ -289,18 +289,20 @@ async fn forward(
     };
     let (mut tcp_read, mut tcp_write) = tcp.into_split();
     let (mut data_recv, mut data_send) = data.into_split();
+    let (_error_recv, mut error_send) = error.into_split();
     let to_pod = async {
         let _ = tokio::io::copy(&mut data_recv, &mut tcp_write).await;
         // The client's FIN: no more for the pod, but its answer still comes back.
         let _ = tcp_write.shutdown().await;
     };
+    // Reset or refused connections after a successful connect are not reported: client-go
+    // ends the whole session on any error text (reference §1.4). The pod's end of file is
+    // FIN on the data stream, then on the error stream (reference §3.11): the pair is done
+    // for a client that waits for it, whatever it does with the data stream.
     let from_pod = async {
         let _ = tokio::io::copy(&mut tcp_read, &mut data_send).await;
         let _ = data_send.shutdown().await;
+        let _ = error_send.shutdown().await;
     };
-    // Reset or refused connections after a successful connect are not reported: client-go
-    // ends the whole session on any error text (reference §1.4).
     tokio::join!(to_pod, from_pod);
-    let (_recv, mut error_send) = error.into_split();
-    let _ = error_send.shutdown().await;
 }
