@@ -145,7 +145,9 @@ async fn everything_else_is_unimplemented() {
         rt.checkpoint_container(cri::CheckpointContainerRequest::default())
             .await
             .map(drop),
-        rt.exec(cri::ExecRequest::default()).await.map(drop),
+        rt.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest::default())
+            .await
+            .map(drop),
         rt.update_runtime_config(cri::UpdateRuntimeConfigRequest::default())
             .await
             .map(drop),
