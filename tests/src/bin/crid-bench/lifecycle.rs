@@ -51,11 +51,11 @@ pub struct Settings {
     pub runtime: String,
 }
 
-struct Runtime {
-    name: &'static str,
-    client: Client,
-    image: String,
-    log_root: std::path::PathBuf,
+pub(crate) struct Runtime {
+    pub name: &'static str,
+    pub client: Client,
+    pub image: String,
+    pub log_root: std::path::PathBuf,
 }
 
 fn pod_config(runtime: &Runtime, name: &str) -> cri::PodSandboxConfig {
@@ -84,7 +84,7 @@ fn pod_config(runtime: &Runtime, name: &str) -> cri::PodSandboxConfig {
     }
 }
 
-fn container_config(runtime: &Runtime) -> cri::ContainerConfig {
+fn container_config(runtime: &Runtime, command: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: "work".to_owned(),
@@ -94,7 +94,7 @@ fn container_config(runtime: &Runtime) -> cri::ContainerConfig {
             image: runtime.image.clone(),
             ..Default::default()
         }),
-        command: WORKLOAD.iter().map(|s| (*s).to_owned()).collect(),
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
         log_path: "work.log".to_owned(),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -112,12 +112,22 @@ fn container_config(runtime: &Runtime) -> cri::ContainerConfig {
     }
 }
 
-/// Runs a pod with one started container; returns (pod id, container id) and the time of
-/// each of the three steps.
+/// Runs a pod with one started container running the workload; returns (pod id, container
+/// id) and the time of each of the three steps.
 async fn start_pod(
     client: &mut Client,
     runtime: &Runtime,
     name: &str,
+) -> anyhow::Result<(String, String, [Duration; 3])> {
+    start_pod_running(client, runtime, name, WORKLOAD).await
+}
+
+/// The same with the container running `command`.
+pub(crate) async fn start_pod_running(
+    client: &mut Client,
+    runtime: &Runtime,
+    name: &str,
+    command: &[&str],
 ) -> anyhow::Result<(String, String, [Duration; 3])> {
     let config = pod_config(runtime, name);
     let t = Instant::now();
@@ -135,7 +145,7 @@ async fn start_pod(
     let container = client
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
-            config: Some(container_config(runtime)),
+            config: Some(container_config(runtime, command)),
             sandbox_config: Some(config),
         })
         .await
@@ -154,7 +164,7 @@ async fn start_pod(
 }
 
 /// Stops and removes a container and its pod; returns the time of each of the four steps.
-async fn end_pod(
+pub(crate) async fn end_pod(
     client: &mut Client,
     name: &str,
     pod: &str,
@@ -195,14 +205,14 @@ async fn end_pod(
     Ok([stop, remove, stop_pod, t.elapsed()])
 }
 
-fn percentile(values: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -339,63 +349,108 @@ impl Drop for HostNetworks {
     }
 }
 
+/// crid and containerd side by side, each with its own CNI network, both with the harness
+/// registry's busybox image pulled; stopped and cleaned up on drop.
+pub(crate) struct Peers {
+    pub crid: CridProcess,
+    pub containerd: Containerd,
+    pub image: String,
+    pub pause: String,
+    pub work: tempfile::TempDir,
+    _networks: HostNetworks,
+    _registry: Registry,
+}
+
+impl Peers {
+    /// Starts both (crid with the OCI runtime `runtime`).
+    pub fn start(runtime: &str) -> anyhow::Result<Self> {
+        require::root();
+        let registry = Registry::start();
+        let work = tempfile::Builder::new()
+            .prefix("crid-bench-pods")
+            .tempdir()?;
+        let layout = work.path().join("layout");
+        build_oci_busybox(&layout, "latest", &["sh"]);
+        registry.push_layout(&layout, "latest", "bench/busybox");
+        build_oci_busybox(&layout, "pause", &["sleep", "2147483647"]);
+        registry.push_layout(&layout, "pause", "bench/pause");
+        let image = format!("{}/bench/busybox:latest", registry.addr);
+        let pause = format!("{}/bench/pause:pause", registry.addr);
+        let crid = CridProcess::start(&CridOptions {
+            extra_toml: registry.crid_image_config(work.path()),
+            // The harness logs at debug; a benchmark logs as a production crid does.
+            dropin: Some(format!(
+                "log_level = \"info\"\n[runtime]\nruntime_path = \"{}\"\n",
+                require::tool(runtime).display()
+            )),
+        });
+        let containerd = Containerd::start(&[&registry.addr], Some(&pause));
+        let networks = HostNetworks {
+            bridges: vec!["crbench1".into(), "crbench2".into()],
+            networks: vec!["crid-bench-1".into(), "crid-bench-2".into()],
+        };
+        std::fs::write(
+            crid.dir.path().join("net.d/10-bench.conflist"),
+            conflist("crid-bench-1", "crbench1", "10.235.1"),
+        )?;
+        std::fs::create_dir_all(containerd.cni_config_dir())?;
+        std::fs::write(
+            containerd.cni_config_dir().join("10-bench.conflist"),
+            conflist("crid-bench-2", "crbench2", "10.235.2"),
+        )?;
+        Ok(Peers {
+            crid,
+            containerd,
+            image,
+            pause,
+            work,
+            _networks: networks,
+            _registry: registry,
+        })
+    }
+
+    /// A client for each runtime (crid first), with the images pulled.
+    pub async fn runtimes(&self) -> anyhow::Result<[Runtime; 2]> {
+        let mut runtimes = [
+            Runtime {
+                name: "crid",
+                client: RuntimeServiceClient::new(connect(&self.crid.socket).await),
+                image: self.image.clone(),
+                log_root: self.work.path().join("logs-crid"),
+            },
+            Runtime {
+                name: "containerd",
+                client: RuntimeServiceClient::new(connect(&self.containerd.socket).await),
+                image: self.image.clone(),
+                log_root: self.work.path().join("logs-containerd"),
+            },
+        ];
+        pull(&mut runtimes[0].client, &self.crid.socket, &self.image).await?;
+        pull(
+            &mut runtimes[1].client,
+            &self.containerd.socket,
+            &self.image,
+        )
+        .await?;
+        pull(
+            &mut runtimes[1].client,
+            &self.containerd.socket,
+            &self.pause,
+        )
+        .await?;
+        Ok(runtimes)
+    }
+}
+
 pub fn run(settings: &Settings) -> anyhow::Result<()> {
-    require::root();
-    let registry = Registry::start();
-    let work = tempfile::Builder::new()
-        .prefix("crid-bench-pods")
-        .tempdir()?;
-    let layout = work.path().join("layout");
-    build_oci_busybox(&layout, "latest", &["sh"]);
-    registry.push_layout(&layout, "latest", "bench/busybox");
-    build_oci_busybox(&layout, "pause", &["sleep", "2147483647"]);
-    registry.push_layout(&layout, "pause", "bench/pause");
-    let image = format!("{}/bench/busybox:latest", registry.addr);
-    let pause = format!("{}/bench/pause:pause", registry.addr);
-    let crid = CridProcess::start(&CridOptions {
-        extra_toml: registry.crid_image_config(work.path()),
-        // The harness logs at debug; a benchmark logs as a production crid does.
-        dropin: Some(format!(
-            "log_level = \"info\"\n[runtime]\nruntime_path = \"{}\"\n",
-            require::tool(&settings.runtime).display()
-        )),
-    });
-    let containerd = Containerd::start(&[&registry.addr], Some(&pause));
-    let _networks = HostNetworks {
-        bridges: vec!["crbench1".into(), "crbench2".into()],
-        networks: vec!["crid-bench-1".into(), "crid-bench-2".into()],
-    };
-    std::fs::write(
-        crid.dir.path().join("net.d/10-bench.conflist"),
-        conflist("crid-bench-1", "crbench1", "10.235.1"),
-    )?;
-    std::fs::create_dir_all(containerd.cni_config_dir())?;
-    std::fs::write(
-        containerd.cni_config_dir().join("10-bench.conflist"),
-        conflist("crid-bench-2", "crbench2", "10.235.2"),
-    )?;
+    let peers = Peers::start(&settings.runtime)?;
+    let (crid, containerd) = (&peers.crid, &peers.containerd);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let crid_pid = crid.child.as_ref().context("crid is running")?.id() as i32;
     tokio.block_on(async {
-        let mut runtimes = [
-            Runtime {
-                name: "crid",
-                client: RuntimeServiceClient::new(connect(&crid.socket).await),
-                image: image.clone(),
-                log_root: work.path().join("logs-crid"),
-            },
-            Runtime {
-                name: "containerd",
-                client: RuntimeServiceClient::new(connect(&containerd.socket).await),
-                image: image.clone(),
-                log_root: work.path().join("logs-containerd"),
-            },
-        ];
-        pull(&mut runtimes[0].client, &crid.socket, &image).await?;
-        pull(&mut runtimes[1].client, &containerd.socket, &image).await?;
-        pull(&mut runtimes[1].client, &containerd.socket, &pause).await?;
+        let mut runtimes = peers.runtimes().await?;
 
         // Warm up both (first pod pays for page cache, CNI bridge creation).
         for runtime in runtimes.iter_mut() {

@@ -250,6 +250,7 @@ fn measure_throughput(kind: Kind, data: &Path, log_dir: &Path) -> anyhow::Result
 }
 
 mod lifecycle;
+mod streaming;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -265,20 +266,22 @@ fn main() -> anyhow::Result<()> {
         execs: 200,
         runtime: "runc".to_owned(),
     };
+    let mut mib = 1024usize;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--containers" => containers = it.next().context("--containers N")?.parse()?,
             "--gib" => gib = it.next().context("--gib X")?.parse()?,
-            "monitor" | "pull" | "lifecycle" => what = arg.clone(),
+            "monitor" | "pull" | "lifecycle" | "streaming" => what = arg.clone(),
+            "--mib" => mib = it.next().context("--mib N")?.parse()?,
             "--pods" => pods.pods = it.next().context("--pods N")?.parse()?,
             "--concurrent" => pods.concurrent = it.next().context("--concurrent N")?.parse()?,
             "--idle" => pods.idle = it.next().context("--idle N")?.parse()?,
             "--execs" => pods.execs = it.next().context("--execs N")?.parse()?,
             "--runtime" => pods.runtime = it.next().context("--runtime runc|crun")?.clone(),
             "--log-on-disk" => log_on_disk = true,
-            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X] [--log-on-disk] | crid-bench pull [--rounds N] | crid-bench lifecycle [--pods N] [--concurrent N] [--idle N] [--execs N] [--runtime runc|crun])"),
+            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X] [--log-on-disk] | crid-bench pull [--rounds N] | crid-bench lifecycle [--pods N] [--concurrent N] [--idle N] [--execs N] [--runtime runc|crun] | crid-bench streaming [--execs N] [--mib N])"),
         }
     }
     if what == "pull" {
@@ -286,6 +289,13 @@ fn main() -> anyhow::Result<()> {
     }
     if what == "lifecycle" {
         return lifecycle::run(&pods);
+    }
+    if what == "streaming" {
+        return streaming::run(&streaming::Settings {
+            execs: pods.execs,
+            mib,
+            runtime: pods.runtime,
+        });
     }
     require::root();
     let crimon = workspace_binary("crimon");

@@ -1,0 +1,211 @@
+//! `crid-bench streaming`: crid's streaming server against containerd 1.6's (the kubelet
+//! library's), driven by the same client (the harness's SPDY client, client-go's protocol):
+//! exec round trips of `true`, attach output throughput, port-forward throughput.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crid_proto::cri;
+use crid_tests::harness::streaming_client::{exec_round_trip, PortForwarder, SpdyClient};
+
+use super::lifecycle::{end_pod, ms, percentile, start_pod_running, Peers, Runtime};
+
+/// What to run.
+pub struct Settings {
+    /// Exec sessions per runtime.
+    pub execs: usize,
+    /// MiB streamed through attach and through port-forward.
+    pub mib: usize,
+    pub runtime: String,
+}
+
+/// How long one throughput run may take before it is called stuck.
+const STREAM_LIMIT: Duration = Duration::from_secs(600);
+/// How long attach output may pause before it is taken to be over.
+const QUIET: Duration = Duration::from_secs(2);
+/// The port the pod serves on for the port-forward run.
+const SERVED_PORT: u16 = 8080;
+
+/// Exec `true` `count` times: the Exec call and the whole SPDY session, in ms.
+async fn exec_times(runtime: &Runtime, container: &str, count: usize) -> anyhow::Result<Vec<f64>> {
+    let mut client = runtime.client.clone();
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        let url = client
+            .exec(cri::ExecRequest {
+                container_id: container.to_owned(),
+                cmd: vec!["true".to_owned()],
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("{}: Exec", runtime.name))?
+            .into_inner()
+            .url;
+        exec_round_trip(&url)
+            .await
+            .with_context(|| format!("{}: exec session", runtime.name))?;
+        times.push(ms(t.elapsed()));
+    }
+    Ok(times)
+}
+
+/// Attaches to a container that writes `bytes` to stdout once attached (it waits for a file
+/// the bench creates through ExecSync) and returns (bytes received, seconds from the first
+/// byte to the last).
+async fn attach_throughput(runtime: &Runtime, bytes: u64) -> anyhow::Result<(u64, f64)> {
+    let mut client = runtime.client.clone();
+    let script = format!(
+        "while [ ! -e /tmp/go ]; do sleep 0.05; done; head -c {bytes} /dev/zero; sleep 100000"
+    );
+    let (pod, container, _) =
+        start_pod_running(&mut client, runtime, "attach", &["sh", "-c", &script]).await?;
+    let url = client
+        .attach(cri::AttachRequest {
+            container_id: container.clone(),
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("{}: Attach", runtime.name))?
+        .into_inner()
+        .url;
+    let (_, spdy) = SpdyClient::connect(&url, &["v4.channel.k8s.io"]).await?;
+    let _error = spdy.open_stream(&[("streamtype", "error")]).await?;
+    let mut stdout = spdy.open_stream(&[("streamtype", "stdout")]).await?;
+    let _stderr = spdy.open_stream(&[("streamtype", "stderr")]).await?;
+    client
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: container.clone(),
+            cmd: vec!["touch".into(), "/tmp/go".into()],
+            timeout: 10,
+        })
+        .await
+        .with_context(|| format!("{}: ExecSync", runtime.name))?;
+    // An attach client that cannot keep up misses output (crimon never lets a client stall
+    // the container), so the count may end short: the output is over once it has been
+    // quiet for QUIET.
+    let (mut received, mut first, mut last) = (0u64, None, Instant::now());
+    let deadline = Instant::now() + STREAM_LIMIT;
+    while received < bytes && Instant::now() < deadline {
+        let wait = if first.is_some() { QUIET } else { STREAM_LIMIT };
+        match tokio::time::timeout(wait, stdout.read()).await {
+            Ok(Some(chunk)) => {
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+                received += chunk.len() as u64;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let seconds = first.map_or(0.0, |t| last.duration_since(t).as_secs_f64());
+    spdy.close().await;
+    end_pod(&mut client, runtime.name, &pod, &container).await?;
+    Ok((received, seconds))
+}
+
+/// Forwards a port of a pod that serves `bytes` per connection and returns (bytes received,
+/// seconds from the first byte to the last).
+async fn port_forward_throughput(runtime: &Runtime, bytes: u64) -> anyhow::Result<(u64, f64)> {
+    let mut client = runtime.client.clone();
+    let script = format!("head -c {bytes} /dev/zero | nc -l -p {SERVED_PORT}; sleep 100000");
+    let (pod, container, _) =
+        start_pod_running(&mut client, runtime, "forward", &["sh", "-c", &script]).await?;
+    // Let the server listen.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = client
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: Vec::new(),
+        })
+        .await
+        .with_context(|| format!("{}: PortForward", runtime.name))?
+        .into_inner()
+        .url;
+    let forwarder = PortForwarder::connect(&url).await?;
+    let mut conn = forwarder.open(SERVED_PORT).await?;
+    let mut received = 0u64;
+    let mut first = None;
+    let counted = tokio::time::timeout(STREAM_LIMIT, async {
+        while received < bytes {
+            let Some(chunk) = conn.read().await else {
+                break;
+            };
+            first.get_or_insert_with(Instant::now);
+            received += chunk.len() as u64;
+        }
+    })
+    .await;
+    let seconds = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    anyhow::ensure!(
+        counted.is_ok(),
+        "{}: port-forward stalled at {received} bytes",
+        runtime.name
+    );
+    forwarder.close().await;
+    end_pod(&mut client, runtime.name, &pod, &container).await?;
+    Ok((received, seconds))
+}
+
+pub fn run(settings: &Settings) -> anyhow::Result<()> {
+    let peers = Peers::start(&settings.runtime)?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    tokio.block_on(async {
+        eprintln!("peers started");
+        let runtimes = peers.runtimes().await?;
+        let bytes = settings.mib as u64 * 1024 * 1024;
+        let mut execs = Vec::new();
+        let mut attach = Vec::new();
+        let mut forward = Vec::new();
+        for runtime in &runtimes {
+            let mut client = runtime.client.clone();
+            let (pod, container, _) =
+                start_pod_running(&mut client, runtime, "exec", &["sleep", "100000"]).await?;
+            // Warm up (page cache, first connection).
+            eprintln!("{}: exec", runtime.name);
+            exec_times(runtime, &container, 5).await?;
+            execs.push(exec_times(runtime, &container, settings.execs).await?);
+            end_pod(&mut client, runtime.name, &pod, &container).await?;
+            eprintln!("{}: attach", runtime.name);
+            attach.push(attach_throughput(runtime, bytes).await?);
+            eprintln!("{}: port-forward", runtime.name);
+            forward.push(port_forward_throughput(runtime, bytes).await?);
+        }
+        println!(
+            "## exec `true` (non-tty, SPDY), {} sessions, ms (Exec call + session)",
+            settings.execs
+        );
+        println!("| crid p50 | crid p99 | containerd p50 | containerd p99 | p50 ratio |");
+        println!("|---|---|---|---|---|");
+        let (c50, d50) = (percentile(&execs[0], 0.5), percentile(&execs[1], 0.5));
+        println!(
+            "| {c50:.1} | {:.1} | {d50:.1} | {:.1} | {:.2}x |",
+            percentile(&execs[0], 0.99),
+            percentile(&execs[1], 0.99),
+            c50 / d50
+        );
+        println!();
+        println!(
+            "## throughput over {} MiB, MB/s (received / expected)",
+            settings.mib
+        );
+        println!("| stream | crid | containerd | ratio |");
+        println!("|---|---|---|---|");
+        for (what, results) in [("attach stdout", &attach), ("port-forward", &forward)] {
+            let rate = |(got, secs): (u64, f64)| got as f64 / 1e6 / secs.max(1e-9);
+            let (c, d) = (rate(results[0]), rate(results[1]));
+            println!(
+                "| {what} | {c:.0} ({}/{bytes}) | {d:.0} ({}/{bytes}) | {:.2}x |",
+                results[0].0,
+                results[1].0,
+                c / d
+            );
+        }
+        anyhow::Ok(())
+    })
+}
