@@ -9,7 +9,7 @@
 //! binary fails every test naming where it was looked for. Each test writes its own crictl
 //! configuration file, so nothing is read from or written to the host's `/etc/crictl.yaml`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,21 +21,6 @@ use crid_tests::harness::wait_for;
 
 /// How long one crictl call may take before the test calls it hung.
 const CALL_LIMIT: Duration = Duration::from_secs(120);
-
-/// The crictl binary: `$CRICTL`, else `<repository top>/../shared/cri-tools/crictl`.
-fn crictl_binary() -> PathBuf {
-    let path = std::env::var_os("CRICTL").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "missing: crictl at {} (cri-tools v1.32.0; put it in <repository top>/../shared/cri-tools/ \
-         or name it in $CRICTL)",
-        path.display()
-    );
-    path
-}
 
 /// What one crictl call did, printed whole in failure messages.
 struct Run {
@@ -77,7 +62,7 @@ impl Crictl {
     /// Writes a crictl configuration naming the fixture's socket (crictl refuses to run
     /// without a configuration file) and returns a client using it.
     fn new(fx: &PodFixture) -> Self {
-        let binary = crictl_binary();
+        let binary = crid_tests::harness::require::crictl();
         let dir = fx.work.path().join("crictl");
         std::fs::create_dir_all(&dir).expect("mkdir crictl dir");
         let socket = format!("unix://{}", fx.crid.socket.display());

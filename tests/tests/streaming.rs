@@ -2,26 +2,11 @@
 //! (cri-tools v1.32.0) over SPDY and WebSocket, the way kubelet and operators use them.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crid_proto::cri;
 use crid_tests::harness::pods::PodFixture;
-
-/// The crictl binary: `$CRICTL`, else `<repository top>/../shared/cri-tools/crictl`.
-fn crictl_binary() -> PathBuf {
-    let path = std::env::var_os("CRICTL").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "missing: crictl at {} (cri-tools v1.32.0; put it in <repository top>/../shared/cri-tools/ or name it in $CRICTL)",
-        path.display()
-    );
-    path
-}
 
 /// crictl against the fixture's crid, with `stdin` fed to it.
 fn crictl(fx: &PodFixture, args: &[&str], stdin: &[u8]) -> Output {
@@ -32,7 +17,7 @@ fn crictl(fx: &PodFixture, args: &[&str], stdin: &[u8]) -> Output {
         format!("runtime-endpoint: {socket}\nimage-endpoint: {socket}\ntimeout: 30\n"),
     )
     .expect("write crictl.yaml");
-    let mut child = Command::new(crictl_binary())
+    let mut child = Command::new(crid_tests::harness::require::crictl())
         .arg("-c")
         .arg(&config)
         .args(args)
@@ -158,7 +143,7 @@ async fn crictl_exec_with_a_terminal() {
     let socket = format!("unix://{}", fx.crid.socket.display());
     let command = format!(
         "{} -r {socket} -i {socket} exec -it {id} sh -c 'stty size; tty; exit 5'",
-        crictl_binary().display()
+        crid_tests::harness::require::crictl().display()
     );
     let out = Command::new(script)
         .args(["-qec", &command, "/dev/null"])
@@ -243,7 +228,7 @@ async fn crictl_port_forward_reaches_the_pod() {
     fx.start_container(&pod_id, &pod, config).await;
     for (transport, local) in [("spdy", 18431u16), ("websocket", 18432)] {
         let socket = format!("unix://{}", fx.crid.socket.display());
-        let mut forwarder = Command::new(crictl_binary())
+        let mut forwarder = Command::new(crid_tests::harness::require::crictl())
             .args([
                 "-r",
                 &socket,

@@ -281,12 +281,8 @@ impl StreamingServer {
         let protocol_for_session = protocol.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => TokioIo::new(upgraded),
-                Err(err) => {
-                    tracing::debug!(error = %err, "streaming upgrade failed");
-                    return;
-                }
+            let Some(upgraded) = upgraded(on_upgrade).await else {
+                return;
             };
             match server.session(pending) {
                 Session::Remote(session) => {
@@ -340,12 +336,8 @@ impl StreamingServer {
         let server = self.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => TokioIo::new(upgraded),
-                Err(err) => {
-                    tracing::debug!(error = %err, "streaming upgrade failed");
-                    return;
-                }
+            let Some(upgraded) = upgraded(on_upgrade).await else {
+                return;
             };
             let idle = server.idle;
             match server.session(pending) {
@@ -418,6 +410,19 @@ impl StreamingServer {
                     }),
                 })
             }
+        }
+    }
+}
+
+/// The connection once hyper has handed it over after the 101.
+async fn upgraded(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<TokioIo<hyper::upgrade::Upgraded>> {
+    match on_upgrade.await {
+        Ok(upgraded) => Some(TokioIo::new(upgraded)),
+        Err(err) => {
+            tracing::debug!(error = %err, "streaming upgrade failed");
+            None
         }
     }
 }

@@ -26,3 +26,19 @@ pub fn root() {
         "missing: root privileges (the end-to-end tests run real containers; run as root)"
     );
 }
+
+/// The real crictl (cri-tools v1.32.0): `$CRICTL`, else `<repository top>/../shared/cri-tools/
+/// crictl`; a missing one fails the test saying where it was looked for.
+pub fn crictl() -> PathBuf {
+    let path = std::env::var_os("CRICTL").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cri-tools/crictl"),
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "missing: crictl at {} (cri-tools v1.32.0; put it in <repository top>/../shared/cri-tools/ \
+         or name it in $CRICTL)",
+        path.display()
+    );
+    path
+}
