@@ -64,18 +64,23 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn shutdown_signal() {
+/// Registers the SIGTERM and SIGINT handlers now (so a signal that comes as soon as the
+/// socket accepts is never the default, fatal one) and returns what completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers we can only run until killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers we can only run until killed.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
     }
 }
 
@@ -103,10 +108,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(crid_daemon::server::run(
-        Arc::new(config),
-        shutdown_signal(),
-    ))?;
+    let shutdown = {
+        // Signal handlers register with the runtime's reactor.
+        let _entered = runtime.enter();
+        shutdown_signal()
+    };
+    runtime.block_on(crid_daemon::server::run(Arc::new(config), shutdown))?;
     tracing::info!("stopped");
     Ok(())
 }
