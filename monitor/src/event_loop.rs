@@ -67,6 +67,8 @@ pub struct EventLoop {
     stdin_pending: Vec<u8>,
     buf: Vec<u8>,
     exit_status: Option<libc::c_int>,
+    /// Output is not being read because an attach client is behind.
+    output_paused: bool,
 }
 
 impl EventLoop {
@@ -120,6 +122,7 @@ impl EventLoop {
             stdin_pending: Vec::new(),
             buf: vec![0u8; READ_BUFFER],
             exit_status: None,
+            output_paused: false,
         })
     }
 
@@ -127,7 +130,7 @@ impl EventLoop {
     pub fn run(mut self) -> (LoopOutcome, LogWriter, AttachServer) {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
         while self.exit_status.is_none() {
-            let n = match self.epoll.wait(&mut events, -1) {
+            let n = match self.epoll.wait(&mut events, self.stall_timeout_ms()) {
                 Ok(n) => n,
                 Err(_) => continue,
             };
@@ -135,6 +138,7 @@ impl EventLoop {
                 let (token, flags) = (ev.u64, ev.events);
                 self.dispatch(token, flags);
             }
+            self.after_attach_events();
         }
         self.drain_output();
         let oom_killed = self.oom.as_mut().is_some_and(OomWatcher::oom_killed);
@@ -149,6 +153,9 @@ impl EventLoop {
         match token {
             TOKEN_SIGNAL => self.reap(),
             TOKEN_WAKE => self.serve_commands(),
+            // Output waits while an attach client is behind (an event fetched in the same
+            // batch as the stall comes here too).
+            TOKEN_STDOUT | TOKEN_STDERR if self.attach.is_stalled() => {}
             TOKEN_STDOUT | TOKEN_STDERR => {
                 self.read_stream(token);
             }
@@ -241,17 +248,88 @@ impl EventLoop {
                 self.log.write_chunk(stream, &self.buf[..n], counters);
                 self.attach
                     .broadcast(id, &self.buf[..n], &self.epoll, counters);
+                if self.attach.is_stalled() && !self.output_paused {
+                    self.watch_output(false);
+                    self.output_paused = true;
+                }
                 true
             }
             Err(_) => false,
         }
     }
 
+    /// Milliseconds epoll may wait: for ever, or until attach clients that are behind are
+    /// due to be disconnected.
+    fn stall_timeout_ms(&self) -> libc::c_int {
+        match self.attach.stall_deadline() {
+            None => -1,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                // Round up so the wake-up is not a busy loop just before the deadline.
+                left.as_millis().saturating_add(1).min(i32::MAX as u128) as libc::c_int
+            }
+        }
+    }
+
+    /// Disconnects attach clients that stayed behind too long, and reads output again once no
+    /// client is behind.
+    fn after_attach_events(&mut self) {
+        if let Some(deadline) = self.attach.stall_deadline() {
+            if std::time::Instant::now() >= deadline {
+                self.attach
+                    .evict_stalled(&self.epoll, &self.shared.counters);
+            }
+        }
+        if self.output_paused && !self.attach.is_stalled() {
+            self.watch_output(true);
+            self.output_paused = false;
+        }
+    }
+
+    /// Stops or resumes epoll reporting the container's output. Stopping removes the fds:
+    /// a pipe whose writers are gone reports EPOLLHUP whatever the interest, which would spin
+    /// the loop while it waits for a client.
+    fn watch_output(&self, watched: bool) {
+        for (fd, token) in [(&self.io.stdout, TOKEN_STDOUT), (&self.io.stderr, TOKEN_STDERR)] {
+            if let Some(fd) = fd {
+                if watched {
+                    let _ = self.epoll.add(fd, libc::EPOLLIN as u32, token);
+                } else {
+                    self.epoll.delete(fd);
+                }
+            }
+        }
+    }
+
+    /// Waits (boundedly) until no attach client is behind, serving only client events: the
+    /// container is gone, but what it wrote last still reaches every client that reads.
+    fn wait_attach_caught_up(&mut self) {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
+        while self.attach.is_stalled() {
+            let n = self
+                .epoll
+                .wait(&mut events, self.stall_timeout_ms())
+                .unwrap_or(0);
+            for ev in &events[..n] {
+                if let Some(slot) = self.attach.slot_of(ev.u64) {
+                    self.on_client(slot, ev.events);
+                }
+            }
+            self.after_attach_events();
+        }
+    }
+
     /// After the init process is gone: log whatever is still buffered in the pipes.
     fn drain_output(&mut self) {
         for token in [TOKEN_STDOUT, TOKEN_STDERR] {
-            while self.read_stream(token) {}
+            loop {
+                self.wait_attach_caught_up();
+                if !self.read_stream(token) {
+                    break;
+                }
+            }
         }
+        self.wait_attach_caught_up();
     }
 
     fn on_client(&mut self, slot: usize, flags: u32) {

@@ -256,6 +256,37 @@ fn a_slow_attach_client_does_not_block_logging() {
 }
 
 #[test]
+fn a_slow_attach_client_gets_every_byte() {
+    // The container writes 4 MiB faster than the client reads: output waits for the client
+    // (it is never dropped), and the log still gets everything.
+    let total = 4 * 1024 * 1024;
+    let c = MonitoredContainer::new(&BundleSpec::sh(&format!(
+        "sleep 0.3; head -c {total} /dev/zero | tr '\\0' y; echo; echo end"
+    )));
+    c.create(&[]);
+    let client = attach_client(&c);
+    c.start();
+    let mut received = 0usize;
+    let mut packets = 0u64;
+    while let Some((stream, data)) = recv_packet(&client, Duration::from_secs(30)) {
+        assert_eq!(stream, 2);
+        received += data.len();
+        packets += 1;
+        if packets % 64 == 0 {
+            // Slower than the container: its output must wait for us.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if received >= total + "\nend\n".len() {
+            break;
+        }
+    }
+    assert_eq!(received, total + "\nend\n".len(), "bytes through attach");
+    assert_eq!(c.wait_exit_record(EXIT_WAIT).exit_code, 0);
+    let out = lines_of(&c, Stream::Stdout);
+    assert_eq!(out.last().map(String::as_str), Some("end"));
+}
+
+#[test]
 fn terminal_mode_with_resize() {
     let spec = BundleSpec {
         args: vec![

@@ -20,6 +20,33 @@ use crate::state::State;
 const STDOUT_ID: u8 = 2;
 const STDERR_ID: u8 = 3;
 
+/// Most output bytes gathered from the monitor's packets into one client write.
+const OUTPUT_BATCH: usize = 64 * 1024;
+
+/// Writes (and empties) a batch of output to the client stream it belongs to; false when the
+/// client is gone.
+async fn write_batch(
+    batch: &mut Vec<u8>,
+    stream: u8,
+    stdout: &mut Option<super::BoxWrite>,
+    stderr: &mut Option<super::BoxWrite>,
+) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let to = match stream {
+        STDOUT_ID => stdout.as_mut(),
+        STDERR_ID => stderr.as_mut().or(stdout.as_mut()),
+        _ => None,
+    };
+    let ok = match to {
+        Some(to) => to.write_all(batch).await.is_ok(),
+        None => true,
+    };
+    batch.clear();
+    ok
+}
+
 /// Checks what Attach asks for against the container, before a URL is handed out.
 pub fn check(state: &State, id: &str, stdin: bool) -> Result<(), DaemonError> {
     let container = state.container(id)?;
@@ -107,27 +134,48 @@ pub async fn attach(state: &State, id: &str, io: Io) -> Result<(), DaemonError> 
         std::future::pending::<()>().await
     };
     let output = async move {
+        // Packets waiting in the socket are gathered into one write per stream (up to
+        // OUTPUT_BATCH bytes): one DATA frame per 8 KiB packet made the client's end the
+        // slow side of a flood.
         let mut packet = vec![0u8; ATTACH_PACKET_PAYLOAD_MAX + 1];
-        loop {
+        let mut batch: Vec<u8> = Vec::with_capacity(OUTPUT_BATCH);
+        let mut batch_stream = STDOUT_ID;
+        'session: loop {
             let n = sock
                 .async_io(tokio::io::Interest::READABLE, |fd| {
                     socket::recv(fd.as_raw_fd(), &mut packet, MsgFlags::empty())
                         .map_err(io::Error::from)
                 })
                 .await;
-            let n = match n {
+            let mut n = match n {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let to = match packet[0] {
-                STDOUT_ID => stdout.as_mut(),
-                STDERR_ID => stderr.as_mut().or(stdout.as_mut()),
-                _ => None,
-            };
-            if let Some(to) = to {
-                if to.write_all(&packet[1..n]).await.is_err() {
-                    break;
+            loop {
+                if packet[0] != batch_stream || batch.len() + n - 1 > OUTPUT_BATCH {
+                    if !write_batch(&mut batch, batch_stream, &mut stdout, &mut stderr).await {
+                        break 'session;
+                    }
+                    batch_stream = packet[0];
                 }
+                batch.extend_from_slice(&packet[1..n]);
+                // More already queued? Take it without waiting.
+                match socket::recv(
+                    sock.get_ref().as_raw_fd(),
+                    &mut packet,
+                    MsgFlags::MSG_DONTWAIT,
+                ) {
+                    Ok(0) => {
+                        let _ = write_batch(&mut batch, batch_stream, &mut stdout, &mut stderr)
+                            .await;
+                        break 'session;
+                    }
+                    Ok(more) => n = more,
+                    Err(_) => break,
+                }
+            }
+            if !write_batch(&mut batch, batch_stream, &mut stdout, &mut stderr).await {
+                break;
             }
         }
         for to in [stdout.as_mut(), stderr.as_mut()].into_iter().flatten() {
