@@ -93,6 +93,11 @@ pub struct RuntimeConfig {
     /// Most processes (pids cgroup) per container; 0 means no limit of crid's own (kubelet's
     /// pod pids limit still applies).
     pub pids_limit: i64,
+    /// Key prefixes of pod and container annotations that reach the OCI spec (CRI-O's
+    /// per-handler `allowed_annotations`, matched as CRI-O does, by prefix). None by default:
+    /// runtime-specific annotations (crun's `run.oci.*`, runc's `org.systemd.property.*`) can
+    /// change how the runtime sets a container up, so only the operator may let them through.
+    pub allowed_annotations: Vec<String>,
 }
 
 /// Images and registries.
@@ -163,6 +168,7 @@ impl Default for RuntimeConfig {
             cgroup_manager: CgroupManager::Cgroupfs,
             log_size_max: 0,
             pids_limit: 0,
+            allowed_annotations: Vec::new(),
         }
     }
 }
@@ -303,6 +309,10 @@ cgroup_manager = "cgroupfs"
 log_size_max = {log_size_max}
 # Most processes per container (pids cgroup); 0: no limit of crid's own.
 pids_limit = {pids_limit}
+# Annotation key prefixes (e.g. "run.oci.", "org.systemd.property.") whose pod and container
+# annotations are copied into the OCI spec. Others stay out of it (they are still reported by
+# the status calls); crid's own io.kubernetes.cri.* keys are always set.
+allowed_annotations = []
 
 [network]
 # Directory of CNI network configurations; the first (by name) is used.

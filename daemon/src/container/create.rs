@@ -371,12 +371,19 @@ async fn setup(
             "config.linux.security_context.privileged: the pod sandbox is not privileged",
         ));
     }
-    let mut annotations = config.annotations.clone();
-    annotations.insert("io.kubernetes.cri.sandbox-id".into(), pod.id.clone());
-    annotations.insert(
-        "io.kubernetes.cri.container-name".into(),
-        container.metadata().name,
+    let container_name = container.metadata().name;
+    let (annotations, dropped) = spec::spec_annotations(
+        &pod.config.annotations,
+        &config.annotations,
+        &state.config.runtime.allowed_annotations,
+        &[
+            ("io.kubernetes.cri.sandbox-id", &pod.id),
+            ("io.kubernetes.cri.container-name", &container_name),
+        ],
     );
+    if !dropped.is_empty() {
+        tracing::debug!(container = %container.id, ?dropped, "annotations not in [runtime] allowed_annotations left out of the OCI spec");
+    }
     let staged_rro = stage_recursive_read_only(state, container)?;
     let spec = spec::build(SpecInputs {
         config,

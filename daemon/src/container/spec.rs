@@ -100,6 +100,42 @@ pub fn process_env(
     Ok(env)
 }
 
+/// The annotations of the OCI spec: pod and container annotations whose key starts with one
+/// of `allowed` (the container's win over the pod's), then crid's own keys (`own`), which no
+/// request can override. Everything else is left out and returned (sorted) so the caller can
+/// say so: runtime-specific annotations such as crun's `run.oci.*` or runc's
+/// `org.systemd.property.*` change how the runtime sets the container up, and the pod author
+/// must not reach them (CVE-2024-3154). Left out rather than refused, as CRI-O's
+/// `allowed_annotations` and containerd's `pod_annotations`/`container_annotations` do:
+/// kubelet puts its own annotations on every container.
+pub fn spec_annotations(
+    pod: &HashMap<String, String>,
+    container: &HashMap<String, String>,
+    allowed: &[String],
+    own: &[(&str, &str)],
+) -> (HashMap<String, String>, Vec<String>) {
+    let is_allowed = |key: &str| {
+        allowed
+            .iter()
+            .any(|prefix| key.starts_with(prefix.as_str()))
+    };
+    let mut out = HashMap::new();
+    let mut dropped = Vec::new();
+    for (key, value) in pod.iter().chain(container) {
+        if is_allowed(key) {
+            out.insert(key.clone(), value.clone());
+        } else {
+            dropped.push(key.clone());
+        }
+    }
+    for (key, value) in own {
+        out.insert((*key).to_owned(), (*value).to_owned());
+    }
+    dropped.sort();
+    dropped.dedup();
+    (out, dropped)
+}
+
 /// Signal number of an image's `StopSignal` (`SIGTERM`, `TERM`, `15`); SIGTERM when unset.
 pub fn stop_signal(name: &str) -> Result<i32, SpecError> {
     if name.is_empty() {
@@ -660,6 +696,51 @@ mod tests {
             ..Default::default()
         };
         assert!(process_env(&bad, &img, "").is_err());
+    }
+
+    #[test]
+    fn only_allowed_annotations_and_crids_own_reach_the_spec() {
+        let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let pod = map(&[("run.oci.systemd.subgroup", "x"), ("example.com/a", "pod")]);
+        let container = map(&[
+            ("example.com/a", "container"),
+            ("io.kubernetes.cri.sandbox-id", "spoofed"),
+            ("org.systemd.property.Delegate", "yes"),
+        ]);
+        let own = [("io.kubernetes.cri.sandbox-id", "real")];
+        let (out, dropped) = spec_annotations(&pod, &container, &[], &own);
+        assert_eq!(out, map(&[("io.kubernetes.cri.sandbox-id", "real")]));
+        assert_eq!(
+            dropped,
+            strings(&[
+                "example.com/a",
+                "io.kubernetes.cri.sandbox-id",
+                "org.systemd.property.Delegate",
+                "run.oci.systemd.subgroup"
+            ])
+        );
+        let (out, dropped) = spec_annotations(
+            &pod,
+            &container,
+            &strings(&["example.com/", "io.kubernetes.cri."]),
+            &own,
+        );
+        assert_eq!(
+            out,
+            map(&[
+                ("example.com/a", "container"),
+                ("io.kubernetes.cri.sandbox-id", "real")
+            ])
+        );
+        assert_eq!(
+            dropped,
+            strings(&["org.systemd.property.Delegate", "run.oci.systemd.subgroup"])
+        );
     }
 
     #[test]
