@@ -89,7 +89,10 @@ fn check_args(args: &MonitorArgs) -> Result<()> {
 /// Entry point of monitor mode. Returns the launcher's exit code.
 pub fn launch(args: MonitorArgs) -> i32 {
     let sync = match args.sync_fd {
-        Some(fd) => sys::take_inherited_fd(fd).map(File::from),
+        // SAFETY: `--sync-fd` names an fd the launcher's parent passed to crimon alone, and
+        // it is taken here once, before anything else could use it.
+        #[allow(unsafe_code)]
+        Some(fd) => unsafe { sys::take_inherited_fd(fd) }.map(File::from),
         None => std::io::stdout()
             .as_fd()
             .try_clone_to_owned()
@@ -112,7 +115,11 @@ pub fn launch(args: MonitorArgs) -> i32 {
             return 1;
         }
     };
-    match sys::fork_single_threaded() {
+    // SAFETY: crimon starts no thread before this fork (the control server's threads start in
+    // the monitor, after it).
+    #[allow(unsafe_code)]
+    let forked = unsafe { sys::fork_single_threaded() };
+    match forked {
         Err(e) => {
             reporter.report(-1, Some(&MonitorError::sys("fork monitor", e).chain()));
             1

@@ -22,11 +22,13 @@ pub enum Forked {
     Child,
 }
 
-/// Forks the process. Must be called while the process has one thread (crimon forks only
-/// at start, before any thread exists).
-pub fn fork_single_threaded() -> io::Result<Forked> {
-    // SAFETY: called before crimon starts any thread, so the child is a full copy with no
-    // lock held by another thread; both sides continue in ordinary Rust code.
+/// Forks the process.
+///
+/// # Safety
+/// The process must have one thread: the child then is a full copy with no lock held by
+/// another thread, and both sides may go on in ordinary (allocating) Rust code.
+pub unsafe fn fork_single_threaded() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees the process is single-threaded.
     let pid = unsafe { libc::fork() };
     match pid {
         -1 => Err(io::Error::last_os_error()),
@@ -181,9 +183,13 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
 }
 
 /// Takes ownership of an inherited fd number after checking that it is open.
-pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+///
+/// # Safety
+/// Nothing else in the process may own or use `fd` (it was inherited for us alone, and is
+/// taken once).
+pub unsafe fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     set_cloexec(fd)?;
-    // SAFETY: the fd is open (fcntl succeeded) and was handed to us by our caller to own.
+    // SAFETY: the fd is open (fcntl succeeded) and the caller guarantees we are its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -424,16 +430,22 @@ pub fn send_packet(fd: BorrowedFd<'_>, stream: u8, data: &[u8]) -> io::Result<()
 }
 
 /// Receives one fd sent with SCM_RIGHTS (the PTY master from the runtime's console socket).
+/// A message whose control data was cut short (MSG_CTRUNC: the sender passed more fds than
+/// fit, and the kernel closed the rest) or that carries anything but exactly one fd is
+/// refused, and every fd it did carry is closed. (nix's `cmsgs()` refuses to walk a truncated
+/// buffer, which would leave the fds that did arrive open, so the walk is done here.)
 pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut byte = [0u8; 64];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: byte.len(),
     };
+    // Room for two fds, aligned for cmsghdr: one more than expected, so that a second fd
+    // shows up as such.
+    let mut control = [0u64; 8];
     // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = [0u8; 64];
-    debug_assert!(space <= control.len());
+    let space = unsafe { libc::CMSG_SPACE(2 * std::mem::size_of::<RawFd>() as u32) } as usize;
+    debug_assert!(space <= std::mem::size_of_val(&control));
     // SAFETY: msghdr is plain data; zeroed is valid before we fill in the buffers.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -445,19 +457,47 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR returns null or a header inside `control`.
-    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    // SAFETY: cmsg is checked non-null and lies within `control`.
-    if cmsg.is_null() || unsafe { (*cmsg).cmsg_type } != libc::SCM_RIGHTS {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "console socket sent no fd",
-        ));
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let mut other_control = false;
+    // SAFETY: msg was filled by recvmsg; CMSG_FIRSTHDR/NXTHDR return null or a header that
+    // lies within the `msg_controllen` bytes the kernel wrote.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: cmsg is non-null and within the control buffer (see above).
+        let (level, kind, len) =
+            unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type, (*cmsg).cmsg_len) };
+        if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a pure size computation.
+            let header = unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = len.saturating_sub(header) / std::mem::size_of::<RawFd>();
+            for i in 0..count {
+                // SAFETY: the kernel wrote `count` fds at CMSG_DATA (cmsg_len says so, and it
+                // never exceeds what fit in the buffer); read_unaligned copes with alignment.
+                let fd = unsafe {
+                    std::ptr::read_unaligned((libc::CMSG_DATA(cmsg) as *const RawFd).add(i))
+                };
+                // SAFETY: the kernel installed this fd in our table for us to own; it is
+                // wrapped once, so it is closed once.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        } else {
+            other_control = true;
+        }
+        // SAFETY: as above; NXTHDR checks the bounds against msg_controllen.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
-    // SAFETY: an SCM_RIGHTS message carries at least one int-sized fd at CMSG_DATA.
-    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd) };
-    // SAFETY: the kernel installed this fd in our table for us to own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let refuse = |what: &str| Err(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()));
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return refuse("console socket message was truncated (MSG_CTRUNC)");
+    }
+    if other_control {
+        return refuse("console socket sent control data other than one fd");
+    }
+    match (fds.pop(), fds.is_empty()) {
+        (Some(fd), true) => Ok(fd),
+        (None, _) => refuse("console socket sent no fd"),
+        (Some(_), false) => refuse("console socket sent more than one fd"),
+    }
 }
 
 /// A minimal epoll: level-triggered, one u64 token per fd.
@@ -599,7 +639,12 @@ pub fn release_startup_memory() {
     unsafe { libc::malloc_trim(0) };
     let marker = 0u8;
     let sp = std::hint::black_box(&marker) as *const u8 as usize;
-    let page = 4096usize;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| usize::try_from(p).ok())
+        .filter(|p| p.is_power_of_two())
+        .unwrap_or(4096);
     // Nothing below the stack pointer is live (the x86-64 red zone is 128 bytes); the margin
     // only spares the next few calls from faulting pages back in.
     let keep_below = (sp & !(page - 1)).saturating_sub(2 * page);
@@ -623,4 +668,57 @@ fn stack_low_end() -> Option<usize> {
     let line = maps.lines().find(|l| l.ends_with("[stack]"))?;
     let range = line.split_whitespace().next()?;
     usize::from_str_radix(range.split_once('-')?.0, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{
+        sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+    };
+
+    fn send_fds(sock: BorrowedFd<'_>, fds: &[RawFd]) {
+        let iov = [io::IoSlice::new(b"x")];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsg };
+        sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).expect("sendmsg");
+    }
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair")
+    }
+
+    #[test]
+    fn recv_fd_takes_exactly_one_fd() {
+        let (a, b) = pair();
+        let (p, _q) = pipe().expect("pipe");
+        send_fds(a.as_fd(), &[p.as_raw_fd()]);
+        let got = recv_fd(b.as_fd()).expect("one fd");
+        assert_ne!(got.as_raw_fd(), p.as_raw_fd());
+    }
+
+    #[test]
+    fn recv_fd_refuses_none_two_and_truncated() {
+        let (a, b) = pair();
+        send_fds(a.as_fd(), &[]);
+        let err = recv_fd(b.as_fd()).expect_err("no fd");
+        assert!(err.to_string().contains("no fd"), "{err}");
+
+        let (p, q) = pipe().expect("pipe");
+        send_fds(a.as_fd(), &[p.as_raw_fd(), q.as_raw_fd()]);
+        let err = recv_fd(b.as_fd()).expect_err("two fds");
+        assert!(err.to_string().contains("more than one"), "{err}");
+
+        // Eight fds do not fit the control buffer: the kernel truncates and says so.
+        let many = [p.as_raw_fd(); 8];
+        send_fds(a.as_fd(), &many);
+        let err = recv_fd(b.as_fd()).expect_err("truncated");
+        assert!(err.to_string().contains("MSG_CTRUNC"), "{err}");
+    }
 }
