@@ -6,6 +6,8 @@
 //! fixture's leak check (no mount, namespace pin, process, cgroup or lease left behind).
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crid_proto::cri;
 use crid_tests::harness::pods::PodFixture;
@@ -25,6 +27,20 @@ async fn runtime_spec(fx: &mut PodFixture, id: &str) -> serde_json::Value {
     let info: serde_json::Value =
         serde_json::from_str(info.get("info").expect("info")).expect("info is JSON");
     info["runtimeSpec"].clone()
+}
+
+/// crid still answers (Version) within a few seconds.
+async fn assert_responsive(fx: &mut PodFixture) {
+    let started = Instant::now();
+    let version = tokio::time::timeout(
+        Duration::from_secs(10),
+        fx.runtime.version(cri::VersionRequest::default()),
+    )
+    .await
+    .expect("crid answers Version within 10 s")
+    .expect("Version");
+    assert!(!version.into_inner().runtime_name.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -83,5 +99,170 @@ async fn cve_2024_3154_annotations_reach_the_spec_only_through_the_allowlist() {
     // The status calls report the client's annotations as they were sent.
     let status = fx.container_status(&id).await;
     assert_eq!(status.annotations, asked);
+    fx.finish().await;
+}
+
+/// The host pid of a container's init (ContainerStatus verbose `info.pid`).
+async fn container_pid(fx: &mut PodFixture, id: &str) -> i32 {
+    let info = fx
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus verbose")
+        .into_inner()
+        .info;
+    let info: serde_json::Value =
+        serde_json::from_str(info.get("info").expect("info")).expect("info is JSON");
+    info["pid"].as_i64().expect("pid") as i32
+}
+
+/// A host process (`sleep`) with pid `pid`, made by setting the host's last pid just below
+/// it; None if other processes kept taking it first.
+fn process_with_pid(pid: i32) -> Option<std::process::Child> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("write /proc/sys/kernel/ns_last_pid (needs root in the host PID namespace)");
+        let mut child = std::process::Command::new("sleep")
+            .arg("120")
+            .spawn()
+            .expect("spawn sleep");
+        if child.id() as i32 == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+fn pid_namespace_of(pid: i32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
+}
+
+/// Anchor: the TARGET item, a pid reuse race of the `/proc/<pid>/ns/pid` kind (the
+/// class runc and containerd close with pidfds). The runtime's `create` is held (a wrapper
+/// waits on a gate file) after crid resolved the target; meanwhile the target's init is
+/// killed and a host process takes its pid. A namespace named by `/proc/<pid>/ns/pid` would
+/// now be the host's; crid hands the runtime the namespace it opened and checked, so the new
+/// container either fails (that namespace's init is dead) or is in it, never in the host's.
+#[tokio::test(flavor = "multi_thread")]
+async fn pidfd_target_pid_namespace_is_never_joined_through_a_reused_pid() {
+    let gates = tempfile::tempdir().expect("tempdir");
+    let gate = gates.path().join("gate");
+    let held = gates.path().join("held");
+    let wrapper = gates.path().join("runc-gated");
+    let runc = crid_tests::harness::require::tool("runc");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# Holds `create` while {gate} exists.\nfor a in \"$@\"; do\n  if [ \"$a\" = create ] && [ -e {gate} ]; then\n    touch {held}\n    while [ -e {gate} ]; do sleep 0.05; done\n  fi\ndone\nexec {runc} \"$@\"\n",
+            gate = gate.display(),
+            held = held.display(),
+            runc = runc.display(),
+        ),
+    )
+    .expect("write wrapper");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod wrapper");
+    }
+    let mut fx = PodFixture::start(&format!(
+        "[runtime]\nruntime_path = \"{}\"\n",
+        wrapper.display()
+    ))
+    .await;
+    let mut pod = fx.pod_config("target");
+    pod.linux.as_mut().expect("linux").security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Container as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let pid_mode = |fx: &PodFixture, name: &str, mode: cri::NamespaceMode, target: &str| {
+        let mut config = fx.container_config(name, &["sleep", "1000"]);
+        config.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: mode as i32,
+                    target_id: target.to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        config
+    };
+    let target = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            pid_mode(&fx, "target", cri::NamespaceMode::Container, ""),
+        )
+        .await;
+    let target_pid = container_pid(&mut fx, &target).await;
+
+    std::fs::write(&gate, "").expect("close the gate");
+    let mut client = fx.runtime.clone();
+    let debug_config = pid_mode(&fx, "debug", cri::NamespaceMode::Target, &target);
+    let create = tokio::spawn({
+        let (pod_id, pod) = (pod_id.clone(), pod.clone());
+        async move {
+            client
+                .create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod_id,
+                    config: Some(debug_config),
+                    sandbox_config: Some(pod),
+                })
+                .await
+        }
+    });
+    let waiting =
+        crid_tests::harness::wait_for(Duration::from_secs(30), || held.exists().then_some(()));
+    assert!(
+        waiting.is_some(),
+        "the runtime's create never reached the gate: {}",
+        fx.crid.stderr()
+    );
+    // The target's init dies and is reaped by its monitor; a host process takes its pid.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(target_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the target's init");
+    let reaped = crid_tests::harness::wait_for(Duration::from_secs(20), || {
+        (!Path::new(&format!("/proc/{target_pid}")).exists()).then_some(())
+    });
+    assert!(
+        reaped.is_some(),
+        "the target's init {target_pid} was not reaped"
+    );
+    let mut impostor = process_with_pid(target_pid)
+        .unwrap_or_else(|| panic!("no host process could be given pid {target_pid}"));
+    let host_namespace = pid_namespace_of(target_pid).expect("the impostor's namespace");
+    std::fs::remove_file(&gate).expect("open the gate");
+    let created = create.await.expect("CreateContainer task");
+    match created {
+        // The namespace crid opened is the target's, whose init is gone: nothing can join it.
+        Err(_) => {}
+        Ok(response) => {
+            let id = response.into_inner().container_id;
+            let pid = container_pid(&mut fx, &id).await;
+            assert_ne!(
+                pid_namespace_of(pid),
+                Some(host_namespace.clone()),
+                "the TARGET container joined the PID namespace of the host process that reused the target's pid"
+            );
+        }
+    }
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    assert_responsive(&mut fx).await;
     fx.finish().await;
 }

@@ -2,6 +2,7 @@
 //! runtime's `create` and from then on owns the container's stdio, log and exit.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -83,13 +84,15 @@ fn cgroups_path(state: &State, pod: &Pod, id: &str) -> String {
     }
 }
 
-/// The namespaces a container joins: the pod's, or per its own PID option.
+/// The namespaces a container joins: the pod's, or per its own PID option; with a TARGET
+/// PID namespace, also the open namespace, to be kept until the runtime has joined it.
 fn namespaces(
     state: &State,
     pod: &Pod,
     config: &cri::ContainerConfig,
-) -> Result<Namespaces, DaemonError> {
+) -> Result<(Namespaces, Option<HeldPidNamespace>), DaemonError> {
     let record = pod.record();
+    let mut held = None;
     let options = config
         .linux
         .as_ref()
@@ -118,15 +121,98 @@ fn namespaces(
                     target.id, pod.id
                 )));
             }
-            PidNamespace::Join(format!("/proc/{}/ns/pid", target.record().pid).into())
+            let namespace = target_pid_namespace(&target.id, target.record().pid)?;
+            let path = namespace.path();
+            held = Some(namespace);
+            PidNamespace::Join(path)
         }
     };
-    Ok(Namespaces {
+    let namespaces = Namespaces {
         net: record.namespaces.net,
         ipc: record.namespaces.ipc,
         uts: record.namespaces.uts,
         pid,
         cgroup: Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+    };
+    Ok((namespaces, held))
+}
+
+/// The PID namespace of a TARGET container, held open by crid until the runtime has joined
+/// it. The runtime is given `/proc/<crid>/fd/<n>`, which names this namespace for as long as
+/// the fd is open, never `/proc/<pid>/ns/pid`: by the time the runtime opens that, the target
+/// may have exited and its pid may name another process (a host process, whose namespace the
+/// new container would then join).
+pub(super) struct HeldPidNamespace {
+    fd: OwnedFd,
+}
+
+impl HeldPidNamespace {
+    /// The path the runtime opens (valid while `self` lives, from any process of the host).
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.fd.as_raw_fd()
+        ))
+    }
+}
+
+/// Most bytes of `/proc/<pid>/cgroup` read (a line per hierarchy).
+const MAX_PROC_CGROUP_BYTES: u64 = 64 * 1024;
+
+/// Opens the PID namespace of `pid`, the recorded init of container `id`, and proves the
+/// namespace is that container's: a pidfd is taken first, the namespace file is opened and
+/// the process's cgroups are read, then the pidfd shows the process still holds its pid (so
+/// both were read from the process the pidfd names, not from a later one that reused the
+/// pid), and the cgroups show that process is a process of container `id` (so the pid was not
+/// reused before the pidfd was taken either).
+fn target_pid_namespace(id: &str, pid: i32) -> Result<HeldPidNamespace, DaemonError> {
+    use std::io::Read;
+    let gone = || {
+        DaemonError::FailedPrecondition(format!(
+            "target container {id} is not running (its init {pid} is gone)"
+        ))
+    };
+    if pid <= 0 {
+        return Err(gone());
+    }
+    let pidfd = crate::streaming::sys::pidfd_open(pid).map_err(|_| gone())?;
+    let ns_path = PathBuf::from(format!("/proc/{pid}/ns/pid"));
+    let fd: OwnedFd = std::fs::File::open(&ns_path)
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => gone(),
+            _ => DaemonError::Io {
+                what: "open",
+                path: ns_path.clone(),
+                err,
+            },
+        })?
+        .into();
+    let cgroup_path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let mut cgroups = String::new();
+    std::fs::File::open(&cgroup_path)
+        .and_then(|f| f.take(MAX_PROC_CGROUP_BYTES).read_to_string(&mut cgroups))
+        .map_err(|_| gone())?;
+    // Signal 0 checks existence only; a zombie still holds its pid, and a process whose
+    // pid was reaped (and so perhaps reused) fails with ESRCH.
+    crate::streaming::sys::pidfd_send_signal(pidfd.as_fd(), 0).map_err(|_| gone())?;
+    if !in_container_cgroup(&cgroups, id) {
+        return Err(DaemonError::FailedPrecondition(format!(
+            "process {pid} is no longer the init of target container {id} (its pid was reused)"
+        )));
+    }
+    Ok(HeldPidNamespace { fd })
+}
+
+/// Whether `/proc/<pid>/cgroup` text places the process in container `id`'s cgroup: a path
+/// component `crid-<id>` (cgroupfs) or `crid-<id>.scope` (systemd), in any hierarchy.
+fn in_container_cgroup(proc_cgroup: &str, id: &str) -> bool {
+    let leaf = format!("crid-{id}");
+    let scope = format!("{leaf}.scope");
+    proc_cgroup.lines().any(|line| {
+        line.splitn(3, ':')
+            .nth(2)
+            .is_some_and(|path| path.split('/').any(|c| c == leaf || c == scope))
     })
 }
 
@@ -357,7 +443,8 @@ async fn setup(
     .map_err(|e| invalid(format!("config.linux.security_context: {e}")))?;
     let pod_record = pod.record();
     let cgroup_path = cgroups_path(state, pod, &container.id);
-    let namespaces = namespaces(state, pod, config)?;
+    // Held until the monitor reports the container created (the runtime has joined it then).
+    let (namespaces, _target_pid_namespace) = namespaces(state, pod, config)?;
     let own_pid_namespace = matches!(namespaces.pid, PidNamespace::New);
     let privileged = security.privileged;
     let pod_privileged = pod
@@ -436,4 +523,38 @@ async fn setup(
     })
     .await?;
     container.update(|r| r.pid = pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_placed_in_a_container_by_a_whole_cgroup_component() {
+        let v1 = "12:pids:/crid/crid-abc\n11:memory:/crid/crid-abc\n0::/\n";
+        assert!(in_container_cgroup(v1, "abc"));
+        assert!(!in_container_cgroup(v1, "ab"));
+        assert!(!in_container_cgroup("0::/crid/crid-abcd\n", "abc"));
+        assert!(in_container_cgroup(
+            "0::/system.slice/crid-abc.scope\n",
+            "abc"
+        ));
+        assert!(!in_container_cgroup(
+            "0::/user.slice/session-1.scope\n",
+            "abc"
+        ));
+    }
+
+    #[test]
+    fn a_target_that_is_not_a_containers_init_is_refused() {
+        // This test process is in no crid container's cgroup.
+        let err = target_pid_namespace("not-a-container", std::process::id() as i32)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, DaemonError::FailedPrecondition(_)), "{err:?}");
+        assert!(matches!(
+            target_pid_namespace("x", 0).err(),
+            Some(DaemonError::FailedPrecondition(_))
+        ));
+    }
 }
