@@ -291,11 +291,19 @@ pub async fn create(
     if image_name.is_empty() {
         return Err(invalid("config.image.image is empty"));
     }
-    let _image_in_use = state.image_use.read().await;
     let (image, _) = state
         .images
         .lookup(&image_name)?
         .ok_or_else(|| DaemonError::NotFound(format!("image {image_name} not found")))?;
+    // Held until the container is recorded (RemoveImage refuses a held image). A RemoveImage
+    // that checked before the hold may have removed it since the lookup: look again by id.
+    let image_id = image.id.to_string();
+    let _image_in_use = state.hold_image_for_create(&image_id);
+    if state.images.lookup(&image_id)?.is_none() {
+        return Err(DaemonError::NotFound(format!(
+            "image {image_name} ({image_id}) was removed"
+        )));
+    }
     let image_config = ImageConfig::parse(&image.config)
         .map_err(|e| {
             let why = crid_common::error_chain::error_chain(&e);

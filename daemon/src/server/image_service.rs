@@ -123,10 +123,10 @@ impl ImageService for Images {
         request: Request<cri::RemoveImageRequest>,
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         let spec = spec_of(request.into_inner().image)?;
-        // Containers mount the image's layers: while one exists (in any state), the image
-        // stays (CRI-O refuses the same way). Untagging one of several tags is fine. The store
-        // asks under its own lock, so no pull can move a tag between the check and the removal.
-        let _no_creates = self.state.image_use.write().await;
+        // Containers mount the image's layers: while one exists (in any state) or is being
+        // created, the image stays (CRI-O refuses the same way). Untagging one of several tags
+        // is fine. The store asks under its own lock, so no pull can move a tag and no create
+        // can take the image between the check and the removal.
         let removal = self
             .store
             .remove(&spec, |id| self.state.container_using_image(id))

@@ -30,7 +30,7 @@ const KUBE_RUNTIME_API_VERSION: &str = "0.1.0";
 pub struct Runtime {
     config: Arc<Config>,
     state: Arc<State>,
-    cpu_samples: stats::CpuSamples,
+    stats: Arc<stats::StatsCache>,
     streaming: Arc<StreamingServer>,
 }
 
@@ -39,9 +39,22 @@ impl Runtime {
         Runtime {
             config,
             state,
-            cpu_samples: stats::CpuSamples::default(),
+            stats: Arc::default(),
             streaming,
         }
+    }
+}
+
+impl Runtime {
+    /// Runs a stats computation (cgroup files, writable-layer walks) on a blocking thread.
+    async fn blocking_stats<T: Send + 'static>(
+        &self,
+        compute: impl FnOnce(&State, &stats::StatsCache) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let (state, cache) = (self.state.clone(), self.stats.clone());
+        tokio::task::spawn_blocking(move || compute(&state, &cache))
+            .await
+            .map_err(|err| DaemonError::Internal(format!("stats task failed: {err}")).into())
     }
 }
 
@@ -391,13 +404,10 @@ impl RuntimeService for Runtime {
             ))
             .into());
         }
-        ok(cri::ContainerStatsResponse {
-            stats: Some(stats::container_stats(
-                &self.state,
-                &self.cpu_samples,
-                &container,
-            )),
-        })
+        let stats = self
+            .blocking_stats(move |state, cache| stats::container_stats(state, cache, &container))
+            .await?;
+        ok(cri::ContainerStatsResponse { stats: Some(stats) })
     }
 
     async fn list_container_stats(
@@ -412,18 +422,24 @@ impl RuntimeService for Runtime {
             label_selector: filter.label_selector,
         };
         let stats = self
-            .state
-            .containers()
-            .iter()
-            .filter(|c| stats::live(&self.state, c))
-            .filter(|c| {
-                cri_views::container_matches(
-                    &cri_views::container_summary(&self.state, c),
-                    &as_filter,
-                )
+            .blocking_stats(move |state, cache| {
+                let containers = state.containers();
+                cache
+                    .layers
+                    .retain(|id| containers.iter().any(|c| c.id == id));
+                containers
+                    .iter()
+                    .filter(|c| stats::live(state, c))
+                    .filter(|c| {
+                        cri_views::container_matches(
+                            &cri_views::container_summary(state, c),
+                            &as_filter,
+                        )
+                    })
+                    .map(|c| stats::container_stats(state, cache, c))
+                    .collect()
             })
-            .map(|c| stats::container_stats(&self.state, &self.cpu_samples, c))
-            .collect();
+            .await?;
         ok(cri::ListContainerStatsResponse { stats })
     }
 
@@ -432,9 +448,10 @@ impl RuntimeService for Runtime {
         request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
         let pod = self.state.pod(&request.get_ref().pod_sandbox_id)?;
-        ok(cri::PodSandboxStatsResponse {
-            stats: Some(stats::pod_stats(&self.state, &self.cpu_samples, &pod)),
-        })
+        let stats = self
+            .blocking_stats(move |state, cache| stats::pod_stats(state, cache, &pod))
+            .await?;
+        ok(cri::PodSandboxStatsResponse { stats: Some(stats) })
     }
 
     async fn list_pod_sandbox_stats(
@@ -450,12 +467,15 @@ impl RuntimeService for Runtime {
             label_selector: filter.label_selector,
         };
         let stats = self
-            .state
-            .pods()
-            .iter()
-            .filter(|p| cri_views::pod_matches(&cri_views::pod_summary(p), &as_filter))
-            .map(|p| stats::pod_stats(&self.state, &self.cpu_samples, p))
-            .collect();
+            .blocking_stats(move |state, cache| {
+                state
+                    .pods()
+                    .iter()
+                    .filter(|p| cri_views::pod_matches(&cri_views::pod_summary(p), &as_filter))
+                    .map(|p| stats::pod_stats(state, cache, p))
+                    .collect()
+            })
+            .await?;
         ok(cri::ListPodSandboxStatsResponse { stats })
     }
 

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crid_proto::cri;
 
@@ -16,6 +17,11 @@ use crate::state::{persist, State};
 
 /// Most directory entries walked to measure one writable layer.
 const MAX_LAYER_WALK: u64 = 1_000_000;
+/// How old a writable layer's measurement may be before a stats call measures it again. A
+/// walk of a big layer costs seconds of disk I/O; kubelet asks for every container's stats
+/// every 10-15 s, so measurements are shared between calls rather than made per call
+/// (containerd refreshes its snapshot usage every 10 s in the background).
+pub const LAYER_USAGE_MAX_AGE: Duration = Duration::from_secs(5);
 
 fn value(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
@@ -36,6 +42,44 @@ impl CpuSamples {
         let used = cpu.checked_sub(prev_cpu)? as u128;
         Some((used * 1_000_000_000 / elapsed) as u64)
     }
+}
+
+/// Writable-layer measurements by container id: (bytes, inodes, when measured).
+#[derive(Default)]
+pub struct LayerUsage(Mutex<HashMap<String, (u64, u64, Instant)>>);
+
+impl LayerUsage {
+    /// The container's writable layer usage, measured at most [`LAYER_USAGE_MAX_AGE`] ago.
+    /// Walks the layer when the measurement is older: call it off the async workers.
+    fn get(&self, container: &Container) -> (u64, u64) {
+        let fresh = |at: &Instant| at.elapsed() < LAYER_USAGE_MAX_AGE;
+        if let Some((bytes, inodes, at)) = self.lock().get(&container.id) {
+            if fresh(at) {
+                return (*bytes, *inodes);
+            }
+        }
+        // Measured without the lock: other containers' calls do not wait for this walk.
+        let (bytes, inodes) = disk_usage(&container.dir.join("upper"));
+        self.lock()
+            .insert(container.id.clone(), (bytes, inodes, Instant::now()));
+        (bytes, inodes)
+    }
+
+    /// Forgets the containers that are gone.
+    pub fn retain(&self, live: impl Fn(&str) -> bool) {
+        self.lock().retain(|id, _| live(id));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64, Instant)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What the stats calls keep between calls.
+#[derive(Default)]
+pub struct StatsCache {
+    pub cpu: CpuSamples,
+    pub layers: LayerUsage,
 }
 
 fn cpu_memory(
@@ -88,12 +132,14 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
     (bytes, inodes)
 }
 
+/// A container's stats. Reads cgroup files and may walk the writable layer: call it off the
+/// async workers (`spawn_blocking`).
 pub fn container_stats(
     state: &State,
-    samples: &CpuSamples,
+    cache: &StatsCache,
     container: &Container,
 ) -> cri::ContainerStats {
-    stats_with_usage(state, samples, container, &cgroup_usage(container))
+    stats_with_usage(state, cache, container, &cgroup_usage(container))
 }
 
 fn cgroup_usage(container: &Container) -> Usage {
@@ -103,13 +149,13 @@ fn cgroup_usage(container: &Container) -> Usage {
 /// A container's stats around a usage already read from its cgroup.
 fn stats_with_usage(
     state: &State,
-    samples: &CpuSamples,
+    cache: &StatsCache,
     container: &Container,
     usage: &Usage,
 ) -> cri::ContainerStats {
     let now = persist::now_nanos();
-    let (cpu, memory) = cpu_memory(samples, &container.id, usage, now);
-    let (bytes, inodes) = disk_usage(&container.dir.join("upper"));
+    let (cpu, memory) = cpu_memory(&cache.cpu, &container.id, usage, now);
+    let (bytes, inodes) = cache.layers.get(container);
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
             id: container.id.clone(),
@@ -174,7 +220,8 @@ fn network(pid: i32, now: i64) -> Option<cri::NetworkUsage> {
     })
 }
 
-pub fn pod_stats(state: &State, samples: &CpuSamples, pod: &Pod) -> cri::PodSandboxStats {
+/// A pod's stats and its containers'; blocking like [`container_stats`].
+pub fn pod_stats(state: &State, cache: &StatsCache, pod: &Pod) -> cri::PodSandboxStats {
     let now = persist::now_nanos();
     let containers: Vec<_> = state
         .containers_of(&pod.id)
@@ -188,13 +235,13 @@ pub fn pod_stats(state: &State, samples: &CpuSamples, pod: &Pod) -> cri::PodSand
     let container_stats: Vec<cri::ContainerStats> = containers
         .iter()
         .zip(&usages)
-        .map(|(c, u)| stats_with_usage(state, samples, c, u))
+        .map(|(c, u)| stats_with_usage(state, cache, c, u))
         .collect();
     let mut usage = Usage::default();
     for u in &usages {
         usage.add(u);
     }
-    let (cpu, memory) = cpu_memory(samples, &pod.id, &usage, now);
+    let (cpu, memory) = cpu_memory(&cache.cpu, &pod.id, &usage, now);
     let in_pod_netns = pod.record().namespaces.net.is_some();
     let network = containers
         .iter()

@@ -88,14 +88,34 @@ impl Index {
     }
 }
 
+/// An image a CreateContainer uses; released on drop.
+pub struct ImageInCreation<'a> {
+    state: &'a State,
+    image_id: String,
+}
+
+impl Drop for ImageInCreation<'_> {
+    fn drop(&mut self) {
+        let mut creations = self.state.creations();
+        if let Some(count) = creations.get_mut(&self.image_id) {
+            *count -= 1;
+            if *count == 0 {
+                creations.remove(&self.image_id);
+            }
+        }
+    }
+}
+
 /// Everything the runtime service works on.
 pub struct State {
     pub config: Arc<Config>,
     pub images: Arc<ImageStore>,
     pub paths: StatePaths,
-    /// Held shared by CreateContainer from image lookup until the container is recorded,
-    /// and exclusively by RemoveImage, so an image is never removed under a new container.
-    pub image_use: tokio::sync::RwLock<()>,
+    /// Images a CreateContainer in progress uses (id → how many creates), from image lookup
+    /// until the container is recorded: RemoveImage refuses them as it refuses an image a
+    /// container uses. A count per image, not a lock: a slow `runc create` holds back no
+    /// RemoveImage of another image and no other create.
+    images_in_creation: Mutex<HashMap<String, usize>>,
     /// Container and pod events for GetContainerEvents.
     pub events: crate::events::EventHub,
     index: Mutex<Index>,
@@ -197,7 +217,7 @@ impl State {
             config,
             images,
             paths,
-            image_use: tokio::sync::RwLock::new(()),
+            images_in_creation: Mutex::default(),
             events: crate::events::EventHub::default(),
             index: Mutex::new(index),
         })
@@ -243,11 +263,32 @@ impl State {
 
     /// A container whose image is `image_id`, if any.
     pub fn container_using_image(&self, image_id: &str) -> Option<String> {
-        self.index()
+        let recorded = self
+            .index()
             .containers
             .values()
             .find(|c| c.record().image_id == image_id)
-            .map(|c| c.id.clone())
+            .map(|c| c.id.clone());
+        recorded.or_else(|| {
+            self.creations()
+                .contains_key(image_id)
+                .then(|| "(one being created)".to_owned())
+        })
+    }
+
+    /// Marks an image as used by a CreateContainer until the returned guard drops.
+    pub fn hold_image_for_create(&self, image_id: &str) -> ImageInCreation<'_> {
+        *self.creations().entry(image_id.to_owned()).or_default() += 1;
+        ImageInCreation {
+            state: self,
+            image_id: image_id.to_owned(),
+        }
+    }
+
+    fn creations(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.images_in_creation
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The containers of one pod.
