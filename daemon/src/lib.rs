@@ -7,6 +7,7 @@ pub mod container;
 pub mod error;
 pub mod events;
 pub mod image;
+pub mod idmap;
 pub mod logging;
 pub mod monitor_client;
 pub mod network;

@@ -1,7 +1,8 @@
 //! crid-pinns: creates a pod's namespaces and pins them to files, so they live without any
 //! process in them (a pod needs no infra container; CRI-O's pinns does the same).
 //!
-//! `crid-pinns --dir DIR --id ID [--net] [--ipc] [--uts] [--pid] [--hostname NAME] [--sysctl K=V]…`
+//! `crid-pinns --dir DIR --id ID [--net] [--ipc] [--uts] [--pid] [--hostname NAME] [--sysctl K=V]…
+//! [--user --uid-map C:H:L… --gid-map C:H:L…]`
 //! unshares the namespaces in this (single-threaded) process, sets the hostname and the
 //! sysctls inside them, then bind-mounts `/proc/self/ns/<kind>` onto `DIR/<kind>/ID`. crid runs
 //! it as a separate program because unshare must not happen in its threaded async runtime.
@@ -10,13 +11,30 @@
 //! process that is PID 1 of the new namespace and only sleeps (reaping nothing: SIGCHLD is
 //! ignored, so the kernel reaps). Its namespace is pinned at `DIR/pid/ID` and its pid printed
 //! on standard output as `{"holder_pid":N}`; killing it ends the namespace and everything in it.
+//! The holder keeps no fd and is not dumpable: nothing in the pod can ptrace it or reach the
+//! host's files through its `/proc/<pid>/root` (it lives in the host's mount namespace).
+//!
+//! `--user` makes a user namespace with the given mappings first and every other namespace
+//! inside it (owned by it), so that container root, which is root only in that user
+//! namespace, has its capabilities over the pod's network, IPC and UTS namespaces (CRI-O's
+//! pinns does the same). A process cannot write its own namespace's mappings, so a child does
+//! the unsharing: it makes the user namespace and waits; this process writes the child's
+//! `uid_map` and `gid_map`; the child becomes root of the new namespace (its host ids are the
+//! mapped ones, never the host's root), makes the other namespaces, sets them up, forks the
+//! PID holder, and reports; this process pins the child's namespaces, then lets it exit.
+//!
+//! `--probe-idmap DIR` checks that the kernel id-maps overlay layers the way crid does for
+//! pods with a user namespace (an id-mapped clone of a directory in DIR as an overlay lower
+//! layer), undoes it, and exits 0 when it works.
 //!
 //! On any failure everything made so far is undone; the exit status is 0 only on success.
 
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -25,11 +43,11 @@ use clap::Parser;
 #[command(name = "crid-pinns", version)]
 struct Args {
     /// Directory under which `<kind>/<id>` files are made.
-    #[arg(long)]
-    dir: PathBuf,
+    #[arg(long, required_unless_present = "probe_idmap")]
+    dir: Option<PathBuf>,
     /// The pod sandbox id (names the files).
-    #[arg(long)]
-    id: String,
+    #[arg(long, required_unless_present = "probe_idmap")]
+    id: Option<String>,
     #[arg(long)]
     net: bool,
     #[arg(long)]
@@ -39,20 +57,77 @@ struct Args {
     /// Also make a PID namespace, held by a forked holder process.
     #[arg(long)]
     pid: bool,
+    /// Make a user namespace (with --uid-map and --gid-map) and the others inside it.
+    #[arg(long)]
+    user: bool,
+    /// A uid mapping of the user namespace, `container:host:length` (repeatable).
+    #[arg(long = "uid-map", value_parser = parse_mapping)]
+    uid_maps: Vec<Mapping>,
+    /// A gid mapping of the user namespace, `container:host:length` (repeatable).
+    #[arg(long = "gid-map", value_parser = parse_mapping)]
+    gid_maps: Vec<Mapping>,
     /// Hostname inside the new UTS namespace.
     #[arg(long)]
     hostname: Option<String>,
     /// A namespaced sysctl to set inside the new namespaces, `key=value` (repeatable).
     #[arg(long = "sysctl")]
     sysctls: Vec<String>,
+    /// Check id-mapped overlay layers in this (existing, empty) directory, then exit.
+    #[arg(long, conflicts_with_all = ["net", "ipc", "uts", "pid", "user", "hostname", "sysctls"])]
+    probe_idmap: Option<PathBuf>,
 }
 
 /// Longest hostname (HOST_NAME_MAX).
 const MAX_HOSTNAME: usize = 64;
+/// Most mapping lines a user namespace takes (the kernel's limit since Linux 4.15).
+const MAX_MAPPINGS: usize = 340;
+/// The mapping of the probe's user namespace (any valid range will do).
+const PROBE_MAPPING: Mapping = Mapping {
+    container: 0,
+    host: 1 << 20,
+    length: 65536,
+};
 
 fn fail(message: String) -> ! {
     eprintln!("crid-pinns: {message}");
     std::process::exit(1);
+}
+
+/// One line of a user namespace's `uid_map` or `gid_map`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mapping {
+    container: u32,
+    host: u32,
+    length: u32,
+}
+
+/// `container:host:length`, a non-empty range that does not wrap.
+fn parse_mapping(text: &str) -> Result<Mapping, String> {
+    let numbers: Vec<u32> = text
+        .split(':')
+        .map(|n| n.parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("mapping {text:?} is not container:host:length"))?;
+    let [container, host, length] = numbers[..] else {
+        return Err(format!("mapping {text:?} is not container:host:length"));
+    };
+    if length == 0 || container.checked_add(length).is_none() || host.checked_add(length).is_none()
+    {
+        return Err(format!("mapping {text:?} is empty or wraps"));
+    }
+    Ok(Mapping {
+        container,
+        host,
+        length,
+    })
+}
+
+/// The text of a `uid_map` or `gid_map` (written in one write, as the kernel requires).
+fn map_text(mappings: &[Mapping]) -> String {
+    mappings
+        .iter()
+        .map(|m| format!("{} {} {}\n", m.container, m.host, m.length))
+        .collect()
 }
 
 /// `/proc/sys/…` for a sysctl key; keys hold only `[A-Za-z0-9_.-]` segments (no `..`, no `/`),
@@ -67,16 +142,23 @@ fn sysctl_path(key: &str, value: &str) -> Result<PathBuf, String> {
     Ok(Path::new("/proc/sys").join(key.replace('.', "/")))
 }
 
+/// What exists so far, to undo on failure.
 struct Pinned {
     files: Vec<PathBuf>,
     holder: Option<libc::pid_t>,
+    /// The child that made a user namespace, while it lives.
+    child: Option<libc::pid_t>,
 }
 
 impl Pinned {
-    fn undo(&self) {
-        if let Some(pid) = self.holder {
-            // SAFETY: kill takes plain integers; the pid is our own unreaped child.
+    fn undo(&mut self) {
+        for pid in [self.holder, self.child].into_iter().flatten() {
+            // SAFETY: kill takes plain integers; the pid is a process of ours not reaped yet
+            // (the holder is reaped by nobody; its pid stays ours until it is killed).
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Some(child) = self.child.take() {
+            reap(child);
         }
         for file in &self.files {
             if let Ok(c) = CString::new(file.as_os_str().as_encoded_bytes()) {
@@ -88,8 +170,59 @@ impl Pinned {
     }
 }
 
+/// Waits for a child of ours to end.
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status of our own child into `status`.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
+}
+
+/// What is set up inside the new namespaces.
+struct Inside<'a> {
+    /// CLONE_NEW* flags of the network, IPC and UTS namespaces asked for.
+    flags: libc::c_int,
+    net: bool,
+    hostname: Option<&'a str>,
+    /// (path under /proc/sys, value, key)
+    sysctls: &'a [(PathBuf, String, String)],
+    pid: bool,
+}
+
+/// Unshares the namespaces, brings up `lo`, sets the hostname and the sysctls, and forks the
+/// PID namespace's holder (whose pid is returned).
+fn make_inside(inside: &Inside<'_>) -> Result<Option<libc::pid_t>, String> {
+    // SAFETY: unshare takes flags only; this process has a single thread.
+    if inside.flags != 0 && unsafe { libc::unshare(inside.flags) } != 0 {
+        return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+    }
+    if inside.net {
+        loopback_up()?;
+    }
+    if let Some(name) = inside.hostname {
+        // SAFETY: the pointer and length describe `name`'s bytes.
+        if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+            return Err(format!("sethostname: {}", std::io::Error::last_os_error()));
+        }
+    }
+    for (path, value, key) in inside.sysctls {
+        std::fs::write(path, value).map_err(|e| format!("set sysctl {key}: {e}"))?;
+    }
+    if inside.pid {
+        return fork_pid_holder().map(Some);
+    }
+    Ok(None)
+}
+
 fn run(args: &Args) -> Result<(), String> {
-    crid_common::id::validate(&args.id).map_err(|e| e.to_string())?;
+    if let Some(scratch) = &args.probe_idmap {
+        return probe_idmap(scratch);
+    }
+    let (Some(dir), Some(id)) = (&args.dir, &args.id) else {
+        return Err("--dir and --id are needed".into());
+    };
+    crid_common::id::validate(id).map_err(|e| e.to_string())?;
     if let Some(name) = &args.hostname {
         if !args.uts {
             return Err("--hostname needs --uts".into());
@@ -97,6 +230,18 @@ fn run(args: &Args) -> Result<(), String> {
         if name.is_empty() || name.len() > MAX_HOSTNAME || name.contains(['\0', '/']) {
             return Err(format!("invalid hostname {name:?}"));
         }
+    }
+    if args.user {
+        for (name, maps) in [("--uid-map", &args.uid_maps), ("--gid-map", &args.gid_maps)] {
+            if maps.is_empty() || maps.len() > MAX_MAPPINGS {
+                return Err(format!(
+                    "--user needs 1 to {MAX_MAPPINGS} {name} mappings, {} given",
+                    maps.len()
+                ));
+            }
+        }
+    } else if !(args.uid_maps.is_empty() && args.gid_maps.is_empty()) {
+        return Err("--uid-map and --gid-map need --user".into());
     }
     let mut sysctls = Vec::new();
     for pair in &args.sysctls {
@@ -114,23 +259,34 @@ fn run(args: &Args) -> Result<(), String> {
     .filter(|(on, _, _)| *on)
     .map(|(_, kind, flag)| (kind, flag))
     .collect();
-    if kinds.is_empty() && !args.pid {
-        return Err("no namespace requested (--net, --ipc, --uts, --pid)".into());
+    if kinds.is_empty() && !args.pid && !args.user {
+        return Err("no namespace requested (--net, --ipc, --uts, --pid, --user)".into());
     }
+    let inside = Inside {
+        flags: kinds.iter().fold(0, |acc, (_, flag)| acc | flag),
+        net: args.net,
+        hostname: args.hostname.as_deref(),
+        sysctls: &sysctls,
+        pid: args.pid,
+    };
 
     let mut pinned = Pinned {
         files: Vec::new(),
         holder: None,
+        child: None,
     };
     let result = (|| {
-        let pinned_kinds = kinds
-            .iter()
-            .map(|(kind, _)| *kind)
+        let pinned_kinds = args
+            .user
+            .then_some("user")
+            .into_iter()
+            .chain(kinds.iter().map(|(kind, _)| *kind))
             .chain(args.pid.then_some("pid"));
         for kind in pinned_kinds {
-            let dir = args.dir.join(kind);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-            let file = dir.join(&args.id);
+            let kind_dir = dir.join(kind);
+            std::fs::create_dir_all(&kind_dir)
+                .map_err(|e| format!("create {}: {e}", kind_dir.display()))?;
+            let file = kind_dir.join(id);
             std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -138,43 +294,227 @@ fn run(args: &Args) -> Result<(), String> {
                 .map_err(|e| format!("create {}: {e}", file.display()))?;
             pinned.files.push(file);
         }
-        let flags = kinds.iter().fold(0, |acc, (_, flag)| acc | flag);
-        // SAFETY: unshare takes flags only; this process has a single thread.
-        if flags != 0 && unsafe { libc::unshare(flags) } != 0 {
-            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
-        }
-        if args.net {
-            loopback_up()?;
-        }
-        if let Some(name) = &args.hostname {
-            // SAFETY: the pointer and length describe `name`'s bytes.
-            if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
-                return Err(format!("sethostname: {}", std::io::Error::last_os_error()));
-            }
-        }
-        for (path, value, key) in &sysctls {
-            std::fs::write(path, value).map_err(|e| format!("set sysctl {key}: {e}"))?;
-        }
-        for (kind, _) in &kinds {
+        // Where the namespaces are read from: this process, or the child in the user
+        // namespace.
+        let (owner, holder, gate) = if args.user {
+            let (holder, gate) = make_in_user_namespace(args, &inside, &mut pinned)?;
+            (pinned.child.unwrap_or(0).to_string(), holder, Some(gate))
+        } else {
+            let holder = make_inside(&inside)?;
+            pinned.holder = holder;
+            ("self".to_owned(), holder, None)
+        };
+        for kind in args
+            .user
+            .then_some("user")
+            .into_iter()
+            .chain(kinds.iter().map(|(kind, _)| *kind))
+        {
             pin(
-                &format!("/proc/self/ns/{kind}"),
-                &args.dir.join(kind).join(&args.id),
+                &format!("/proc/{owner}/ns/{kind}"),
+                &dir.join(kind).join(id),
             )?;
         }
-        if args.pid {
-            let holder = fork_pid_holder()?;
-            pinned.holder = Some(holder);
-            pin(
-                &format!("/proc/{holder}/ns/pid"),
-                &args.dir.join("pid").join(&args.id),
-            )?;
-            println!("{{\"holder_pid\":{holder}}}");
+        if let Some(holder) = holder {
+            pin(&format!("/proc/{holder}/ns/pid"), &dir.join("pid").join(id))?;
         }
-        Ok(())
+        Ok((holder, gate))
     })();
-    if result.is_err() {
-        pinned.undo();
+    match result {
+        Ok((holder, gate)) => {
+            // The child (with a user namespace) ends once its namespaces are pinned.
+            drop(gate);
+            if let Some(child) = pinned.child.take() {
+                reap(child);
+            }
+            if let Some(holder) = holder {
+                println!("{{\"holder_pid\":{holder}}}");
+            }
+            Ok(())
+        }
+        Err(err) => {
+            pinned.undo();
+            Err(err)
+        }
     }
+}
+
+/// A pipe whose ends are closed on exec.
+fn pipe() -> Result<(File, File), String> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("make a pipe: {e}"))?;
+    Ok((File::from(read), File::from(write)))
+}
+
+/// Forks the child that makes a user namespace and waits; returns its pid and the pipes to
+/// talk to it (its reports, and the end whose close lets it go on or end).
+fn fork_userns_child(
+    then: impl FnOnce() -> Result<String, String>,
+) -> Result<(libc::pid_t, BufReader<File>, File), String> {
+    let (from_child, mut to_parent) = pipe()?;
+    let (mut from_parent, to_child) = pipe()?;
+    // SAFETY: this process is single-threaded, so the child may run anything.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(from_child);
+        drop(to_child);
+        let (report, code) = match userns_child(&mut to_parent, &mut from_parent, then) {
+            Ok(report) => (report, 0),
+            Err(message) => (format!("error {}", message.replace('\n', " ")), 1),
+        };
+        let _ = writeln!(to_parent, "{report}");
+        // Stay until the parent has pinned our namespaces (it closes its end, or kills us).
+        let _ = from_parent.read(&mut [0u8; 1]);
+        // SAFETY: _exit ends this forked child without running the parent's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    drop(to_parent);
+    drop(from_parent);
+    Ok((pid, BufReader::new(from_child), to_child))
+}
+
+/// The child's part: a user namespace, announced; then, once the parent has written its
+/// mappings (one byte on `from_parent`), `then`.
+fn userns_child(
+    to_parent: &mut File,
+    from_parent: &mut File,
+    then: impl FnOnce() -> Result<String, String>,
+) -> Result<String, String> {
+    // SAFETY: unshare takes flags only; this forked child has a single thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        return Err(format!(
+            "unshare user namespace: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    writeln!(to_parent, "userns").map_err(|e| format!("report: {e}"))?;
+    let mut byte = [0u8; 1];
+    match from_parent.read(&mut byte) {
+        Ok(1) => {}
+        _ => return Err("crid-pinns did not write the mappings".into()),
+    }
+    then()
+}
+
+/// Reads the child's next report line; `error …` lines become errors.
+fn next_report(reports: &mut BufReader<File>) -> Result<String, String> {
+    let mut line = String::new();
+    reports
+        .by_ref()
+        .take(4096)
+        .read_line(&mut line)
+        .map_err(|e| format!("read the child's report: {e}"))?;
+    let line = line.trim_end().to_owned();
+    if line.is_empty() {
+        return Err("the child making the user namespace ended early".into());
+    }
+    match line.strip_prefix("error ") {
+        Some(message) => Err(message.to_owned()),
+        None => Ok(line),
+    }
+}
+
+/// Writes `/proc/<pid>/uid_map` and `gid_map`.
+fn write_maps(pid: libc::pid_t, uids: &[Mapping], gids: &[Mapping]) -> Result<(), String> {
+    for (file, maps) in [("uid_map", uids), ("gid_map", gids)] {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, map_text(maps)).map_err(|e| format!("write {path}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Becomes root of the (new) user namespace: no supplementary groups, uid and gid 0 (the
+/// mapped host ids), keeping the namespace's capabilities.
+fn become_namespace_root() -> Result<(), String> {
+    // SAFETY: plain syscalls on constant arguments; a null list with size 0 clears the groups.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
+        }
+        if libc::setresgid(0, 0, 0) != 0 {
+            return Err(format!("setresgid 0: {}", std::io::Error::last_os_error()));
+        }
+        if libc::setresuid(0, 0, 0) != 0 {
+            return Err(format!("setresuid 0: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Makes the user namespace through a child, and the other namespaces inside it; returns the
+/// PID holder and the child's gate: the child (in `pinned.child`) lives, holding its
+/// namespaces, until the gate is dropped.
+fn make_in_user_namespace(
+    args: &Args,
+    inside: &Inside<'_>,
+    pinned: &mut Pinned,
+) -> Result<(Option<libc::pid_t>, File), String> {
+    let (child, mut reports, mut to_child) = fork_userns_child(|| {
+        become_namespace_root()?;
+        let holder = make_inside(inside)?;
+        Ok(format!("ready {}", holder.unwrap_or(0)))
+    })?;
+    pinned.child = Some(child);
+    if next_report(&mut reports)? != "userns" {
+        return Err("unexpected report from the child making the user namespace".into());
+    }
+    write_maps(child, &args.uid_maps, &args.gid_maps)?;
+    to_child
+        .write_all(b"m")
+        .map_err(|e| format!("resume the child: {e}"))?;
+    let ready = next_report(&mut reports)?;
+    let holder: libc::pid_t = ready
+        .strip_prefix("ready ")
+        .and_then(|pid| pid.parse().ok())
+        .ok_or_else(|| format!("unexpected report {ready:?}"))?;
+    let holder = (holder > 0).then_some(holder);
+    pinned.holder = holder;
+    Ok((holder, to_child))
+}
+
+/// `--probe-idmap`: an id-mapped clone of `scratch/lower` as the lower layer of an overlay on
+/// `scratch/merged`, in a fresh user namespace; everything undone after.
+fn probe_idmap(scratch: &Path) -> Result<(), String> {
+    let sub = |name: &str| scratch.join(name);
+    for name in ["lower", "upper", "work", "merged"] {
+        std::fs::create_dir(sub(name))
+            .map_err(|e| format!("create {}: {e}", sub(name).display()))?;
+    }
+    let (child, mut reports, to_child) = fork_userns_child(|| Ok("ready".to_owned()))?;
+    let result = (|| {
+        if next_report(&mut reports)? != "userns" {
+            return Err("unexpected report from the probe's child".to_owned());
+        }
+        write_maps(child, &[PROBE_MAPPING], &[PROBE_MAPPING])?;
+        let userns_path = format!("/proc/{child}/ns/user");
+        let userns: OwnedFd = File::open(&userns_path)
+            .map_err(|e| format!("open {userns_path}: {e}"))?
+            .into();
+        let layers =
+            crid_daemon::idmap::IdmappedLayers::stage(scratch, &[sub("lower")], userns.as_fd())
+                .map_err(|e| format!("id-map {}: {e}", sub("lower").display()))?;
+        crid_daemon::image::overlay::mount_overlay(
+            &layers.paths,
+            &sub("upper"),
+            &sub("work"),
+            &sub("merged"),
+        )
+        .map_err(|e| crid_common::error_chain::error_chain(&e))?;
+        let unmounted = crid_daemon::image::overlay::unmount_rootfs(&sub("merged"))
+            .map_err(|e| crid_common::error_chain::error_chain(&e));
+        layers
+            .release()
+            .map_err(|e| format!("unmount the id-mapped layer: {e}"))?;
+        unmounted
+    })();
+    drop(to_child);
+    // SAFETY: kill takes plain integers; `child` is our unreaped child.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    reap(child);
+    let _ = crid_daemon::idmap::unstage_all(scratch);
     result
 }
 
@@ -252,12 +592,14 @@ fn fork_pid_holder() -> Result<libc::pid_t, String> {
     Ok(pid)
 }
 
-/// The holder's life: detached from crid's session and stdio, deaf to every signal that can be
-/// ignored (as PID 1 of its namespace, only SIGKILL from outside ends it), never reaping.
+/// The holder's life: detached from crid's session, stdio and every other fd, not dumpable,
+/// deaf to every signal that can be ignored (as PID 1 of its namespace, only SIGKILL from outside ends it), never reaping.
 fn hold() -> ! {
     // SAFETY: plain syscalls on constant arguments; no memory is shared with the parent.
     unsafe {
         libc::setsid();
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, 0);
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {
             for fd in 0..3 {

@@ -420,7 +420,22 @@ async fn setup(
             },
         )?;
     }
-    overlay::mount_rootfs(&state.images.paths, layers, &upper, &work, &record.rootfs)?;
+    let userns = super::userns::of_pod(pod, config)?;
+    match &userns {
+        Some(userns) => {
+            super::userns::make_rootfs_reachable(state, &container.dir, &record.rootfs)?;
+            super::userns::mount_rootfs(
+                state,
+                userns,
+                &container.dir,
+                layers,
+                &upper,
+                &work,
+                &record.rootfs,
+            )?;
+        }
+        None => overlay::mount_rootfs(&state.images.paths, layers, &upper, &work, &record.rootfs)?,
+    }
     // CVE-2024-21626's class: no working directory under /proc, through the image's
     // symlinks too, whatever the runtime does.
     let image_name = config.image.as_ref().map_or("", |i| i.image.as_str());
@@ -449,6 +464,9 @@ async fn setup(
         },
     )
     .map_err(|e| invalid(format!("config.linux.security_context: {e}")))?;
+    if let Some(userns) = &userns {
+        super::userns::check_user(&process_user, &userns.mappings)?;
+    }
     let pod_record = pod.record();
     let cgroup_path = cgroups_path(state, pod, &container.id);
     // Held until the monitor reports the container created (the runtime has joined it then).
@@ -479,7 +497,10 @@ async fn setup(
     if !dropped.is_empty() {
         tracing::debug!(container = %container.id, ?dropped, "annotations not in [runtime] allowed_annotations left out of the OCI spec");
     }
-    let staged_rro = stage_recursive_read_only(state, container)?;
+    let (staged_rro, staged_idmap) = match &userns {
+        Some(userns) => super::userns::stage_volumes(container, userns)?,
+        None => (stage_recursive_read_only(state, container)?, HashMap::new()),
+    };
     let spec = spec::build(SpecInputs {
         config,
         image,
@@ -499,6 +520,8 @@ async fn setup(
         pids_limit: state.config.runtime.pids_limit,
         runtime: state.config.runtime.runtime_path.clone(),
         staged_rro,
+        user_namespace: userns.as_ref().map(|u| u.spec()),
+        staged_idmap,
     })?;
     let bundle_config = container.dir.join("config.json");
     let json = serde_json::to_vec(&spec)

@@ -12,6 +12,7 @@ pub mod seccomp;
 pub mod security;
 pub mod spec;
 pub mod user;
+pub mod userns;
 
 use crate::error::DaemonError;
 

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use crid_proto::cri;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDevice, LinuxDeviceBuilder,
-    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, Mount, MountBuilder, ProcessBuilder, RootBuilder,
-    Spec, SpecBuilder, UserBuilder,
+    LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxIdMapping,
+    LinuxIdMappingBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use super::{resources, security};
@@ -175,6 +175,13 @@ pub enum PidNamespace {
     Host,
 }
 
+/// The pod's user namespace, joined by path; the runtime wants its mappings too.
+#[derive(Debug, Clone)]
+pub struct UserNamespace {
+    pub path: PathBuf,
+    pub mappings: crate::idmap::PodIdMappings,
+}
+
 /// The pod's files the container gets (all absolute host paths).
 #[derive(Debug, Clone)]
 pub struct PodFiles {
@@ -205,6 +212,11 @@ pub struct SpecInputs<'a> {
     /// Recursive read-only mounts crid staged itself (see `rro`), by container path: bound
     /// from there, without asking the runtime for `rro`.
     pub staged_rro: HashMap<String, PathBuf>,
+    /// The pod's user namespace (None: the host's).
+    pub user_namespace: Option<UserNamespace>,
+    /// Other mounts crid id-mapped itself for the pod's user namespace (see `idmap`), by
+    /// container path: bound from there.
+    pub staged_idmap: HashMap<String, PathBuf>,
 }
 
 fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, SpecError> {
@@ -283,6 +295,7 @@ fn cri_mounts(
     mounts: &[cri::Mount],
     runtime: &Path,
     staged_rro: &HashMap<String, PathBuf>,
+    staged_idmap: &HashMap<String, PathBuf>,
 ) -> Result<(Vec<Mount>, Option<&'static str>), SpecError> {
     use super::mounts::{check_propagation, runtime_supports_rro, Propagation};
     let mut sorted: Vec<&cri::Mount> = mounts.iter().collect();
@@ -318,6 +331,9 @@ fn cri_mounts(
             _ => ("rprivate", Propagation::Private),
         };
         check_propagation(&source, wanted, &m.container_path)?;
+        if let Some(staged) = staged_idmap.get(&m.container_path) {
+            source = staged.clone();
+        }
         let mut options = vec![mode];
         if m.recursive_read_only {
             // Kubernetes' rules: only on a read-only, private mount.
@@ -401,6 +417,14 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamesp
         Some(p) => builder.path(p).build()?,
         None => builder.build()?,
     })
+}
+
+fn id_mapping(m: &crate::idmap::IdMapping) -> Result<LinuxIdMapping, SpecError> {
+    Ok(LinuxIdMappingBuilder::default()
+        .container_id(m.container_id)
+        .host_id(m.host_id)
+        .size(m.length)
+        .build()?)
 }
 
 fn capability_set<'a>(names: impl IntoIterator<Item = &'a String>) -> HashSet<Capability> {
@@ -522,8 +546,12 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
             mounts.push(bind(target, source, false, &["nosuid", "nodev", "noexec"])?);
         }
     }
-    let (user_mounts, propagation) =
-        cri_mounts(&config.mounts, &inputs.runtime, &inputs.staged_rro)?;
+    let (user_mounts, propagation) = cri_mounts(
+        &config.mounts,
+        &inputs.runtime,
+        &inputs.staged_rro,
+        &inputs.staged_idmap,
+    )?;
     mounts.extend(user_mounts);
 
     let mut devices = Vec::new();
@@ -552,6 +580,9 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
 
     let ns = &inputs.namespaces;
     let mut namespaces = vec![namespace(LinuxNamespaceType::Mount, None)?];
+    if let Some(user) = &inputs.user_namespace {
+        namespaces.push(namespace(LinuxNamespaceType::User, Some(&user.path))?);
+    }
     if let Some(net) = &ns.net {
         namespaces.push(namespace(LinuxNamespaceType::Network, Some(net))?);
     }
@@ -586,6 +617,11 @@ pub fn build(inputs: SpecInputs<'_>) -> Result<Spec, SpecError> {
         .readonly_paths(readonly);
     if let Some(propagation) = propagation {
         linux = linux.rootfs_propagation(propagation);
+    }
+    if let Some(user) = &inputs.user_namespace {
+        linux = linux
+            .uid_mappings(vec![id_mapping(&user.mappings.uid)?])
+            .gid_mappings(vec![id_mapping(&user.mappings.gid)?]);
     }
     if let Some(seccomp) = seccomp {
         linux = linux.seccomp(seccomp);
@@ -785,6 +821,8 @@ mod build_tests {
             pids_limit: 0,
             runtime: "runc".into(),
             staged_rro: HashMap::new(),
+            user_namespace: None,
+            staged_idmap: HashMap::new(),
         })
         .expect("spec");
         let json = serde_json::to_value(&spec).expect("json");

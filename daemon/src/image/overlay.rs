@@ -40,6 +40,12 @@ pub fn mount_rootfs(
     work: &Path,
     target: &Path,
 ) -> Result<(), OverlayError> {
+    mount_overlay(&lower_dirs(paths, layers)?, upper, work, target)
+}
+
+/// The lower directories of an overlay of `layers` (base first): topmost first, as overlayfs
+/// takes them.
+pub fn lower_dirs(paths: &StorePaths, layers: &[Digest]) -> Result<Vec<PathBuf>, OverlayError> {
     let mut lowers = Vec::with_capacity(layers.len());
     for chain in layers.iter().rev() {
         if !paths.has_layer(chain) {
@@ -47,6 +53,16 @@ pub fn mount_rootfs(
         }
         lowers.push(paths.layers().join(paths.short_link(chain)));
     }
+    Ok(lowers)
+}
+
+/// Mounts the overlay of `lowers` (topmost first) with `upper`/`work` at `target`.
+pub fn mount_overlay(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), OverlayError> {
     let fail = |what, path: &Path| {
         let path = path.to_owned();
         move |err| OverlayError::Io { what, path, err }
@@ -79,7 +95,7 @@ pub fn mount_rootfs(
         }
         return Ok(());
     }
-    mount_with_fsconfig(&lowers, upper, work, target)
+    mount_with_fsconfig(lowers, upper, work, target)
         .map_err(fail("mount overlay (fsconfig) on", target))
 }
 

@@ -91,17 +91,9 @@ fn plan(
         return Err(invalid("config.metadata.namespace is empty"));
     }
     let options = namespace_options(config);
-    // Refused rather than ignored: a pod that asked for its own user namespace must not run
-    // as the host's root (Status says user_namespaces is false).
-    if options
-        .userns_options
-        .as_ref()
-        .is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32)
-    {
-        return Err(invalid(
-            "config.linux.security_context.namespace_options.userns_options: user namespaces are not supported by crid yet",
-        ));
-    }
+    const USERNS_FIELD: &str = "config.linux.security_context.namespace_options.userns_options";
+    let user_namespace = crate::idmap::pod_mappings(options.userns_options.as_ref())
+        .map_err(|e| invalid(format!("{USERNS_FIELD}: {e}")))?;
     let mode = |m: i32| cri::NamespaceMode::try_from(m).unwrap_or(cri::NamespaceMode::Pod);
     let host_network = mode(options.network) == cri::NamespaceMode::Node;
     let host_ipc = mode(options.ipc) == cri::NamespaceMode::Node;
@@ -114,6 +106,23 @@ fn plan(
             ))
         }
     };
+    // Kubernetes' own rule (hostUsers: false is refused with hostNetwork, hostIPC and
+    // hostPID): a host namespace is owned by the host's user namespace, where container root
+    // has no capability, so the runtime could not set it up.
+    if user_namespace.is_some() {
+        for (shared, kind) in [
+            (host_network, "network"),
+            (host_ipc, "IPC"),
+            (mode(options.pid) == cri::NamespaceMode::Node, "PID"),
+        ] {
+            if shared {
+                return Err(invalid(format!(
+                    "{USERNS_FIELD}: {}",
+                    crate::idmap::UsernsError::HostNamespace(kind)
+                )));
+            }
+        }
+    }
     let linux = config.linux.clone().unwrap_or_default();
     let mut sysctls = Vec::new();
     for (key, value) in &linux.sysctls {
@@ -157,6 +166,7 @@ fn plan(
         ),
         hostname: hostname.clone(),
         cgroup_parent: linux.cgroup_parent.clone(),
+        user_namespace,
         ..Default::default()
     };
     let pins = PinRequest {
@@ -164,6 +174,7 @@ fn plan(
         ipc: !host_ipc,
         uts: !host_network,
         pid,
+        user: user_namespace,
         hostname: (!host_network).then_some(hostname),
         sysctls,
     };
@@ -186,6 +197,19 @@ pub async fn run(
     check_handler(state, handler)?;
     let id = new_id();
     let (plan, mut record) = plan(state, &id, &config)?;
+    if record.user_namespace.is_some() {
+        let crid_config = state.config.clone();
+        let supported = tokio::task::spawn_blocking(move || {
+            crate::status::user_namespaces_supported(&crid_config)
+        })
+        .await
+        .map_err(|e| DaemonError::Internal(format!("id-mapping probe: {e}")))?;
+        if !supported {
+            return Err(DaemonError::FailedPrecondition(
+                "config.linux.security_context.namespace_options.userns_options: this host cannot id-map overlay layers (see crid's log), so pods cannot have user namespaces".into(),
+            ));
+        }
+    }
     if !config.log_directory.is_empty() {
         let dir = Path::new(&config.log_directory);
         std::fs::create_dir_all(dir).map_err(|err| DaemonError::Io {
@@ -229,9 +253,11 @@ pub async fn run(
 async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError> {
     let namespaces = namespaces::pin(&state.paths.namespaces, &pod.id, &plan.pins).await?;
     pod.update(|r| r.namespaces = namespaces)?;
+    // With a user namespace, the pod's shared files belong to container root.
+    let owner = plan.pins.user.map(|m| m.host_root());
     if plan.pins.ipc {
         let target = pod.dir.join("shm");
-        shm::mount(&target).map_err(|err| DaemonError::Io {
+        shm::mount(&target, owner).map_err(|err| DaemonError::Io {
             what: "mount /dev/shm tmpfs on",
             path: target.clone(),
             err: err.into(),
@@ -239,11 +265,8 @@ async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError>
         pod.update(|r| r.shm = Some(target))?;
     }
     let hostname = pod.record().hostname;
-    persist::write_volatile_readable(&pod.dir.join("resolv.conf"), plan.resolv_conf.as_bytes())?;
-    persist::write_volatile_readable(
-        &pod.dir.join("hostname"),
-        format!("{hostname}\n").as_bytes(),
-    )?;
+    write_pod_file(pod, "resolv.conf", plan.resolv_conf.as_bytes(), owner)?;
+    write_pod_file(pod, "hostname", format!("{hostname}\n").as_bytes(), owner)?;
     let mut ips = Vec::new();
     if !plan.host_network {
         let netns = pod.record().namespaces.net.ok_or_else(|| {
@@ -263,8 +286,43 @@ async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError>
         files::hosts(&hostname, ips.first().map(String::as_str))
             .map_err(|e| invalid(format!("config.hostname: {e}")))?
     };
-    persist::write_volatile_readable(&pod.dir.join("hosts"), hosts.as_bytes())?;
+    write_pod_file(pod, "hosts", hosts.as_bytes(), owner)?;
     pod.update(|r| r.ready = true)
+}
+
+/// Writes one of the files a pod's containers share (`/etc/hosts`…), owned by `owner`
+/// (container root's host ids with a user namespace, so container root may change it as
+/// it may without one).
+fn write_pod_file(
+    pod: &Pod,
+    name: &str,
+    bytes: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), DaemonError> {
+    let path = pod.dir.join(name);
+    persist::write_volatile_readable(&path, bytes)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|err| DaemonError::Io {
+            what: "chown",
+            path,
+            err,
+        })?;
+    }
+    Ok(())
+}
+
+/// Undoes what does not involve the network plugin: namespaces (the network one with
+/// whatever the plugin left in it), /dev/shm. Errors are logged.
+fn release_local(pod: &Pod) {
+    let record = pod.record();
+    if let Err(err) = namespaces::unpin(&record.namespaces) {
+        tracing::error!(pod = %pod.id, error = %crid_common::error_chain::error_chain(&err), "removing the namespaces of a failed pod failed");
+    }
+    if let Some(target) = &record.shm {
+        if let Err(err) = shm::unmount(target) {
+            tracing::error!(pod = %pod.id, path = %target.display(), error = %err, "unmounting the /dev/shm of a failed pod failed");
+        }
+    }
 }
 
 /// Undoes what the record says exists: network attachment, namespaces, /dev/shm. The network
@@ -350,7 +408,7 @@ pub fn recover(state: &State) {
             continue;
         }
         let ns = &record.namespaces;
-        let pins_gone = [&ns.net, &ns.ipc, &ns.uts, &ns.pid]
+        let pins_gone = [&ns.net, &ns.ipc, &ns.uts, &ns.pid, &ns.user]
             .into_iter()
             .flatten()
             .any(|p| !p.exists());

@@ -41,6 +41,8 @@ pub struct PinRequest {
     pub ipc: bool,
     pub uts: bool,
     pub pid: bool,
+    /// A user namespace of the pod's own, with these mappings; the others are made in it.
+    pub user: Option<crate::idmap::PodIdMappings>,
     pub hostname: Option<String>,
     /// Validated `key=value` namespaced sysctls.
     pub sysctls: Vec<(String, String)>,
@@ -58,7 +60,7 @@ pub async fn pin(
     request: &PinRequest,
 ) -> Result<PodNamespaces, NamespaceError> {
     let mut out = PodNamespaces::default();
-    if !(request.net || request.ipc || request.uts || request.pid) {
+    if !(request.net || request.ipc || request.uts || request.pid || request.user.is_some()) {
         return Ok(out);
     }
     let pinns = crate::config::helper_binary("crid-pinns").ok_or(NamespaceError::NoPinns)?;
@@ -73,6 +75,13 @@ pub async fn pin(
         if on {
             cmd.arg(flag);
         }
+    }
+    if let Some(mappings) = &request.user {
+        cmd.arg("--user")
+            .arg("--uid-map")
+            .arg(mappings.uid.to_arg())
+            .arg("--gid-map")
+            .arg(mappings.gid.to_arg());
     }
     if let Some(hostname) = &request.hostname {
         cmd.arg("--hostname").arg(hostname);
@@ -110,6 +119,7 @@ pub async fn pin(
     out.ipc = path("ipc", request.ipc);
     out.uts = path("uts", request.uts);
     out.pid = path("pid", request.pid);
+    out.user = path("user", request.user.is_some());
     if request.pid {
         let report: Option<PinnsReport> = stdout.lines().find_map(|l| serde_json::from_str(l).ok());
         let Some(report) = report else {
@@ -149,6 +159,7 @@ pub fn unpin(namespaces: &PodNamespaces) -> Result<(), NamespaceError> {
         &namespaces.ipc,
         &namespaces.uts,
         &namespaces.pid,
+        &namespaces.user,
     ]
     .into_iter()
     .flatten()

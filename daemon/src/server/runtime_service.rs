@@ -110,9 +110,9 @@ impl RuntimeService for Runtime {
                 .map_err(|e| Status::internal(e.to_string()))?;
             info.insert("config".to_owned(), config);
         }
-        let runtime = self.config.runtime.runtime_path.clone();
+        let config = self.config.clone();
         let handler_features =
-            tokio::task::spawn_blocking(move || status::handler_features(&runtime))
+            tokio::task::spawn_blocking(move || status::handler_features(&config))
                 .await
                 .map_err(|e| Status::internal(format!("runtime features: {e}")))?;
         // crid has one runtime handler: the default (""), also known by the runtime's name.

@@ -22,6 +22,9 @@ pub struct PodNamespaces {
     /// The process holding the pod's PID namespace, with its start time (in clock ticks since
     /// boot, from /proc/<pid>/stat) so that a reused pid is never killed.
     pub pid_holder: Option<(i32, u64)>,
+    /// The pod's own user namespace (mode POD), which owns the others.
+    #[serde(default)]
+    pub user: Option<PathBuf>,
 }
 
 /// What crid keeps about a pod.
@@ -41,6 +44,9 @@ pub struct PodRecord {
     pub ips: Vec<String>,
     pub hostname: String,
     pub cgroup_parent: String,
+    /// The id mappings of the pod's own user namespace (absent: the host's).
+    #[serde(default)]
+    pub user_namespace: Option<crate::idmap::PodIdMappings>,
 }
 
 /// A pod sandbox.

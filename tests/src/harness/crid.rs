@@ -36,6 +36,14 @@ impl CridProcess {
             .prefix("crid-t")
             .tempdir()
             .expect("tempdir");
+        // Searchable by every user (not listable), as /var/lib is: root of a pod's user
+        // namespace is an unprivileged host user, and the runtime reaches the container's
+        // rootfs under crid's root as that user.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("chmod the crid directory");
+        }
         let socket = dir.path().join("crid.sock");
         let cni_dir = dir.path().join("net.d");
         std::fs::create_dir_all(&cni_dir).expect("mkdir");

@@ -344,7 +344,7 @@ impl HostTraces {
             leaks.push(format!("mount {target}"));
         }
         let ns_dir = self.crid_dir.join("run/ns");
-        for kind in ["net", "ipc", "uts", "pid"] {
+        for kind in ["net", "ipc", "uts", "pid", "user"] {
             for entry in list(&ns_dir.join(kind)) {
                 leaks.push(format!("namespace pin {kind}/{entry}"));
             }

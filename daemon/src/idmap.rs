@@ -1,0 +1,501 @@
+//! User namespaces for pods (CRI `userns_options` mode POD, KEP-127): the id mappings a pod
+//! asks for, checked, and the id-mapped mounts crid makes itself.
+//!
+//! A pod with mode POD gets a user namespace of its own, made and pinned by `crid-pinns`
+//! with the pod's other namespaces inside it; its containers join it. Container root is then
+//! host id `host_id` and has no privilege over anything of the host's. Files still have
+//! their host owners, so crid shows them to the container through id-mapped mounts
+//! (`mount_setattr(MOUNT_ATTR_IDMAP)`, Linux 5.12; overlay layers 5.19), which it makes
+//! itself because the runtime may not (runc 1.1 has no id-mapped mounts):
+//!
+//! - the image's layers, as CRI-O and containerd 2 do: each lower directory is cloned
+//!   (`open_tree(OPEN_TREE_CLONE)`, detached), id-mapped with the pod's user namespace and
+//!   given to overlayfs as a lower layer; the upper directory belongs to container root's
+//!   host ids, so what the container writes is owned by the pod's host ids on disk;
+//! - each volume: its mount tree is cloned, id-mapped and attached at
+//!   `<container>/idmap/v<n>`, and the runtime binds that (host root's files are container
+//!   root's, as without a user namespace).
+//!
+//! The mappings come from kubelet (trusted), but they still decide which host ids a
+//! container runs as, so their form is checked: one mapping each for uids and gids (what
+//! kubelet sends and containerd accepts; id-mapped layers take one range), starting at
+//! container id 0, not empty, not wrapping past the last id.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crid_proto::cri;
+use serde::{Deserialize, Serialize};
+
+/// The directory under a container's directory holding its id-mapped mounts.
+const STAGING_DIR: &str = "idmap";
+
+/// One range of ids: `length` ids from `container_id` in the namespace are `host_id`… on the
+/// host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub length: u32,
+}
+
+impl IdMapping {
+    /// The host id of `id`, if the range maps it.
+    pub fn to_host(&self, id: u32) -> Option<u32> {
+        let offset = id.checked_sub(self.container_id)?;
+        (offset < self.length).then(|| self.host_id + offset)
+    }
+
+    /// A line of `/proc/<pid>/uid_map`, and of `crid-pinns --uid-map`.
+    pub fn to_arg(&self) -> String {
+        format!("{}:{}:{}", self.container_id, self.host_id, self.length)
+    }
+}
+
+/// The mappings of a pod's user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodIdMappings {
+    pub uid: IdMapping,
+    pub gid: IdMapping,
+}
+
+impl PodIdMappings {
+    /// The host uid and gid of container root.
+    pub fn host_root(&self) -> (u32, u32) {
+        (self.uid.host_id, self.gid.host_id)
+    }
+}
+
+/// Why a pod's `userns_options` were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsernsError {
+    #[error("mode {0:?} is not a user namespace mode (POD or NODE)")]
+    Mode(cri::NamespaceMode),
+    #[error("mode NODE takes no mappings ({uids} uid and {gids} gid mappings given)")]
+    MappingsWithNode { uids: usize, gids: usize },
+    #[error("{field}: mode POD needs exactly one mapping, {count} given")]
+    MappingCount { field: &'static str, count: usize },
+    #[error(
+        "{field}: the mapping must start at container id 0 (container root), not {container_id}"
+    )]
+    RootNotMapped {
+        field: &'static str,
+        container_id: u32,
+    },
+    #[error("{field}: the mapping's length is 0")]
+    Empty { field: &'static str },
+    #[error("{field}: {id} + {length} goes past the last id")]
+    Overflow {
+        field: &'static str,
+        id: u32,
+        length: u32,
+    },
+    #[error("user namespace mode POD cannot share the host's {0} namespace")]
+    HostNamespace(&'static str),
+    #[error("the container's user namespace ({container}) differs from its pod's ({pod})")]
+    DiffersFromPod { container: String, pod: String },
+}
+
+fn one_mapping(field: &'static str, list: &[cri::IdMapping]) -> Result<IdMapping, UsernsError> {
+    let [m] = list else {
+        return Err(UsernsError::MappingCount {
+            field,
+            count: list.len(),
+        });
+    };
+    if m.container_id != 0 {
+        return Err(UsernsError::RootNotMapped {
+            field,
+            container_id: m.container_id,
+        });
+    }
+    if m.length == 0 {
+        return Err(UsernsError::Empty { field });
+    }
+    // The kernel refuses a range whose end wraps (id 4294967295 is never an id).
+    for id in [m.container_id, m.host_id] {
+        if id.checked_add(m.length).is_none() {
+            return Err(UsernsError::Overflow {
+                field,
+                id,
+                length: m.length,
+            });
+        }
+    }
+    Ok(IdMapping {
+        container_id: m.container_id,
+        host_id: m.host_id,
+        length: m.length,
+    })
+}
+
+/// The mappings of a pod's own user namespace, or None for the host's (no options, or mode
+/// NODE).
+pub fn pod_mappings(
+    options: Option<&cri::UserNamespace>,
+) -> Result<Option<PodIdMappings>, UsernsError> {
+    let Some(options) = options else {
+        return Ok(None);
+    };
+    match cri::NamespaceMode::try_from(options.mode) {
+        Ok(cri::NamespaceMode::Node) => {
+            if options.uids.is_empty() && options.gids.is_empty() {
+                Ok(None)
+            } else {
+                Err(UsernsError::MappingsWithNode {
+                    uids: options.uids.len(),
+                    gids: options.gids.len(),
+                })
+            }
+        }
+        Ok(cri::NamespaceMode::Pod) => Ok(Some(PodIdMappings {
+            uid: one_mapping("uids", &options.uids)?,
+            gid: one_mapping("gids", &options.gids)?,
+        })),
+        Ok(mode) => Err(UsernsError::Mode(mode)),
+        Err(_) => Err(UsernsError::Mode(cri::NamespaceMode::Target)),
+    }
+}
+
+fn describe(mappings: Option<&PodIdMappings>) -> String {
+    match mappings {
+        None => "the host's".to_owned(),
+        Some(m) => format!("uids {} gids {}", m.uid.to_arg(), m.gid.to_arg()),
+    }
+}
+
+/// A container's `userns_options` must be its pod's (as containerd checks): absent and NODE
+/// are the same, and mode POD has the same mappings.
+pub fn check_container(
+    container: Option<&cri::UserNamespace>,
+    pod: Option<&PodIdMappings>,
+) -> Result<(), UsernsError> {
+    let container = pod_mappings(container)?;
+    if container.as_ref() != pod {
+        return Err(UsernsError::DiffersFromPod {
+            container: describe(container.as_ref()),
+            pod: describe(pod),
+        });
+    }
+    Ok(())
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("path {} contains NUL", path.display()),
+        )
+    })
+}
+
+fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Opens a user namespace (a pinned namespace file) for id-mapping mounts.
+pub fn open_userns(path: &Path) -> io::Result<OwnedFd> {
+    Ok(std::fs::File::open(path)?.into())
+}
+
+/// A detached copy of the mount (tree, with `recursive`) at `source`.
+fn clone_tree(source: &Path, recursive: bool) -> io::Result<OwnedFd> {
+    let source_c = c_path(source)?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: `source_c` is NUL-terminated; open_tree returns a new fd (which we own) or -1.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source_c.as_ptr(),
+            flags,
+        )
+    })?;
+    // SAFETY: open_tree succeeded, so `fd` is a new fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Id-maps the detached tree at `tree` with `userns` (and makes it read-only, with
+/// `read_only`), every mount of it with `recursive`.
+fn set_idmap(
+    tree: &OwnedFd,
+    userns: BorrowedFd<'_>,
+    read_only: bool,
+    recursive: bool,
+) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP
+            | if read_only {
+                libc::MOUNT_ATTR_RDONLY
+            } else {
+                0
+            },
+        attr_clr: 0,
+        propagation: if read_only { libc::MS_PRIVATE } else { 0 },
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: `tree` is an open mount fd, the path is an empty NUL-terminated string (with
+    // AT_EMPTY_PATH), and `attr` is a valid mount_attr whose size is passed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// Attaches the detached tree at `tree` on `target`.
+fn attach(tree: &OwnedFd, target: &Path) -> io::Result<()> {
+    let target_c = c_path(target)?;
+    // SAFETY: moves the detached tree (AT_EMPTY_PATH on `tree`) onto the NUL-terminated target.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+/// Makes a mount point like `source` (a directory or a file) at `target`.
+fn mount_point_like(source: &Path, target: &Path) -> io::Result<()> {
+    if std::fs::metadata(source)?.is_dir() {
+        std::fs::create_dir(target)
+    } else {
+        std::fs::File::create(target).map(drop)
+    }
+}
+
+/// Unmounts `path` (what is not mounted is fine).
+fn unmount(path: &Path) -> io::Result<()> {
+    let path_c = c_path(path)?;
+    // SAFETY: `path_c` is NUL-terminated; MNT_DETACH takes the whole tree off at once and
+    // never blocks on busy mounts.
+    let rc = unsafe { libc::umount2(path_c.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Id-maps the mount tree at `source` (an absolute host path, symlinks already resolved)
+/// with `userns` at `<container_dir>/idmap/v<index>` and returns that path; with
+/// `recursive_read_only` every mount of the copy is also read-only and private (what `rro`
+/// stages for containers without a user namespace).
+pub fn stage_volume(
+    container_dir: &Path,
+    index: usize,
+    source: &Path,
+    userns: BorrowedFd<'_>,
+    recursive_read_only: bool,
+) -> io::Result<PathBuf> {
+    let staging = container_dir.join(STAGING_DIR);
+    std::fs::create_dir_all(&staging)?;
+    let target = staging.join(format!("v{index}"));
+    mount_point_like(source, &target)?;
+    let tree = clone_tree(source, true)?;
+    set_idmap(&tree, userns, recursive_read_only, true)?;
+    attach(&tree, &target)?;
+    Ok(target)
+}
+
+/// Id-mapped copies of a container's image layers, attached under its directory while
+/// overlayfs is mounted on them (it keeps private clones of its layers, so they are
+/// unmounted right after, by [`IdmappedLayers::release`] or on drop).
+#[derive(Debug)]
+pub struct IdmappedLayers {
+    pub paths: Vec<PathBuf>,
+}
+
+impl IdmappedLayers {
+    /// Id-maps each of `lowers` with `userns` at `<container_dir>/idmap/l<n>`.
+    pub fn stage(
+        container_dir: &Path,
+        lowers: &[PathBuf],
+        userns: BorrowedFd<'_>,
+    ) -> io::Result<Self> {
+        let staging = container_dir.join(STAGING_DIR);
+        std::fs::create_dir_all(&staging)?;
+        let mut staged = IdmappedLayers {
+            paths: Vec::with_capacity(lowers.len()),
+        };
+        for (n, lower) in lowers.iter().enumerate() {
+            let target = staging.join(format!("l{n}"));
+            std::fs::create_dir(&target)?;
+            let tree = clone_tree(lower, false)?;
+            set_idmap(&tree, userns, false, false)?;
+            attach(&tree, &target)?;
+            staged.paths.push(target);
+        }
+        Ok(staged)
+    }
+
+    /// Unmounts and removes the staged layers.
+    pub fn release(mut self) -> io::Result<()> {
+        self.unmount_all()
+    }
+
+    fn unmount_all(&mut self) -> io::Result<()> {
+        for path in self.paths.drain(..) {
+            unmount(&path)?;
+            std::fs::remove_dir(&path)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for IdmappedLayers {
+    fn drop(&mut self) {
+        // An error here leaves mounts that `unstage_all` takes off with the container.
+        let _ = self.unmount_all();
+    }
+}
+
+/// Unmounts every id-mapped mount of a container (its directory is about to be removed);
+/// what is not mounted is fine.
+pub fn unstage_all(container_dir: &Path) -> io::Result<()> {
+    let staging = container_dir.join(STAGING_DIR);
+    let entries = match std::fs::read_dir(&staging) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    for entry in entries {
+        unmount(&entry?.path())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(container_id: u32, host_id: u32, length: u32) -> cri::IdMapping {
+        cri::IdMapping {
+            container_id,
+            host_id,
+            length,
+        }
+    }
+
+    fn pod(uids: Vec<cri::IdMapping>, gids: Vec<cri::IdMapping>) -> cri::UserNamespace {
+        cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids,
+            gids,
+        }
+    }
+
+    #[test]
+    fn pod_mode_takes_one_mapping_from_root() {
+        let ok = pod(
+            vec![mapping(0, 1000, 100000)],
+            vec![mapping(0, 2000, 65536)],
+        );
+        let mappings = pod_mappings(Some(&ok)).expect("valid").expect("own userns");
+        assert_eq!(mappings.host_root(), (1000, 2000));
+        assert_eq!(mappings.uid.to_host(99999), Some(100999));
+        assert_eq!(mappings.uid.to_host(100000), None);
+        assert_eq!(mappings.uid.to_arg(), "0:1000:100000");
+        // critest's "more than one mapping" and "container ID 0 is not mapped".
+        let two = pod(
+            vec![mapping(0, 1000, 100000), mapping(0, 2000, 100000)],
+            vec![mapping(0, 1000, 100000)],
+        );
+        assert!(matches!(
+            pod_mappings(Some(&two)),
+            Err(UsernsError::MappingCount {
+                field: "uids",
+                count: 2
+            })
+        ));
+        let from_one = pod(
+            vec![mapping(1, 1000, 100000)],
+            vec![mapping(1, 1000, 100000)],
+        );
+        assert!(matches!(
+            pod_mappings(Some(&from_one)),
+            Err(UsernsError::RootNotMapped { .. })
+        ));
+        for bad in [
+            pod(vec![mapping(0, 1000, 1)], vec![]),
+            pod(vec![mapping(0, 1000, 0)], vec![mapping(0, 1000, 1)]),
+            pod(vec![mapping(0, u32::MAX - 10, 11)], vec![mapping(0, 1, 1)]),
+            pod(vec![mapping(0, 1, 1)], vec![mapping(0, 1, u32::MAX)]),
+        ] {
+            assert!(pod_mappings(Some(&bad)).is_err(), "{bad:?}");
+        }
+        // The host's own map: `0 0 4294967295`.
+        let whole = pod(
+            vec![mapping(0, 0, u32::MAX)],
+            vec![mapping(0, u32::MAX - 10, 10)],
+        );
+        assert!(pod_mappings(Some(&whole)).is_ok());
+    }
+
+    #[test]
+    fn node_is_the_host_and_other_modes_are_refused() {
+        assert_eq!(pod_mappings(None), Ok(None));
+        let node = cri::UserNamespace {
+            mode: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        };
+        assert_eq!(pod_mappings(Some(&node)), Ok(None));
+        let node_with_mappings = cri::UserNamespace {
+            uids: vec![mapping(0, 1000, 1)],
+            ..node.clone()
+        };
+        assert!(pod_mappings(Some(&node_with_mappings)).is_err());
+        for mode in [cri::NamespaceMode::Container, cri::NamespaceMode::Target] {
+            let options = cri::UserNamespace {
+                mode: mode as i32,
+                ..Default::default()
+            };
+            assert_eq!(pod_mappings(Some(&options)), Err(UsernsError::Mode(mode)));
+        }
+        let unknown = cri::UserNamespace {
+            mode: 17,
+            ..Default::default()
+        };
+        assert!(pod_mappings(Some(&unknown)).is_err());
+    }
+
+    #[test]
+    fn containers_share_their_pods_user_namespace() {
+        let options = pod(vec![mapping(0, 1000, 10)], vec![mapping(0, 1000, 10)]);
+        let mappings = pod_mappings(Some(&options)).expect("valid");
+        assert!(check_container(Some(&options), mappings.as_ref()).is_ok());
+        assert!(check_container(None, None).is_ok());
+        assert!(check_container(None, mappings.as_ref()).is_err());
+        assert!(check_container(Some(&options), None).is_err());
+        let other = pod(vec![mapping(0, 5000, 10)], vec![mapping(0, 1000, 10)]);
+        assert!(check_container(Some(&other), mappings.as_ref()).is_err());
+    }
+}

@@ -1,0 +1,496 @@
+//! Pods with a user namespace of their own (CRI `userns_options` mode POD, KEP-127): the
+//! container's ids are the pod's mappings, its rootfs and volumes are id-mapped (crid makes the
+//! id-mapped mounts itself: runc 1.1 has none), what it writes belongs to the pod's host ids,
+//! and nothing is left behind; bad mappings and modes are InvalidArgument.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use crid_proto::cri;
+use crid_tests::harness::pods::PodFixture;
+use tonic::Code;
+
+/// The pod's mappings: container ids 0..65536 are host ids 300000.. (uids) and 400000..
+/// (gids); ranges no user of this host has.
+const HOST_UID: u32 = 300_000;
+const HOST_GID: u32 = 400_000;
+const LENGTH: u32 = 65_536;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn mapping(container_id: u32, host_id: u32, length: u32) -> cri::IdMapping {
+    cri::IdMapping {
+        container_id,
+        host_id,
+        length,
+    }
+}
+
+fn userns(
+    mode: cri::NamespaceMode,
+    uids: Vec<cri::IdMapping>,
+    gids: Vec<cri::IdMapping>,
+) -> cri::UserNamespace {
+    cri::UserNamespace {
+        mode: mode as i32,
+        uids,
+        gids,
+    }
+}
+
+fn pod_userns() -> cri::UserNamespace {
+    userns(
+        cri::NamespaceMode::Pod,
+        vec![mapping(0, HOST_UID, LENGTH)],
+        vec![mapping(0, HOST_GID, LENGTH)],
+    )
+}
+
+/// `pod` with these namespace options (kubelet gives the same to the pod and its containers).
+fn with_namespaces(
+    mut pod: cri::PodSandboxConfig,
+    options: cri::NamespaceOption,
+) -> cri::PodSandboxConfig {
+    let linux = pod.linux.get_or_insert_with(Default::default);
+    linux
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(options);
+    pod
+}
+
+fn container_with_namespaces(
+    mut config: cri::ContainerConfig,
+    options: Option<cri::NamespaceOption>,
+) -> cri::ContainerConfig {
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: options,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+/// Runs `cmd` in the container; panics unless it exits 0; its standard output.
+async fn run(fx: &mut PodFixture, id: &str, cmd: &[&str]) -> String {
+    let out = fx.exec(id, cmd, 10).await;
+    assert_eq!(
+        out.exit_code,
+        0,
+        "{cmd:?}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// `ls -ln` fields: (uid, gid) of `path` in the container.
+async fn owner_in_container(fx: &mut PodFixture, id: &str, path: &str) -> (String, String) {
+    let out = run(fx, id, &["ls", "-lnd", path]).await;
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    (fields[2].to_owned(), fields[3].to_owned())
+}
+
+async fn container_pid(fx: &mut PodFixture, id: &str) -> i64 {
+    let info = fx
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.to_owned(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .info;
+    let record: serde_json::Value = serde_json::from_str(&info["info"]).expect("info json");
+    record["pid"].as_i64().expect("pid")
+}
+
+fn host_ids(status: &str) -> (String, String) {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (field("Uid:"), field("Gid:"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn userns_pod_maps_ids_rootfs_and_volumes() {
+    let mut fx = PodFixture::start("").await;
+    // Status advertises user namespaces for both names of crid's handler.
+    let status = fx
+        .runtime
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner();
+    for handler in &status.runtime_handlers {
+        assert!(
+            handler.features.as_ref().is_some_and(|f| f.user_namespaces),
+            "handler {:?} does not advertise user namespaces: {handler:?}\n{}",
+            handler.name,
+            fx.crid.stderr()
+        );
+    }
+    assert_eq!(status.runtime_handlers.len(), 2);
+
+    // A hostPath volume with a root-owned file and a file of uid 1234.
+    let volume = fx.work.path().join("volume");
+    std::fs::create_dir(&volume).expect("mkdir volume");
+    std::fs::write(volume.join("root-file"), "from the host\n").expect("write");
+    std::fs::write(volume.join("user-file"), "of 1234\n").expect("write");
+    std::os::unix::fs::chown(volume.join("user-file"), Some(1234), Some(1234)).expect("chown");
+    let read_only = fx.work.path().join("read-only");
+    std::fs::create_dir(&read_only).expect("mkdir read-only");
+
+    let options = cri::NamespaceOption {
+        userns_options: Some(pod_userns()),
+        ..Default::default()
+    };
+    let pod = with_namespaces(fx.pod_config("userns"), options.clone());
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let pin = fx.crid.dir.path().join("run/ns/user").join(&pod_id);
+    assert!(pin.exists(), "no user namespace pin {}", pin.display());
+
+    let mut config = container_with_namespaces(
+        fx.container_config("c", &["sleep", "1000"]),
+        Some(options.clone()),
+    );
+    config.mounts = vec![
+        cri::Mount {
+            container_path: "/vol".into(),
+            host_path: volume.display().to_string(),
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/ro".into(),
+            host_path: read_only.display().to_string(),
+            readonly: true,
+            recursive_read_only: true,
+            ..Default::default()
+        },
+    ];
+    let id = fx.start_container(&pod_id, &pod, config).await;
+
+    // The container's ids are the pod's mappings; it is root in them, host id 300000 outside.
+    let uid_map = run(&mut fx, &id, &["cat", "/proc/self/uid_map"]).await;
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &HOST_UID.to_string(), &LENGTH.to_string()]
+    );
+    let gid_map = run(&mut fx, &id, &["cat", "/proc/self/gid_map"]).await;
+    assert_eq!(
+        gid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &HOST_GID.to_string(), &LENGTH.to_string()]
+    );
+    assert_eq!(run(&mut fx, &id, &["id", "-u"]).await.trim(), "0");
+    let pid = container_pid(&mut fx, &id).await;
+    let host_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert_eq!(
+        host_ids(&host_status),
+        (HOST_UID.to_string(), HOST_GID.to_string())
+    );
+
+    // The image's files (root's on the host) are container root's, and container root
+    // writes to its rootfs: the files land in the upper directory owned by the pod's host ids.
+    assert_eq!(
+        owner_in_container(&mut fx, &id, "/bin/busybox").await,
+        ("0".into(), "0".into())
+    );
+    run(
+        &mut fx,
+        &id,
+        &["sh", "-c", "echo hi > /written && mkdir /made"],
+    )
+    .await;
+    let upper = fx
+        .crid
+        .dir
+        .path()
+        .join("root/containers")
+        .join(&id)
+        .join("upper");
+    for name in ["written", "made"] {
+        let meta = std::fs::metadata(upper.join(name)).expect("written to the upper dir");
+        assert_eq!((meta.uid(), meta.gid()), (HOST_UID, HOST_GID), "{name}");
+    }
+
+    // The volume is id-mapped: host root's file is container root's, uid 1234 stays 1234,
+    // and what container root writes there is host root's.
+    assert_eq!(
+        run(&mut fx, &id, &["cat", "/vol/root-file"]).await,
+        "from the host\n"
+    );
+    assert_eq!(
+        owner_in_container(&mut fx, &id, "/vol/root-file").await,
+        ("0".into(), "0".into())
+    );
+    assert_eq!(
+        owner_in_container(&mut fx, &id, "/vol/user-file").await,
+        ("1234".into(), "1234".into())
+    );
+    run(
+        &mut fx,
+        &id,
+        &["sh", "-c", "echo from-the-pod > /vol/from-pod"],
+    )
+    .await;
+    let meta = std::fs::metadata(volume.join("from-pod")).expect("written to the volume");
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    // A recursive read-only volume is id-mapped and read-only.
+    assert_eq!(
+        owner_in_container(&mut fx, &id, "/ro").await,
+        ("0".into(), "0".into())
+    );
+    let write = fx.exec(&id, &["touch", "/ro/x"], 10).await;
+    assert_ne!(write.exit_code, 0, "wrote to a read-only volume");
+
+    // The pod's files and /dev/shm are container root's.
+    run(
+        &mut fx,
+        &id,
+        &["sh", "-c", "echo '10.1.2.3 extra' >> /etc/hosts"],
+    )
+    .await;
+    assert_eq!(
+        owner_in_container(&mut fx, &id, "/dev/shm").await,
+        ("0".into(), "0".into())
+    );
+    run(&mut fx, &id, &["touch", "/dev/shm/x"]).await;
+
+    // A second container joins the same namespace.
+    let second = container_with_namespaces(
+        fx.container_config("second", &["cat", "/proc/self/uid_map"]),
+        Some(options.clone()),
+    );
+    let second = fx.start_container(&pod_id, &pod, second).await;
+    let status = fx.wait_exited(&second, Duration::from_secs(20)).await;
+    assert_eq!(status.exit_code, 0);
+    let log =
+        std::fs::read_to_string(Path::new(&pod.log_directory).join("second/0.log")).expect("log");
+    let (uid, length) = (HOST_UID.to_string(), LENGTH.to_string());
+    let fields: Vec<&str> = log.split_whitespace().collect();
+    assert!(
+        fields.windows(3).any(|w| w == ["0", &uid, &length]),
+        "{log}"
+    );
+
+    // After a restart of crid the pod keeps its user namespace.
+    fx.crid.stop_with(nix::sys::signal::Signal::SIGKILL);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fx.crid.restart();
+    fx.runtime = fx.crid.runtime().await;
+    assert_eq!(
+        fx.pod_status(&pod_id).await.state,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    let after = container_with_namespaces(
+        fx.container_config("after", &["sleep", "1000"]),
+        Some(options),
+    );
+    let after = fx.start_container(&pod_id, &pod, after).await;
+    let uid_map = run(&mut fx, &after, &["cat", "/proc/self/uid_map"]).await;
+    assert!(uid_map.contains(&HOST_UID.to_string()), "{uid_map}");
+    assert_eq!(run(&mut fx, &id, &["id", "-u"]).await.trim(), "0");
+
+    // Removal leaves no pin, mount or process (finish checks).
+    fx.finish().await;
+    assert!(!pin.exists(), "user namespace pin left: {}", pin.display());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn userns_bad_mappings_and_modes_are_invalid_argument() {
+    let mut fx = PodFixture::start("").await;
+    let one = || vec![mapping(0, HOST_UID, LENGTH)];
+    let bad: Vec<(&str, cri::NamespaceOption)> = vec![
+        (
+            "two mappings (critest)",
+            cri::NamespaceOption {
+                userns_options: Some(userns(
+                    cri::NamespaceMode::Pod,
+                    vec![mapping(0, 1000, 100000), mapping(0, 2000, 100000)],
+                    vec![mapping(0, 1000, 100000), mapping(0, 2000, 100000)],
+                )),
+                ..Default::default()
+            },
+        ),
+        (
+            "container id 0 unmapped (critest)",
+            cri::NamespaceOption {
+                userns_options: Some(userns(
+                    cri::NamespaceMode::Pod,
+                    vec![mapping(1, 1000, 100000)],
+                    vec![mapping(1, 1000, 100000)],
+                )),
+                ..Default::default()
+            },
+        ),
+        (
+            "mode CONTAINER (critest)",
+            cri::NamespaceOption {
+                userns_options: Some(userns(cri::NamespaceMode::Container, vec![], vec![])),
+                ..Default::default()
+            },
+        ),
+        (
+            "mode TARGET (critest)",
+            cri::NamespaceOption {
+                userns_options: Some(userns(cri::NamespaceMode::Target, vec![], vec![])),
+                ..Default::default()
+            },
+        ),
+        (
+            "no gid mapping",
+            cri::NamespaceOption {
+                userns_options: Some(userns(cri::NamespaceMode::Pod, one(), vec![])),
+                ..Default::default()
+            },
+        ),
+        (
+            "empty range",
+            cri::NamespaceOption {
+                userns_options: Some(userns(
+                    cri::NamespaceMode::Pod,
+                    vec![mapping(0, HOST_UID, 0)],
+                    one(),
+                )),
+                ..Default::default()
+            },
+        ),
+        (
+            "range past the last id",
+            cri::NamespaceOption {
+                userns_options: Some(userns(
+                    cri::NamespaceMode::Pod,
+                    vec![mapping(0, u32::MAX - 10, 11)],
+                    one(),
+                )),
+                ..Default::default()
+            },
+        ),
+        (
+            "NODE with mappings",
+            cri::NamespaceOption {
+                userns_options: Some(userns(cri::NamespaceMode::Node, one(), one())),
+                ..Default::default()
+            },
+        ),
+        (
+            "POD with the host's network",
+            cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                userns_options: Some(pod_userns()),
+                ..Default::default()
+            },
+        ),
+        (
+            "POD with the host's PID namespace",
+            cri::NamespaceOption {
+                pid: cri::NamespaceMode::Node as i32,
+                userns_options: Some(pod_userns()),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, options) in bad {
+        let pod = with_namespaces(fx.pod_config("bad"), options);
+        let err = fx
+            .runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err}");
+        assert!(err.message().contains("userns_options"), "{what}: {err}");
+    }
+
+    // NODE (and no options) is the host's user namespace.
+    let node = cri::NamespaceOption {
+        userns_options: Some(userns(cri::NamespaceMode::Node, vec![], vec![])),
+        ..Default::default()
+    };
+    let pod = with_namespaces(fx.pod_config("node"), node.clone());
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let config =
+        container_with_namespaces(fx.container_config("node", &["sleep", "1000"]), Some(node));
+    let id = fx.start_container(&pod_id, &pod, config).await;
+    let host_map = std::fs::read_to_string("/proc/self/uid_map").expect("uid_map");
+    assert_eq!(
+        run(&mut fx, &id, &["cat", "/proc/self/uid_map"])
+            .await
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        host_map.split_whitespace().collect::<Vec<_>>()
+    );
+
+    // A container's user namespace must be its pod's.
+    let options = cri::NamespaceOption {
+        userns_options: Some(pod_userns()),
+        ..Default::default()
+    };
+    let pod = with_namespaces(fx.pod_config("userns"), options.clone());
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let other = cri::NamespaceOption {
+        userns_options: Some(userns(
+            cri::NamespaceMode::Pod,
+            vec![mapping(0, 500_000, LENGTH)],
+            vec![mapping(0, HOST_GID, LENGTH)],
+        )),
+        ..Default::default()
+    };
+    for (what, container_options) in [
+        ("other mappings", Some(other)),
+        ("the host's", Some(cri::NamespaceOption::default())),
+    ] {
+        let config = container_with_namespaces(
+            fx.container_config("mismatch", &["true"]),
+            container_options,
+        );
+        let err = fx
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod_id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err}");
+        assert!(err.message().contains("userns_options"), "{what}: {err}");
+    }
+    // A user the mappings leave out cannot run.
+    let mut config =
+        container_with_namespaces(fx.container_config("unmapped", &["true"]), Some(options));
+    if let Some(security) = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+    {
+        security.run_as_user = Some(cri::Int64Value {
+            value: i64::from(LENGTH) + 5,
+        });
+    }
+    let err = fx
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect_err("an unmapped user");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("not mapped"), "{err}");
+    fx.finish().await;
+}
