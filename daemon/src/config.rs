@@ -142,6 +142,16 @@ pub struct NetworkConfig {
     pub cni_config_dir: PathBuf,
     /// Directories searched for CNI plugin binaries.
     pub cni_plugin_dirs: Vec<PathBuf>,
+    /// Seconds one CNI ADD or DEL (every plugin of the list) may take; past it the plugin is
+    /// killed with its process group and the call fails with DeadlineExceeded.
+    pub plugin_timeout_secs: u64,
+}
+
+impl NetworkConfig {
+    /// [`NetworkConfig::plugin_timeout_secs`] as a duration.
+    pub fn plugin_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.plugin_timeout_secs)
+    }
 }
 
 impl Default for Config {
@@ -178,6 +188,7 @@ impl Default for NetworkConfig {
         NetworkConfig {
             cni_config_dir: "/etc/cni/net.d".into(),
             cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            plugin_timeout_secs: crate::network::cni::DEFAULT_PLUGIN_TIMEOUT.as_secs(),
         }
     }
 }
@@ -319,6 +330,9 @@ allowed_annotations = []
 cni_config_dir = {cni_config_dir}
 # Directories searched for CNI plugin binaries, in order.
 cni_plugin_dirs = [{plugin_dirs}]
+# Seconds one CNI ADD or DEL of the whole list may take (CRI-O's two minutes); past it the
+# running plugin is killed with its process group and the call fails with DeadlineExceeded.
+plugin_timeout_secs = {plugin_timeout_secs}
 
 [image]
 # Registries in the containers-registries.conf(5) v2 format: mirrors (tried in order, then the
@@ -364,6 +378,7 @@ idle_timeout_secs = {idle_timeout_secs}
             pids_limit = d.runtime.pids_limit,
             cni_config_dir = q(&d.network.cni_config_dir),
             plugin_dirs = dirs.join(", "),
+            plugin_timeout_secs = d.network.plugin_timeout_secs,
             registries_conf = q(&d.image.registries_conf),
             registries_conf_dir = q(&d.image.registries_conf_dir),
             auth_file = q(&d.image.auth_file),

@@ -63,10 +63,19 @@ impl From<DaemonError> for tonic::Status {
             DaemonError::Unimplemented(_) => tonic::Status::unimplemented(message),
             DaemonError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
             DaemonError::Io { .. } | DaemonError::Internal(_) => tonic::Status::internal(message),
+            DaemonError::Namespace(ref ns) if ns.timed_out() => {
+                tonic::Status::deadline_exceeded(message)
+            }
             DaemonError::Overlay(_) | DaemonError::Namespace(_) => tonic::Status::internal(message),
             // A plugin's or the runtime's own failure: its message says what went wrong.
             DaemonError::Cni(crate::network::cni::CniError::NoConfig(_)) => {
                 tonic::Status::failed_precondition(message)
+            }
+            DaemonError::Cni(ref cni) if cni.timed_out() => {
+                tonic::Status::deadline_exceeded(message)
+            }
+            DaemonError::Cni(crate::network::cni::CniError::InvalidValue { .. }) => {
+                tonic::Status::invalid_argument(message)
             }
             DaemonError::Cni(_) => tonic::Status::unknown(message),
             DaemonError::Runtime(crate::oci_runtime::RuntimeError::TimedOut { .. }) => {

@@ -2,6 +2,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod child;
 pub mod config;
 pub mod container;
 pub mod error;

@@ -2,24 +2,36 @@
 //! delete. `create` is run by the container's monitor.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use crate::child::{self, ChildError};
 
-/// Most bytes of a runtime's error output kept.
-const MAX_RUNTIME_OUTPUT: u64 = 64 * 1024;
 /// How long one runtime call may take.
 const RUNTIME_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bounds of one runtime call: these commands print nothing on success and one logrus line on
+/// failure; more is killed (with the runtime's process group) as a failure.
+const RUNTIME_CALL_BOUNDS: child::Bounds = child::Bounds {
+    stdout: 64 * 1024,
+    stderr: 64 * 1024,
+    timeout: RUNTIME_CALL_TIMEOUT,
+};
 
 /// Errors of runtime calls; the message is the runtime's own.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("failed to run {path}")]
-    Spawn {
-        path: PathBuf,
+    #[error("{runtime} {command} {id} failed")]
+    Run {
+        runtime: String,
+        command: &'static str,
+        id: String,
         #[source]
-        err: std::io::Error,
+        err: ChildError,
+    },
+    #[error("{runtime} {command}: {id:?} is not a container id crid makes")]
+    BadId {
+        runtime: String,
+        command: &'static str,
+        id: String,
     },
     #[error("{runtime} {command} {id} failed: {message}")]
     Failed {
@@ -61,51 +73,48 @@ impl OciRuntime {
         id: &str,
         args: &[&str],
     ) -> Result<(), RuntimeError> {
+        // Ids are crid's own (hex); anything else, and above all one that starts with '-' and
+        // would read as an option, never reaches the runtime's command line.
+        if !is_container_id(id) {
+            return Err(RuntimeError::BadId {
+                runtime: self.name(),
+                command,
+                id: id.to_owned(),
+            });
+        }
         let mut cmd = tokio::process::Command::new(&self.path);
         cmd.arg("--root").arg(&self.root);
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
         cmd.arg(command).args(args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|err| RuntimeError::Spawn {
-            path: self.path.clone(),
-            err,
-        })?;
-        let stderr = child.stderr.take();
-        let finish = async {
-            let mut text = String::new();
-            if let Some(stderr) = stderr {
-                let _ = stderr
-                    .take(MAX_RUNTIME_OUTPUT)
-                    .read_to_string(&mut text)
-                    .await;
-            }
-            (child.wait().await, text)
-        };
-        let (status, text) = tokio::time::timeout(RUNTIME_CALL_TIMEOUT, finish)
+        let finished = child::run(cmd, None, RUNTIME_CALL_BOUNDS)
             .await
-            .map_err(|_| RuntimeError::TimedOut {
-                runtime: self.name(),
-                command,
-                id: id.to_owned(),
-                timeout: RUNTIME_CALL_TIMEOUT,
+            .map_err(|err| {
+                if err.timed_out() {
+                    RuntimeError::TimedOut {
+                        runtime: self.name(),
+                        command,
+                        id: id.to_owned(),
+                        timeout: RUNTIME_CALL_TIMEOUT,
+                    }
+                } else {
+                    RuntimeError::Run {
+                        runtime: self.name(),
+                        command,
+                        id: id.to_owned(),
+                        err,
+                    }
+                }
             })?;
-        let status = status.map_err(|err| RuntimeError::Spawn {
-            path: self.path.clone(),
-            err,
-        })?;
-        if status.success() {
+        if finished.status.success() {
             return Ok(());
         }
         Err(RuntimeError::Failed {
             runtime: self.name(),
             command,
             id: id.to_owned(),
-            message: runtime_message(&text),
+            message: runtime_message(&String::from_utf8_lossy(&finished.stderr)),
         })
     }
 
@@ -144,6 +153,16 @@ impl OciRuntime {
     }
 }
 
+/// Whether `id` has the form of a container id: what runc accepts (`^[\w+-\.]+$`), and not
+/// starting with `-`.
+fn is_container_id(id: &str) -> bool {
+    !id.is_empty()
+        && !id.starts_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-' | b'.'))
+}
+
 /// Whether a runtime error says the container does not exist or no longer runs.
 fn is_gone(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
@@ -179,7 +198,7 @@ fn runtime_message(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_gone, runtime_message};
+    use super::{is_container_id, is_gone, runtime_message};
 
     #[test]
     fn runc_messages_are_extracted() {
@@ -192,5 +211,13 @@ mod tests {
         assert_eq!(runtime_message("plain failure\n\n"), "plain failure");
         assert!(is_gone("container not running"));
         assert!(!is_gone("permission denied"));
+    }
+
+    #[test]
+    fn only_container_ids_reach_the_command_line() {
+        assert!(is_container_id("0123abcdef"));
+        for bad in ["", "--all", "-h", "a b", "a/b", "a\0b", "a;b"] {
+            assert!(!is_container_id(bad), "{bad:?}");
+        }
     }
 }

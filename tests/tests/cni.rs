@@ -97,7 +97,10 @@ async fn add_assigns_an_address_and_del_releases_it() {
     let pod = Attachment {
         container_id: &id,
         netns: &netns,
-        args: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=test".into(),
+        args: vec![
+            ("K8S_POD_NAMESPACE", "default".into()),
+            ("K8S_POD_NAME", "test".into()),
+        ],
         runtime_config: serde_json::json!({}),
     };
     let result = list.add(&dirs, &pod).await.expect("ADD");

@@ -90,6 +90,16 @@ fn plan(
     if meta.namespace.is_empty() {
         return Err(invalid("config.metadata.namespace is empty"));
     }
+    // These become CNI_ARGS values (`K8S_POD_NAME=…;…`): a `;` or `=` would add a key of its
+    // own. Kubernetes' name rules never allow them; crictl and critest names pass.
+    for (field, value) in [
+        ("config.metadata.name", &meta.name),
+        ("config.metadata.namespace", &meta.namespace),
+        ("config.metadata.uid", &meta.uid),
+    ] {
+        crate::network::cni::check_arg_value(value)
+            .map_err(|why| invalid(format!("{field} {value:?} is invalid: {why}")))?;
+    }
     let options = namespace_options(config);
     const USERNS_FIELD: &str = "config.linux.security_context.namespace_options.userns_options";
     let user_namespace = crate::idmap::pod_mappings(options.userns_options.as_ref())
@@ -242,6 +252,10 @@ pub async fn run(
         Err(err) => {
             if let Err(undo) = teardown(state, &pod).await {
                 tracing::error!(pod = %id, error = %undo.chain(), "cleaning up after a failed RunPodSandbox failed");
+                // Nothing can retry a pod that is forgotten: what does not need the network
+                // plugin goes anyway (the plugin's own state, such as a lease, may stay, as
+                // with CRI-O, which logs the failed DEL and removes the sandbox).
+                release_local(&pod);
             }
             let _ = persist::remove_dir(&dir);
             state.release_name(&name, &id);

@@ -2,26 +2,34 @@
 //! because unshare cannot happen in crid's threaded runtime), undone here.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::time::Duration;
 
 use nix::mount::MntFlags;
-use tokio::io::AsyncReadExt;
 
+use crate::child::{self, ChildError};
 use crate::state::pod::PodNamespaces;
 
-/// Most bytes of crid-pinns output kept.
-const MAX_PINNS_OUTPUT: u64 = 64 * 1024;
+/// Bounds of a crid-pinns run: it prints one short JSON line and, on failure, one message;
+/// it unshares and bind-mounts a few files, which takes milliseconds. More output, or longer
+/// than the timeout, means something is wrong: it is killed with its process group (which
+/// never holds the PID holder: that one calls setsid).
+const PINNS_BOUNDS: child::Bounds = child::Bounds {
+    stdout: 64 * 1024,
+    stderr: 64 * 1024,
+    timeout: Duration::from_secs(30),
+};
 
 /// Errors making or removing pod namespaces.
 #[derive(Debug, thiserror::Error)]
 pub enum NamespaceError {
     #[error("crid-pinns not found next to crid or in $PATH")]
     NoPinns,
-    #[error("failed to run {path}")]
-    Spawn {
+    #[error("crid-pinns {path} failed for pod {id}")]
+    Run {
         path: PathBuf,
+        id: String,
         #[source]
-        err: std::io::Error,
+        err: ChildError,
     },
     #[error("creating the namespaces of pod {id} failed: {message}")]
     Failed { id: String, message: String },
@@ -32,6 +40,13 @@ pub enum NamespaceError {
         #[source]
         err: nix::Error,
     },
+}
+
+impl NamespaceError {
+    /// Whether crid-pinns ran out of time (DeadlineExceeded for the client).
+    pub fn timed_out(&self) -> bool {
+        matches!(self, NamespaceError::Run { err, .. } if err.timed_out())
+    }
 }
 
 /// Which namespaces a pod gets, and what is set inside them.
@@ -89,29 +104,22 @@ pub async fn pin(
     for (key, value) in &request.sysctls {
         cmd.arg("--sysctl").arg(format!("{key}={value}"));
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|err| NamespaceError::Spawn {
-        path: pinns.clone(),
-        err,
-    })?;
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    if let Some(s) = child.stderr.take() {
-        let _ = s.take(MAX_PINNS_OUTPUT).read_to_string(&mut stderr).await;
-    }
-    let status = child.wait().await.map_err(|err| NamespaceError::Spawn {
-        path: pinns.clone(),
-        err,
-    })?;
-    if let Some(s) = child.stdout.take() {
-        let _ = s.take(MAX_PINNS_OUTPUT).read_to_string(&mut stdout).await;
-    }
-    if !status.success() {
+    let finished =
+        child::run(cmd, None, PINNS_BOUNDS)
+            .await
+            .map_err(|err| NamespaceError::Run {
+                path: pinns.clone(),
+                id: id.to_owned(),
+                err,
+            })?;
+    let stdout = String::from_utf8_lossy(&finished.stdout).into_owned();
+    if !finished.status.success() {
         return Err(NamespaceError::Failed {
             id: id.to_owned(),
-            message: stderr.trim().trim_start_matches("crid-pinns: ").to_owned(),
+            message: finished
+                .stderr_text()
+                .trim_start_matches("crid-pinns: ")
+                .to_owned(),
         });
     }
     let path = |kind: &str, on: bool| on.then(|| dir.join(kind).join(id));

@@ -43,10 +43,14 @@ fn attachment<'a>(id: &'a str, netns: &'a Path, config: &cri::PodSandboxConfig) 
     Attachment {
         container_id: id,
         netns,
-        args: format!(
-            "K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={id};K8S_POD_UID={}",
-            meta.namespace, meta.name, meta.uid
-        ),
+        // Checked again (each value alone) before any plugin runs; RunPodSandbox refuses such
+        // metadata first, naming the field.
+        args: vec![
+            ("K8S_POD_NAMESPACE", meta.namespace),
+            ("K8S_POD_NAME", meta.name),
+            ("K8S_POD_INFRA_CONTAINER_ID", id.to_owned()),
+            ("K8S_POD_UID", meta.uid),
+        ],
         runtime_config: json!({ "portMappings": ports }),
     }
 }
@@ -58,7 +62,7 @@ pub async fn attach(
     netns: &Path,
     config: &cri::PodSandboxConfig,
 ) -> Result<Value, CniError> {
-    let list = NetworkList::load(&network.cni_config_dir)?;
+    let list = NetworkList::load(&network.cni_config_dir)?.with_timeout(network.plugin_timeout());
     list.add(&network.cni_plugin_dirs, &attachment(id, netns, config))
         .await
 }
@@ -71,13 +75,14 @@ pub async fn detach(
     config: &cri::PodSandboxConfig,
     added: Option<&Value>,
 ) -> Result<(), CniError> {
-    let list = NetworkList::load(&network.cni_config_dir)?;
+    let list = NetworkList::load(&network.cni_config_dir)?.with_timeout(network.plugin_timeout());
     let pod = attachment(id, netns, config);
     let mut attempt = 1;
     loop {
         match list.del(&network.cni_plugin_dirs, &pod, added).await {
             Ok(()) => return Ok(()),
-            Err(err) if attempt >= DEL_ATTEMPTS => return Err(err),
+            // A DEL that ran out of time would only hang again: kubelet retries later.
+            Err(err) if attempt >= DEL_ATTEMPTS || err.timed_out() => return Err(err),
             Err(err) => {
                 tracing::warn!(pod = id, attempt, error = %crid_common::error_chain::error_chain(&err), "CNI DEL failed; retrying");
                 attempt += 1;
