@@ -109,11 +109,14 @@ impl ImageService for Images {
             None => None,
         };
         let started = std::time::Instant::now();
-        let id = self
-            .store
-            .pull(&spec, auth)
-            .await
-            .map_err(DaemonError::from)?;
+        // In its own task: a client that leaves does not stop the pull half-way, and its
+        // retry joins the pull still running (pulls of one image are shared) or finds it done.
+        let store = self.store.clone();
+        let target = spec.clone();
+        let id = super::requests::detached(async move {
+            store.pull(&target, auth).await.map_err(DaemonError::from)
+        })
+        .await?;
         tracing::info!(image = %spec, %id, took = ?started.elapsed(), "pulled");
         Ok(Response::new(cri::PullImageResponse { image_ref: id }))
     }

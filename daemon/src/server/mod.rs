@@ -6,6 +6,7 @@ mod events;
 mod image_service;
 mod listener;
 mod monitors;
+mod requests;
 mod runtime_service;
 mod stats;
 mod unimplemented;

@@ -15,6 +15,8 @@ use crate::config::{CgroupManager, Config};
 use crate::container::{create, lifecycle as containers, running};
 use crate::error::DaemonError;
 use crate::sandbox::lifecycle as pods;
+
+use super::requests::{detached, Creations};
 use crate::state::State;
 use crate::status::{self, Condition};
 use crate::streaming::server::StreamingServer;
@@ -31,6 +33,7 @@ pub struct Runtime {
     config: Arc<Config>,
     state: Arc<State>,
     stats: Arc<stats::StatsCache>,
+    creations: Arc<Creations>,
     streaming: Arc<StreamingServer>,
 }
 
@@ -40,6 +43,7 @@ impl Runtime {
             config,
             state,
             stats: Arc::default(),
+            creations: Arc::default(),
             streaming,
         }
     }
@@ -157,19 +161,36 @@ impl RuntimeService for Runtime {
         let config = request
             .config
             .ok_or_else(|| DaemonError::InvalidArgument("config is missing".into()))?;
-        let pod_sandbox_id = pods::run(&self.state, config, &request.runtime_handler).await?;
-        events::publish(
-            &self.state,
-            Event::ContainerCreatedEvent,
-            &pod_sandbox_id,
-            &pod_sandbox_id,
-        );
-        events::publish(
-            &self.state,
-            Event::ContainerStartedEvent,
-            &pod_sandbox_id,
-            &pod_sandbox_id,
-        );
+        // The pod's name (kubelet retries with the same one): the key of the creation.
+        let key = config.metadata.as_ref().map(|m| {
+            format!(
+                "pod {}/{} uid {} attempt {}",
+                m.namespace, m.name, m.uid, m.attempt
+            )
+        });
+        let state = self.state.clone();
+        let create = async move {
+            let id = pods::run(&state, config, &request.runtime_handler).await?;
+            events::publish(&state, Event::ContainerCreatedEvent, &id, &id);
+            events::publish(&state, Event::ContainerStartedEvent, &id, &id);
+            Ok::<_, DaemonError>(id)
+        };
+        let pod_sandbox_id = match key {
+            None => detached(create).await?,
+            Some(key) => {
+                let state = self.state.clone();
+                let undo = move |id: String| -> futures_util::future::BoxFuture<'static, ()> {
+                    Box::pin(async move {
+                        let _ = pods::stop(&state, &id).await;
+                        if let Err(err) = pods::remove(&state, &id).await {
+                            tracing::warn!(pod = %id, error = %err, "removing an unclaimed pod failed");
+                        }
+                    })
+                };
+                let create = async move { create.await.map_err(Status::from) };
+                self.creations.run(key, create, undo).await?
+            }
+        };
         ok(cri::RunPodSandboxResponse { pod_sandbox_id })
     }
 
@@ -177,12 +198,17 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        let id = &request.get_ref().pod_sandbox_id;
-        let known = self.state.pod(id).ok().map(|p| p.id.clone());
-        pods::stop(&self.state, id).await?;
-        if let Some(id) = known {
-            events::publish(&self.state, Event::ContainerStoppedEvent, &id, &id);
-        }
+        let id = request.into_inner().pod_sandbox_id;
+        let state = self.state.clone();
+        detached(async move {
+            let known = state.pod(&id).ok().map(|p| p.id.clone());
+            pods::stop(&state, &id).await?;
+            if let Some(id) = known {
+                events::publish(&state, Event::ContainerStoppedEvent, &id, &id);
+            }
+            Ok(())
+        })
+        .await?;
         ok(cri::StopPodSandboxResponse {})
     }
 
@@ -190,25 +216,30 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        let id = &request.get_ref().pod_sandbox_id;
-        let known = self.state.pod(id).ok().map(|p| p.id.clone());
-        let containers: Vec<String> = known
-            .as_ref()
-            .map(|id| {
-                self.state
-                    .containers_of(id)
-                    .iter()
-                    .map(|c| c.id.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        pods::remove(&self.state, id).await?;
-        if let Some(id) = known {
-            for container in containers {
-                events::publish(&self.state, Event::ContainerDeletedEvent, &container, &id);
+        let id = request.into_inner().pod_sandbox_id;
+        let state = self.state.clone();
+        detached(async move {
+            let known = state.pod(&id).ok().map(|p| p.id.clone());
+            let containers: Vec<String> = known
+                .as_ref()
+                .map(|id| {
+                    state
+                        .containers_of(id)
+                        .iter()
+                        .map(|c| c.id.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            pods::remove(&state, &id).await?;
+            if let Some(id) = known {
+                for container in containers {
+                    events::publish(&state, Event::ContainerDeletedEvent, &container, &id);
+                }
+                events::publish(&state, Event::ContainerDeletedEvent, &id, &id);
             }
-            events::publish(&self.state, Event::ContainerDeletedEvent, &id, &id);
-        }
+            Ok(())
+        })
+        .await?;
         ok(cri::RemovePodSandboxResponse {})
     }
 
@@ -261,16 +292,40 @@ impl RuntimeService for Runtime {
         let config = request
             .config
             .ok_or_else(|| DaemonError::InvalidArgument("config is missing".into()))?;
-        let container_id = create::create(&self.state, &request.pod_sandbox_id, config).await?;
-        if let Ok(container) = self.state.container(&container_id) {
-            super::monitors::watch(self.state.clone(), container.clone());
-            events::publish(
-                &self.state,
-                Event::ContainerCreatedEvent,
-                &container_id,
-                &container.pod_id,
-            );
-        }
+        // The container's name in its pod (kubelet retries with the same one).
+        let key = config.metadata.as_ref().map(|m| {
+            format!(
+                "container {} attempt {} in pod {}",
+                m.name, m.attempt, request.pod_sandbox_id
+            )
+        });
+        let state = self.state.clone();
+        let create = async move {
+            let id = create::create(&state, &request.pod_sandbox_id, config).await?;
+            if let Ok(container) = state.container(&id) {
+                super::monitors::watch(state.clone(), container.clone());
+                events::publish(&state, Event::ContainerCreatedEvent, &id, &container.pod_id);
+            }
+            Ok::<_, DaemonError>(id)
+        };
+        let container_id = match key {
+            None => detached(create).await?,
+            Some(key) => {
+                let state = self.state.clone();
+                let undo = move |id: String| -> futures_util::future::BoxFuture<'static, ()> {
+                    Box::pin(async move {
+                        let Ok(container) = state.container(&id) else {
+                            return;
+                        };
+                        if let Err(err) = containers::remove(&state, &container).await {
+                            tracing::warn!(container = %id, error = %err, "removing an unclaimed container failed");
+                        }
+                    })
+                };
+                let create = async move { create.await.map_err(Status::from) };
+                self.creations.run(key, create, undo).await?
+            }
+        };
         ok(cri::CreateContainerResponse { container_id })
     }
 
@@ -279,13 +334,18 @@ impl RuntimeService for Runtime {
         request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
         let container = self.state.container(&request.get_ref().container_id)?;
-        containers::start(&self.state, &container).await?;
-        events::publish(
-            &self.state,
-            Event::ContainerStartedEvent,
-            &container.id,
-            &container.pod_id,
-        );
+        let state = self.state.clone();
+        detached(async move {
+            containers::start(&state, &container).await?;
+            events::publish(
+                &state,
+                Event::ContainerStartedEvent,
+                &container.id,
+                &container.pod_id,
+            );
+            Ok(())
+        })
+        .await?;
         ok(cri::StartContainerResponse {})
     }
 
@@ -294,10 +354,11 @@ impl RuntimeService for Runtime {
         request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let request = request.into_inner();
-        let result = async {
-            let container = self.state.container(&request.container_id)?;
-            containers::stop(&self.state, &container, request.timeout).await
-        };
+        let state = self.state.clone();
+        let result = detached(async move {
+            let container = state.container(&request.container_id)?;
+            containers::stop(&state, &container, request.timeout).await
+        });
         absent_ok(result.await)?;
         ok(cri::StopContainerResponse {})
     }
@@ -306,17 +367,19 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        let result = async {
-            let container = self.state.container(&request.get_ref().container_id)?;
-            containers::remove(&self.state, &container).await?;
+        let state = self.state.clone();
+        let id = request.into_inner().container_id;
+        let result = detached(async move {
+            let container = state.container(&id)?;
+            containers::remove(&state, &container).await?;
             events::publish(
-                &self.state,
+                &state,
                 Event::ContainerDeletedEvent,
                 &container.id,
                 &container.pod_id,
             );
             Ok(())
-        };
+        });
         absent_ok(result.await)?;
         ok(cri::RemoveContainerResponse {})
     }
