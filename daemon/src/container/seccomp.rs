@@ -538,9 +538,24 @@ pub fn localhost(path: &str) -> Result<LinuxSeccomp, SpecError> {
     if !Path::new(path).is_absolute() {
         return Err(bad("not an absolute path".into()));
     }
+    // O_NONBLOCK: a FIFO (or a device) at the path must not hang the request in open(2);
+    // only a regular file is read, and only up to the bound.
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| bad(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() > MAX_PROFILE_BYTES {
+        return Err(bad(format!("larger than {MAX_PROFILE_BYTES} bytes")));
+    }
     let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_PROFILE_BYTES).read_to_string(&mut text))
+    file.take(MAX_PROFILE_BYTES)
+        .read_to_string(&mut text)
         .map_err(|e| bad(e.to_string()))?;
     let mut doc: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     // Docker-format profiles name architectures through an archMap; OCI wants a list.
@@ -575,6 +590,21 @@ pub fn profile(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_localhost_profile_that_is_a_fifo_or_too_big_is_refused_without_hanging() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("profile.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let err = localhost(fifo.to_str().expect("utf-8")).expect_err("a fifo");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; (MAX_PROFILE_BYTES + 1) as usize]).expect("write");
+        let err = localhost(big.to_str().expect("utf-8")).expect_err("too big");
+        assert!(err.to_string().contains("larger than"), "{err}");
+    }
+
     use super::*;
 
     #[test]
