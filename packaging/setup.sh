@@ -21,8 +21,9 @@ cd "$top"
 # Packages crid needs at run time, and protoc, which the CRI protobufs' build script runs.
 RUN_PACKAGES=(runc containernetworking-plugins iptables iproute2 ca-certificates protobuf-compiler)
 # Packages the tests and benchmarks need besides: the peers (crun, conmon, containerd), the
-# registry and image tools, busybox for test images.
-TEST_PACKAGES=(crun conmon containerd docker-registry skopeo umoci busybox-static procps openssl apache2-utils python3-grpcio)
+# registry and image tools, busybox for test images, apparmor_parser (to compile crid's
+# AppArmor profile; this host's kernel need not have AppArmor).
+TEST_PACKAGES=(crun conmon containerd docker-registry skopeo umoci busybox-static procps openssl apache2-utils python3-grpcio apparmor)
 # Packages the conformance run needs besides: the pause process, the real ipcs and pgrep its
 # busybox image holds, ldd and dpkg-deb to assemble images, and the libraries of the nginx it
 # fetches with apt-get download (never installs).

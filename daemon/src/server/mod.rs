@@ -47,6 +47,13 @@ pub async fn run(
         monitors::watch(state.clone(), container);
     }
     crate::sandbox::lifecycle::recover(&state);
+    // Before the socket accepts: RuntimeDefault containers get crid-default where the kernel
+    // has AppArmor. Not fatal: without it they run unconfined, with a warning each.
+    if let Err(err) =
+        crate::container::apparmor::load_default_profile(&crate::container::apparmor::Kernel).await
+    {
+        tracing::error!(error = %crid_common::error_chain::error_chain(&err), "RuntimeDefault containers will run without an AppArmor profile");
+    }
     events::watch_exits(state.clone()).map_err(ServeError::ExitWatch)?;
     let streaming =
         crate::streaming::server::StreamingServer::start(&config.streaming, state.clone())
