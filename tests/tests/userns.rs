@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crid_proto::cri;
 use crid_tests::harness::pods::PodFixture;
+use crid_tests::harness::{require, workspace_binary};
 use tonic::Code;
 
 /// The pod's mappings: container ids 0..65536 are host ids 300000.. (uids) and 400000..
@@ -469,6 +470,37 @@ async fn userns_bad_mappings_and_modes_are_invalid_argument() {
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err}");
         assert!(err.message().contains("userns_options"), "{what}: {err}");
     }
+    // A volume that cannot be id-mapped (procfs) fails the create, and the volume staged
+    // before it, the id-mapped layers and the rootfs go with the container (finish checks).
+    let mut config = container_with_namespaces(
+        fx.container_config("procfs", &["true"]),
+        Some(options.clone()),
+    );
+    let fine = fx.work.path().join("fine");
+    std::fs::create_dir(&fine).expect("mkdir");
+    config.mounts = vec![
+        cri::Mount {
+            container_path: "/fine".into(),
+            host_path: fine.display().to_string(),
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/hostproc".into(),
+            host_path: "/proc".into(),
+            ..Default::default()
+        },
+    ];
+    let err = fx
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect_err("procfs cannot be id-mapped");
+    assert!(err.message().contains("/proc"), "{err}");
+
     // A user the mappings leave out cannot run.
     let mut config =
         container_with_namespaces(fx.container_config("unmapped", &["true"]), Some(options));
@@ -493,4 +525,161 @@ async fn userns_bad_mappings_and_modes_are_invalid_argument() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert!(err.message().contains("not mapped"), "{err}");
     fx.finish().await;
+}
+
+/// Namespace files of `pid`, or pinned files, by inode.
+fn inode(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .ino()
+}
+
+/// The inode of the user namespace owning the namespace at `path` (NS_GET_USERNS).
+fn owning_userns(path: &Path) -> u64 {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    let ns = std::fs::File::open(path).expect("open namespace");
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd (or -1).
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as _) };
+    assert!(
+        fd >= 0,
+        "NS_GET_USERNS {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the ioctl returned a new fd that nothing else owns.
+    let owner = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    owner.metadata().expect("stat").ino()
+}
+
+fn mounted_under(dir: &Path) -> Vec<String> {
+    let base = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|t| t.starts_with(&base))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn processes_naming(dir: &Path) -> Vec<String> {
+    let base = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&base).then(|| format!("{pid}: {cmdline}"))
+        })
+        .collect()
+}
+
+#[test]
+fn userns_pinns_makes_the_pods_namespaces_inside_its_user_namespace() {
+    require::root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(workspace_binary("crid-pinns"))
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--id", "pod1", "--net", "--ipc", "--uts", "--pid", "--user"])
+        .args(["--uid-map", &format!("0:{HOST_UID}:{LENGTH}")])
+        .args(["--gid-map", &format!("0:{HOST_GID}:{LENGTH}")])
+        .args([
+            "--hostname",
+            "userns-pod",
+            "--sysctl",
+            "net.ipv4.ip_forward=1",
+        ])
+        .output()
+        .expect("run crid-pinns");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("holder report");
+    let holder = report["holder_pid"].as_i64().expect("holder pid");
+    let pin = |kind: &str| dir.path().join(kind).join("pod1");
+    // Every other namespace belongs to the pinned user namespace, which has the mappings.
+    let user = inode(&pin("user"));
+    for kind in ["net", "ipc", "uts", "pid"] {
+        assert_eq!(owning_userns(&pin(kind)), user, "{kind} namespace's owner");
+    }
+    assert_eq!(inode(Path::new(&format!("/proc/{holder}/ns/user"))), user);
+    let uid_map = std::fs::read_to_string(format!("/proc/{holder}/uid_map")).expect("uid_map");
+    assert_eq!(
+        uid_map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &HOST_UID.to_string(), &LENGTH.to_string()]
+    );
+    // The holder is root of the pod's namespace (host ids 300000/400000, never the host's
+    // root), keeps no fd but stdio, and is not dumpable (its /proc/<pid>/root leads to the
+    // host's files).
+    let status = std::fs::read_to_string(format!("/proc/{holder}/status")).expect("status");
+    assert_eq!(
+        host_ids(&status),
+        (HOST_UID.to_string(), HOST_GID.to_string())
+    );
+    let fds: Vec<_> = std::fs::read_dir(format!("/proc/{holder}/fd"))
+        .expect("fds")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .collect();
+    assert!(fds.iter().all(|fd| *fd <= 2), "holder fds {fds:?}");
+    // A non-dumpable process's /proc files belong to the host's root.
+    let dumpable_owner = std::fs::metadata(format!("/proc/{holder}/environ"))
+        .expect("environ")
+        .uid();
+    assert_eq!(dumpable_owner, 0, "the holder is dumpable");
+    // Its UTS and network namespaces were set up inside.
+    let hostname = std::process::Command::new(require::tool("nsenter"))
+        .arg(format!("--uts={}", pin("uts").display()))
+        .arg("hostname")
+        .output()
+        .expect("nsenter");
+    assert_eq!(text(&hostname.stdout).trim(), "userns-pod");
+
+    // Undone: kill the holder, unpin.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the holder");
+    for kind in ["user", "net", "ipc", "uts", "pid"] {
+        nix::mount::umount2(&pin(kind), nix::mount::MntFlags::MNT_DETACH).expect("unpin");
+    }
+
+    // A failure inside the user namespace (a sysctl that does not exist) undoes everything:
+    // no pin, no mount, no process left.
+    let out = std::process::Command::new(workspace_binary("crid-pinns"))
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["--id", "pod2", "--net", "--pid", "--user"])
+        .args(["--uid-map", &format!("0:{HOST_UID}:{LENGTH}")])
+        .args(["--gid-map", &format!("0:{HOST_GID}:{LENGTH}")])
+        .args(["--sysctl", "net.ipv4.no_such_sysctl=1"])
+        .output()
+        .expect("run crid-pinns");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no_such_sysctl"),
+        "{}",
+        text(&out.stderr)
+    );
+    for kind in ["user", "net", "pid"] {
+        assert!(
+            !dir.path().join(kind).join("pod2").exists(),
+            "{kind} pin left"
+        );
+    }
+    assert_eq!(mounted_under(dir.path()), Vec::<String>::new());
+    assert_eq!(processes_naming(dir.path()), Vec::<String>::new());
+    // Mappings are checked before anything is made.
+    for bad in ["0:1:0", "0:4294967295:2", "a:b:c", "0:1"] {
+        let out = std::process::Command::new(workspace_binary("crid-pinns"))
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--id", "pod3", "--net", "--user", "--uid-map", bad])
+            .args(["--gid-map", "0:1000:1"])
+            .output()
+            .expect("run crid-pinns");
+        assert!(!out.status.success(), "{bad} accepted");
+    }
+    assert!(!dir.path().join("user/pod3").exists());
 }
