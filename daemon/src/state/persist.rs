@@ -127,7 +127,11 @@ pub fn remove_dir(path: &Path) -> Result<(), DaemonError> {
 /// A record kept in memory and saved to its file (JSON, durably) after every change.
 pub struct SavedRecord<R> {
     path: PathBuf,
-    value: Mutex<R>,
+    /// The value and how many updates it has had.
+    value: Mutex<(R, u64)>,
+    /// The update count of what is on disk. Writes (and their fsync) happen under this lock,
+    /// not the value's: readers never wait for a disk flush.
+    written: Mutex<u64>,
 }
 
 impl<R: Clone + serde::Serialize + serde::de::DeserializeOwned> SavedRecord<R> {
@@ -135,7 +139,8 @@ impl<R: Clone + serde::Serialize + serde::de::DeserializeOwned> SavedRecord<R> {
     pub fn new(path: PathBuf, value: R) -> Self {
         SavedRecord {
             path,
-            value: Mutex::new(value),
+            value: Mutex::new((value, 0)),
+            written: Mutex::new(0),
         }
     }
 
@@ -146,13 +151,60 @@ impl<R: Clone + serde::Serialize + serde::de::DeserializeOwned> SavedRecord<R> {
 
     /// A copy of the current value.
     pub fn get(&self) -> R {
-        self.value.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.value
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
     }
 
-    /// Changes the value and saves it.
+    /// Changes the value and saves it. The value changes at once; the file is written after
+    /// the value's lock is released, and a write older than the one on disk is skipped, so
+    /// concurrent updates leave the newest value on disk.
     pub fn update(&self, change: impl FnOnce(&mut R)) -> Result<(), DaemonError> {
-        let mut value = self.value.lock().unwrap_or_else(|e| e.into_inner());
-        change(&mut value);
-        save_json(&self.path, &*value)
+        let (bytes, version) = {
+            let mut value = self.value.lock().unwrap_or_else(|e| e.into_inner());
+            change(&mut value.0);
+            value.1 += 1;
+            let bytes = serde_json::to_vec_pretty(&value.0).map_err(|e| {
+                DaemonError::Internal(format!("encode {}: {e}", self.path.display()))
+            })?;
+            (bytes, value.1)
+        };
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written >= version {
+            return Ok(());
+        }
+        write(&self.path, &bytes)?;
+        *written = version;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_updates_leave_the_newest_value_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("record.json");
+        let record = std::sync::Arc::new(SavedRecord::new(path.clone(), 0u64));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        record.update(|n| *n += 1).expect("update");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(record.get(), 200);
+        let on_disk: u64 = load_json(&path).expect("load");
+        assert_eq!(on_disk, 200);
     }
 }
