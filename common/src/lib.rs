@@ -8,6 +8,8 @@
 pub mod error_chain;
 pub mod exit_record;
 pub mod id;
+pub mod limits;
 pub mod log_line;
 pub mod monitor_paths;
+pub mod proc_stat;
 pub mod timestamp;

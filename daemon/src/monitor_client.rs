@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crid_common::limits::EXEC_SYNC_MAX_OUTPUT;
 use crid_common::monitor_paths;
 use crid_proto::monitor::asynchronous as proto;
 use crid_proto::ttrpc;
@@ -269,23 +270,63 @@ impl MonitorConnection {
             .exec_sync(ctx(deadline), &req)
             .await
             .map_err(self.failed("ExecSync"));
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|err| MonitorClientError::ExecOutput {
-                path: path.to_owned(),
-                err,
-            })
-        };
-        let outputs = result.and_then(|resp| Ok((resp, read(&out_path)?, read(&err_path)?)));
-        let _ = std::fs::remove_file(&out_path);
-        let _ = std::fs::remove_file(&err_path);
-        let (resp, stdout, stderr) = outputs?;
+        // Up to 16 MiB of file reads: off the tokio workers.
+        let paths = (out_path.clone(), err_path.clone());
+        let outputs = tokio::task::spawn_blocking(move || {
+            let read = read_exec_outputs(&paths.0, &paths.1);
+            let _ = std::fs::remove_file(&paths.0);
+            let _ = std::fs::remove_file(&paths.1);
+            read
+        })
+        .await
+        .map_err(|err| MonitorClientError::ExecOutput {
+            path: out_path,
+            err: std::io::Error::other(err),
+        })?;
+        let resp = result?;
+        let files = outputs?;
         Ok(ExecOutput {
             exit_code: resp.exit_code,
             timed_out: resp.timed_out,
-            stdout,
-            stderr,
-            stdout_truncated: resp.stdout_truncated,
-            stderr_truncated: resp.stderr_truncated,
+            stdout: files.stdout,
+            stderr: files.stderr,
+            stdout_truncated: resp.stdout_truncated || files.stdout_cut,
+            stderr_truncated: resp.stderr_truncated || files.stderr_cut,
         })
     }
+}
+
+/// The output files of one ExecSync, as read.
+struct ExecFiles {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    /// Whether each file held more than was read.
+    stdout_cut: bool,
+    stderr_cut: bool,
+}
+
+/// Reads the ExecSync output files, stdout then stderr, at most [`EXEC_SYNC_MAX_OUTPUT`] bytes
+/// of the two together (a monitor bounds the sum itself; one started by an older crid bounded
+/// each stream alone).
+fn read_exec_outputs(stdout: &Path, stderr: &Path) -> Result<ExecFiles, MonitorClientError> {
+    use std::io::Read;
+    let read = |path: &Path, limit: u64| {
+        let fail = |err| MonitorClientError::ExecOutput {
+            path: path.to_owned(),
+            err,
+        };
+        let file = std::fs::File::open(path).map_err(fail)?;
+        let size = file.metadata().map_err(fail)?.len();
+        let mut data = Vec::with_capacity(size.min(limit) as usize);
+        file.take(limit).read_to_end(&mut data).map_err(fail)?;
+        Ok::<_, MonitorClientError>((data, size > limit))
+    };
+    let (stdout, stdout_cut) = read(stdout, EXEC_SYNC_MAX_OUTPUT)?;
+    let (stderr, stderr_cut) = read(stderr, EXEC_SYNC_MAX_OUTPUT - stdout.len() as u64)?;
+    Ok(ExecFiles {
+        stdout,
+        stderr,
+        stdout_cut,
+        stderr_cut,
+    })
 }

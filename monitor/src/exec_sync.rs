@@ -1,9 +1,16 @@
 //! ExecSync: runs a command in the container with `<runtime> exec`, waits for it with a
 //! timeout, and writes its output to files the caller named.
 //!
-//! Output goes to files, not into the reply: ttrpc messages are limited to 4 MiB and each
-//! stream may hold up to 16 MiB. Past the bound, output is read and thrown away (so the
-//! command never blocks on a full pipe) and the truncation is reported.
+//! Output goes to files, not into the reply: ttrpc messages are limited to 4 MiB, and the two
+//! streams together may hold up to [`EXEC_SYNC_MAX_OUTPUT`] (what fits in crid's CRI reply).
+//! Past the bound, output is read and thrown away (so the command never blocks on a full
+//! pipe) and the truncation is reported.
+//!
+//! The call ends when the command has exited and its pipes are drained: closed, quiet for
+//! [`DRAIN_IDLE`], or read for [`DRAIN_MAX`] since the exit, whichever comes first. A
+//! background child that keeps the pipes open (quiet or writing without end) cannot hold the
+//! call, even without a timeout; like conmon, which stops at the exec'd process's exit once
+//! what is buffered has been read.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -20,15 +27,17 @@ use crate::error::{MonitorError, Result};
 use crate::shared::{Counters, Shared};
 use crate::sys;
 
-/// Most bytes kept of each of stdout and stderr: kubelet's bound for exec output
-/// (kubernetes PR 82514; CRI-O's and containerd's caps after CVE-2022-1708 / CVE-2022-31030).
-pub const MAX_EXEC_OUTPUT: u64 = 16 << 20;
+use crid_common::limits::EXEC_SYNC_MAX_OUTPUT;
 /// Most arguments, and most bytes across them, an ExecSync may carry.
 const MAX_ARGS: usize = 4096;
 const MAX_ARGS_BYTES: usize = 1 << 20;
 /// After the command exited, how long a quiet pipe is waited on: a background child that kept
 /// the pipe open must not hold the call forever.
 const DRAIN_IDLE: Duration = Duration::from_millis(200);
+/// After the command exited, how long the pipes are read at most: a background child that
+/// keeps writing must not hold the call forever either. What the command itself wrote is in
+/// the pipes' buffers by then (64 KiB each), read in far less.
+const DRAIN_MAX: Duration = Duration::from_secs(1);
 
 static EXEC_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -40,9 +49,9 @@ struct Sink {
 }
 
 impl Sink {
-    fn take(&mut self, data: &[u8]) -> Result<()> {
-        let room = MAX_EXEC_OUTPUT.saturating_sub(self.kept) as usize;
-        let keep = data.len().min(room);
+    /// Keeps what fits in `room` (shared by both streams) and counts it off.
+    fn take(&mut self, data: &[u8], room: &mut u64) -> Result<()> {
+        let keep = data.len().min(usize::try_from(*room).unwrap_or(usize::MAX));
         if keep < data.len() {
             self.truncated = true;
         }
@@ -50,6 +59,7 @@ impl Sink {
             .write_all(&data[..keep])
             .map_err(|e| MonitorError::sys("write exec output", e))?;
         self.kept += keep as u64;
+        *room -= keep as u64;
         Ok(())
     }
 }
@@ -116,35 +126,65 @@ pub fn run(shared: &Shared, req: &ExecSyncRequest) -> Result<ExecSyncResponse> {
     out.pipe = Some(out_r);
     err.pipe = Some(err_r);
 
+    // `--detach`: the runtime starts the command and exits, and the command, handed our pipes
+    // as its stdout and stderr, becomes our child (we are a subreaper). Without it the runtime
+    // copies the output through pipes of its own and waits for their end, which a background
+    // child of the command can hold off for ever. conmon runs exec the same way.
     let mut cmd = shared.runtime.exec(&shared.id, &pid_file, &req.args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w));
-    // Register the child before the event loop can reap it.
-    let (child_pid, pidfd) = {
+    let since = Instant::now();
+    // Register the runtime before the event loop can reap it.
+    let (runtime_pid, runtime_pidfd) = {
         let mut registry = shared.children.lock();
         let child = cmd
             .spawn()
             .map_err(|e| MonitorError::path("run runtime exec", &shared.runtime.path, e))?;
         let pid = child.id() as libc::pid_t;
-        registry.insert(pid, None);
+        registry.insert(pid);
         (pid, sys::pidfd_open(pid).ok())
     };
     drop(cmd); // closes our copies of the pipes' write ends
 
     let deadline =
         (req.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(req.timeout_ms));
-    let outcome = pump(&mut out, &mut err, pidfd.as_ref(), deadline);
-    let timed_out = matches!(outcome, Pump::TimedOut);
-    if timed_out {
-        // Kill the command inside the container, then the runtime's exec process.
-        if let Some(pid) = read_pid(&pid_file) {
-            let _ = sys::kill(pid, libc::SIGKILL);
-        }
-        let _ = sys::kill(child_pid, libc::SIGKILL);
+    // The runtime's own errors (no such binary...) arrive on the pipes meanwhile.
+    let started = pump(&mut out, &mut err, runtime_pidfd.as_ref(), deadline, false);
+    if matches!(started, Pump::TimedOut) {
+        let _ = sys::kill(runtime_pid, libc::SIGKILL);
     }
-    let status = shared.children.take(child_pid, Duration::from_secs(10));
+    let runtime_status = shared.children.take(runtime_pid, Duration::from_secs(10));
+    let command = read_pid(&pid_file);
     let _ = std::fs::remove_file(&pid_file);
+    let (timed_out, status) = match (started, runtime_status, command) {
+        // Started: follow the command itself until it exits, then drain.
+        (Pump::Done, Some(0), Some(pid)) => {
+            let pidfd = command_pidfd(pid);
+            let outcome = pump(&mut out, &mut err, pidfd.as_ref(), deadline, true);
+            let timed_out = matches!(outcome, Pump::TimedOut);
+            if timed_out {
+                if let Some(pidfd) = &pidfd {
+                    let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                }
+            }
+            (
+                timed_out,
+                shared.children.claim(pid, since, Duration::from_secs(10)),
+            )
+        }
+        // The runtime failed: its exit status is the call's.
+        (Pump::Done, status, _) => {
+            pump(&mut out, &mut err, None, deadline, true);
+            (false, status)
+        }
+        (Pump::TimedOut, _, command) => {
+            if let Some(pidfd) = command.and_then(command_pidfd) {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+            }
+            (true, None)
+        }
+    };
     let exit_code = match (timed_out, status) {
         (true, _) | (false, None) => -1,
         (false, Some(status)) => crid_common::exit_record::exit_code_from_wait_status(status),
@@ -160,6 +200,15 @@ pub fn run(shared: &Shared, req: &ExecSyncRequest) -> Result<ExecSyncResponse> {
     })
 }
 
+/// A pidfd for the command the runtime started (pid `pid`, from its pid file), once the
+/// runtime has exited: the command is our child then (we are its subreaper), which a later
+/// process that reused the pid would not be. None when it is gone already.
+fn command_pidfd(pid: libc::pid_t) -> Option<OwnedFd> {
+    let pidfd = sys::pidfd_open(pid).ok()?;
+    // Checked after the pidfd is open, so the pid cannot change meaning in between.
+    (crid_common::proc_stat::parent(pid) == Some(std::process::id() as i32)).then_some(pidfd)
+}
+
 fn read_pid(path: &Path) -> Option<libc::pid_t> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -169,16 +218,21 @@ enum Pump {
     TimedOut,
 }
 
-/// Copies both pipes into their sinks until the command exited and the pipes went quiet (or
-/// closed), or the deadline passed.
+/// Copies both pipes into their sinks until the process behind `pidfd` exited (a `None` has
+/// exited) and, with `drain`, the pipes closed, went quiet for [`DRAIN_IDLE`] or were read for
+/// [`DRAIN_MAX`]; or until the deadline passed.
 fn pump(
     out: &mut Sink,
     err: &mut Sink,
     pidfd: Option<&OwnedFd>,
     deadline: Option<Instant>,
+    drain: bool,
 ) -> Pump {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut exited = pidfd.is_none();
+    // Shared by both streams, across both calls of one ExecSync.
+    let mut room = EXEC_SYNC_MAX_OUTPUT.saturating_sub(out.kept + err.kept);
+    // When the command was seen to exit; from then on the drain bounds apply.
+    let mut exited_at = pidfd.is_none().then(Instant::now);
     loop {
         let now = Instant::now();
         if let Some(deadline) = deadline {
@@ -186,18 +240,24 @@ fn pump(
                 return Pump::TimedOut;
             }
         }
-        if out.pipe.is_none() && err.pipe.is_none() && exited {
+        let exited = exited_at.is_some();
+        if exited && (!drain || (out.pipe.is_none() && err.pipe.is_none())) {
             return Pump::Done;
+        }
+        if exited_at.is_some_and(|at| now.duration_since(at) >= DRAIN_MAX) {
+            return Pump::Done; // a background child keeps writing: stop listening to it
         }
         let mut wait_ms: i64 = match deadline {
             Some(d) => d.saturating_duration_since(now).as_millis() as i64 + 1,
             None => -1,
         };
-        if exited {
+        if let Some(at) = exited_at {
+            let left = DRAIN_MAX.saturating_sub(now.duration_since(at));
+            let bound = DRAIN_IDLE.min(left).as_millis() as i64 + 1;
             wait_ms = if wait_ms < 0 {
-                DRAIN_IDLE.as_millis() as i64
+                bound
             } else {
-                wait_ms.min(DRAIN_IDLE.as_millis() as i64)
+                wait_ms.min(bound)
             };
         }
         let mut fds = Vec::with_capacity(3);
@@ -221,8 +281,11 @@ fn pump(
         if ready == 0 && exited {
             return Pump::Done; // the command is gone and its pipes stayed quiet
         }
-        if fds[2].revents != 0 {
-            exited = true;
+        if fds[2].revents != 0 && exited_at.is_none() {
+            exited_at = Some(Instant::now());
+        }
+        if exited_at.is_some() && !drain {
+            return Pump::Done;
         }
         for (i, sink) in [&mut *out, &mut *err].into_iter().enumerate() {
             if fds[i].revents == 0 {
@@ -234,7 +297,7 @@ fn pump(
             match nix::unistd::read(pipe.as_fd(), &mut buf) {
                 Ok(0) | Err(_) => sink.pipe = None,
                 Ok(n) => {
-                    if sink.take(&buf[..n]).is_err() {
+                    if sink.take(&buf[..n], &mut room).is_err() {
                         sink.pipe = None;
                     }
                 }

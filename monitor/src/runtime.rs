@@ -51,11 +51,12 @@ impl Runtime {
         cmd
     }
 
-    /// `<runtime> [--root R] exec --pid-file P <id> <args…>`: the container's process spec with
-    /// these arguments.
+    /// `<runtime> [--root R] exec --detach --pid-file P <id> <args…>`: the container's process
+    /// spec with these arguments; the runtime exits once the command runs (see `exec_sync`).
     pub fn exec(&self, id: &str, pid_file: &Path, args: &[String]) -> Command {
         let mut cmd = self.base();
         cmd.arg("exec")
+            .arg("--detach")
             .arg("--pid-file")
             .arg(pid_file)
             .arg(id)

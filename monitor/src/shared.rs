@@ -1,11 +1,11 @@
 //! State shared between the event loop (main thread) and the control server's threads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crid_common::exit_record::ExitRecord;
 
@@ -46,42 +46,97 @@ pub enum LoopCommand {
     },
 }
 
+/// Most wait statuses of unregistered children (orphans that landed on us) kept for a claim.
+const MAX_UNCLAIMED: usize = 256;
+
 /// Children forked by control threads (ExecSync): the event loop reaps every child, and hands
 /// the wait status of a registered one to the thread that waits for it.
+///
+/// An ExecSync command (run with `<runtime> exec --detach`) becomes our child only when the
+/// runtime exits, and its pid is known only from the runtime's pid file, so it may be reaped
+/// before anyone registered it: the statuses of the last [`MAX_UNCLAIMED`] unregistered
+/// children are kept, with when they were reaped, for [`ChildRegistry::claim`].
 #[derive(Default)]
 pub struct ChildRegistry {
-    statuses: Mutex<HashMap<libc::pid_t, Option<libc::c_int>>>,
+    statuses: Mutex<Registry>,
     reaped: Condvar,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    wanted: HashMap<libc::pid_t, Option<libc::c_int>>,
+    unclaimed: VecDeque<(libc::pid_t, libc::c_int, Instant)>,
+}
+
+impl Registry {
+    /// Registers `pid`: its status goes to [`ChildRegistry::take`].
+    pub fn insert(&mut self, pid: libc::pid_t) {
+        self.wanted.insert(pid, None);
+    }
 }
 
 impl ChildRegistry {
     /// Locks the registry; hold the guard across spawning a child and registering it, so the
     /// event loop cannot reap it unseen.
-    pub fn lock(&self) -> MutexGuard<'_, HashMap<libc::pid_t, Option<libc::c_int>>> {
+    pub fn lock(&self) -> MutexGuard<'_, Registry> {
         self.statuses.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Called by the event loop for each reaped pid; true if a control thread wanted it.
     pub fn offer(&self, pid: libc::pid_t, status: libc::c_int) -> bool {
-        let mut map = self.lock();
-        match map.get_mut(&pid) {
+        let mut registry = self.lock();
+        match registry.wanted.get_mut(&pid) {
             Some(slot) => {
                 *slot = Some(status);
                 self.reaped.notify_all();
                 true
             }
-            None => false,
+            None => {
+                if registry.unclaimed.len() == MAX_UNCLAIMED {
+                    registry.unclaimed.pop_front();
+                }
+                registry.unclaimed.push_back((pid, status, Instant::now()));
+                false
+            }
         }
+    }
+
+    /// Waits up to `timeout` for the status of `pid`, a process that became our child (an
+    /// orphan) some time after `since`; a status of that pid reaped before `since` belongs to
+    /// an earlier process and is ignored.
+    pub fn claim(
+        &self,
+        pid: libc::pid_t,
+        since: Instant,
+        timeout: Duration,
+    ) -> Option<libc::c_int> {
+        {
+            let mut registry = self.lock();
+            let found = registry
+                .unclaimed
+                .iter()
+                .rposition(|(p, _, at)| *p == pid && *at >= since);
+            if let Some(index) = found {
+                return registry
+                    .unclaimed
+                    .remove(index)
+                    .map(|(_, status, _)| status);
+            }
+            registry.insert(pid);
+        }
+        self.take(pid, timeout)
     }
 
     /// Waits up to `timeout` for `pid`'s status and forgets the pid.
     pub fn take(&self, pid: libc::pid_t, timeout: Duration) -> Option<libc::c_int> {
-        let map = self.lock();
-        let (mut map, _) = self
+        let registry = self.lock();
+        let (mut registry, _) = self
             .reaped
-            .wait_timeout_while(map, timeout, |m| matches!(m.get(&pid), Some(None)))
+            .wait_timeout_while(registry, timeout, |r| {
+                matches!(r.wanted.get(&pid), Some(None))
+            })
             .unwrap_or_else(|e| e.into_inner());
-        map.remove(&pid).flatten()
+        registry.wanted.remove(&pid).flatten()
     }
 }
 

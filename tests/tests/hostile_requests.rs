@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crid_proto::cri;
+use crid_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crid_tests::harness::pods::PodFixture;
+use tonic::transport::Channel;
 
 /// The OCI spec crid wrote for a container (ContainerStatus verbose `info.runtimeSpec`).
 async fn runtime_spec(fx: &mut PodFixture, id: &str) -> serde_json::Value {
@@ -41,6 +43,10 @@ async fn assert_responsive(fx: &mut PodFixture) {
     .expect("Version");
     assert!(!version.into_inner().runtime_name.is_empty());
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -263,6 +269,162 @@ async fn pidfd_target_pid_namespace_is_never_joined_through_a_reused_pid() {
     }
     let _ = impostor.kill();
     let _ = impostor.wait();
+    assert_responsive(&mut fx).await;
+    fx.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// C. Hostile workloads
+
+/// A `key: value` field of `/proc/<pid>/status`, in KiB (VmRSS, VmHWM).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn crid_pid(fx: &PodFixture) -> u32 {
+    fx.crid.child.as_ref().expect("crid runs").id()
+}
+
+/// The parent of `pid` (a container's init: its monitor, the subreaper).
+fn parent_of(pid: i32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = stat.rsplit_once(')').expect("stat name").1;
+    after
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("ppid")
+}
+
+/// A runtime client that accepts replies as large as kubelet's does (16 MiB).
+fn kubelet_sized(fx: &PodFixture) -> RuntimeServiceClient<Channel> {
+    fx.runtime
+        .clone()
+        .max_decoding_message_size(crid_common::limits::CRI_MAX_MESSAGE_BYTES)
+}
+
+/// Anchor C17 (CVE-2022-1708 CRI-O, CVE-2022-31030 containerd; CRI-O `ctr.bats` "ctr
+/// execsync should cap output"): 64 MiB on stdout and 64 MiB on stderr come back as at most
+/// one CRI message's worth together, quickly, and neither crid nor the monitor holds the rest
+/// in memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn cve_2022_1708_huge_exec_sync_output_is_bounded_in_sum() {
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("execflood");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let id = fx
+        .start_container(&pod_id, &pod, fx.container_config("c", &["sleep", "1000"]))
+        .await;
+    let monitor = parent_of(container_pid(&mut fx, &id).await);
+    let crid_before = status_kib(crid_pid(&fx), "VmRSS");
+    let mut client = kubelet_sized(&fx);
+    let bound = crid_common::limits::EXEC_SYNC_MAX_OUTPUT as usize;
+    for (what, script) in [
+        (
+            "64 MiB stdout then 64 MiB stderr",
+            "head -c 67108864 /dev/zero; head -c 67108864 /dev/zero >&2",
+        ),
+        ("64 MiB on stderr only", "head -c 67108864 /dev/zero >&2"),
+        (
+            "both at once, no newline",
+            "head -c 67108864 /dev/zero >&2 & head -c 67108864 /dev/zero; wait",
+        ),
+    ] {
+        let started = Instant::now();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(120),
+            client.exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                timeout: 0,
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: ExecSync did not return within 120 s"))
+        .unwrap_or_else(|e| panic!("{what}: ExecSync failed: {e}"))
+        .into_inner();
+        let took = started.elapsed();
+        assert_eq!(reply.exit_code, 0, "{what}");
+        assert_eq!(
+            reply.stdout.len() + reply.stderr.len(),
+            bound,
+            "{what}: stdout {} + stderr {} bytes",
+            reply.stdout.len(),
+            reply.stderr.len()
+        );
+        assert!(took < Duration::from_secs(60), "{what}: took {took:?}");
+    }
+    assert!(
+        fx.crid.stderr().contains("exec sync output truncated"),
+        "crid did not log the truncation"
+    );
+    // Bounded memory: crid held one reply (and its encoding) at a time, the monitor none.
+    let crid_after = status_kib(crid_pid(&fx), "VmRSS");
+    assert!(
+        crid_after < crid_before + 96 * 1024,
+        "crid's RSS grew from {crid_before} KiB to {crid_after} KiB"
+    );
+    let monitor_peak = status_kib(monitor, "VmHWM");
+    assert!(
+        monitor_peak < 16 * 1024,
+        "the monitor's peak RSS is {monitor_peak} KiB"
+    );
+    assert_responsive(&mut fx).await;
+    fx.finish().await;
+}
+
+/// Anchor C23 / the issue's ExecSync item: with `timeout: 0` (none), a background child that
+/// keeps the pipes open and keeps writing after the command exited cannot hold the call:
+/// it returns with the command's own output, its exit code, soon after it exited.
+#[tokio::test(flavor = "multi_thread")]
+async fn conmon_exec_sync_without_timeout_ends_when_the_command_exits_despite_a_writing_child() {
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("execbg");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let id = fx
+        .start_container(&pod_id, &pod, fx.container_config("c", &["sleep", "1000"]))
+        .await;
+    let mut client = kubelet_sized(&fx);
+    for (what, script) in [
+        (
+            "a child that writes without end",
+            "(while true; do echo spam; done) & echo main; exit 3",
+        ),
+        (
+            "a quiet child holding the pipes",
+            "sleep 1000 & echo main; exit 3",
+        ),
+    ] {
+        let started = Instant::now();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                timeout: 0,
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: ExecSync without a timeout hung"))
+        .unwrap_or_else(|e| panic!("{what}: ExecSync failed: {e}"))
+        .into_inner();
+        assert_eq!(reply.exit_code, 3, "{what}");
+        assert!(
+            text(&reply.stdout).contains("main\n"),
+            "{what}: {:?}",
+            &text(&reply.stdout)[..reply.stdout.len().min(200)]
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+    }
     assert_responsive(&mut fx).await;
     fx.finish().await;
 }

@@ -375,11 +375,17 @@ fn exec_sync_output_exit_code_timeout_and_bound() {
     assert!(resp.timed_out, "{resp:?}");
     assert!(took < Duration::from_secs(10), "timeout took {took:?}");
 
-    let (resp, out, _, _) = exec(&c, &["sh", "-c", "head -c 20000000 /dev/zero"], 0);
+    // The bound is on stdout and stderr together (what fits in one CRI reply).
+    let (resp, out, err, _) = exec(
+        &c,
+        &["sh", "-c", "head -c 20000000 /dev/zero; echo late >&2"],
+        0,
+    );
     assert_eq!(resp.exit_code, 0);
-    assert!(resp.stdout_truncated);
-    assert_eq!(resp.stdout_bytes, 16 << 20);
-    assert_eq!(out.len(), 16 << 20);
+    assert!(resp.stdout_truncated && resp.stderr_truncated, "{resp:?}");
+    let bound = crid_common::limits::EXEC_SYNC_MAX_OUTPUT;
+    assert_eq!((resp.stdout_bytes, resp.stderr_bytes), (bound, 0));
+    assert_eq!((out.len() as u64, err.len()), (bound, 0));
 
     // A command the runtime cannot run fails with a non-zero code, not a hang.
     let (resp, _, _, _) = exec(&c, &["/no/such/binary"], 10_000);

@@ -146,9 +146,7 @@ pub async fn pin(
 /// The start time of a process (field 22 of /proc/<pid>/stat), to tell it from a later
 /// process that reuses its pid.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    crid_common::proc_stat::start_time(pid)
 }
 
 /// Kills the PID namespace holder (if it is still the same process), then unmounts and

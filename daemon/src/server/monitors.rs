@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use crid_common::proc_stat::parent as parent_of;
 use crid_proto::cri;
 
 use super::events;
@@ -33,17 +34,6 @@ pub fn watch(state: Arc<State>, container: Arc<Container>) {
         let _ = monitor.readable().await;
         lost(&state, &container);
     });
-}
-
-/// The parent of `pid` (field 4 of /proc/<pid>/stat, after the parenthesised name).
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// A pidfd for the monitor of `container`, registered with tokio; None if it is gone.

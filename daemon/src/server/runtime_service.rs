@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crid_common::limits::EXEC_SYNC_MAX_OUTPUT;
 use crid_proto::cri::{self, runtime_service_server::RuntimeService};
 use tonic::{Request, Response, Status};
 
@@ -20,6 +21,12 @@ use super::requests::{detached, Creations};
 use crate::state::State;
 use crate::status::{self, Condition};
 use crate::streaming::server::StreamingServer;
+
+// An ExecSync reply (both outputs at their bound, plus the rest) fits in a CRI message.
+const _: () = assert!(
+    EXEC_SYNC_MAX_OUTPUT as usize + crid_common::limits::EXEC_SYNC_RESPONSE_OVERHEAD
+        <= super::MAX_MESSAGE_BYTES
+);
 
 /// The runtime name reported by Version.
 pub const RUNTIME_NAME: &str = "crid";
@@ -425,6 +432,16 @@ impl RuntimeService for Runtime {
         let container = self.state.container(&request.container_id)?;
         let output =
             running::exec_sync(&self.state, &container, &request.cmd, request.timeout).await?;
+        // Reported as CRI-O reports it: in the log (the CRI reply has no field for it).
+        if output.stdout_truncated || output.stderr_truncated {
+            tracing::warn!(
+                container = %container.id,
+                cmd = ?request.cmd,
+                stdout_bytes = output.stdout.len(),
+                stderr_bytes = output.stderr.len(),
+                "exec sync output truncated: stdout and stderr together are bounded at {EXEC_SYNC_MAX_OUTPUT} bytes"
+            );
+        }
         ok(cri::ExecSyncResponse {
             stdout: output.stdout,
             stderr: output.stderr,
