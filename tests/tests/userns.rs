@@ -268,6 +268,26 @@ async fn userns_pod_maps_ids_rootfs_and_volumes() {
     );
     run(&mut fx, &id, &["touch", "/dev/shm/x"]).await;
 
+    // Exec through the streaming server (crictl, SPDY) runs in the container's namespace too.
+    let crictl_config = fx.work.path().join("crictl.yaml");
+    let socket = format!("unix://{}", fx.crid.socket.display());
+    std::fs::write(
+        &crictl_config,
+        format!("runtime-endpoint: {socket}\nimage-endpoint: {socket}\ntimeout: 30\n"),
+    )
+    .expect("write crictl.yaml");
+    let exec = std::process::Command::new(require::crictl())
+        .arg("-c")
+        .arg(&crictl_config)
+        .args(["exec", &id, "sh", "-c", "id -u; cat /proc/self/uid_map"])
+        .output()
+        .expect("run crictl exec");
+    assert!(exec.status.success(), "crictl exec: {}", text(&exec.stderr));
+    assert_eq!(
+        text(&exec.stdout).split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", &HOST_UID.to_string(), &LENGTH.to_string()]
+    );
+
     // A second container joins the same namespace.
     let second = container_with_namespaces(
         fx.container_config("second", &["cat", "/proc/self/uid_map"]),
