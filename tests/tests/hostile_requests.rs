@@ -13,6 +13,7 @@ use crid_proto::cri;
 use crid_proto::cri::runtime_service_client::RuntimeServiceClient;
 use crid_tests::harness::pods::PodFixture;
 use tonic::transport::Channel;
+use tonic::Code;
 
 /// The OCI spec crid wrote for a container (ContainerStatus verbose `info.runtimeSpec`).
 async fn runtime_spec(fx: &mut PodFixture, id: &str) -> serde_json::Value {
@@ -29,6 +30,23 @@ async fn runtime_spec(fx: &mut PodFixture, id: &str) -> serde_json::Value {
     let info: serde_json::Value =
         serde_json::from_str(info.get("info").expect("info")).expect("info is JSON");
     info["runtimeSpec"].clone()
+}
+
+/// CreateContainer of `config` in the pod, expected to fail; returns the status.
+async fn create_err(
+    fx: &mut PodFixture,
+    pod_id: &str,
+    pod: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> tonic::Status {
+    fx.runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect_err("CreateContainer should fail")
 }
 
 /// crid still answers (Version) within a few seconds.
@@ -426,5 +444,305 @@ async fn conmon_exec_sync_without_timeout_ends_when_the_command_exits_despite_a_
         );
     }
     assert_responsive(&mut fx).await;
+    fx.finish().await;
+}
+
+/// RunPodSandbox of `config`, expected to fail; returns the status.
+async fn run_pod_err(fx: &mut PodFixture, config: cri::PodSandboxConfig) -> tonic::Status {
+    fx.runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("RunPodSandbox should fail")
+}
+
+/// Anchor B9 (CVE-2022-0811 "cr8escape", CRI-O `pod.bats` "fail to pass pod sysctl to runtime
+/// if invalid value" and "if invalid spaces"): a sysctl that smuggles a second assignment, names
+/// a path, is not namespaced, or belongs to a namespace shared with the host is refused with
+/// INVALID_ARGUMENT naming it, and nothing is made or written. crid checked these before this
+/// suite (`sandbox/sysctl.rs`); the test documents it end to end.
+#[tokio::test(flavor = "multi_thread")]
+async fn cve_2022_0811_sysctl_injection_is_refused() {
+    let mut fx = PodFixture::start("").await;
+    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("host");
+    let cases: &[(&str, &str, bool, bool)] = &[
+        // key, value, host network, host IPC
+        ("kernel.core_pattern", "|/tmp/evil %p", false, false),
+        (
+            "kernel.shm_rmid_forced",
+            "1+kernel.core_pattern=|/tmp/evil",
+            false,
+            false,
+        ),
+        (
+            "net.ipv4.ip_forward",
+            "1\nkernel.core_pattern=|/tmp/evil",
+            false,
+            false,
+        ),
+        ("net.ipv4.ip_forward", "1\0", false, false),
+        (
+            "net/ipv4/../../kernel/core_pattern",
+            "|/tmp/evil",
+            false,
+            false,
+        ),
+        (
+            "net.ipv4.ip_forward=1 kernel.core_pattern",
+            "x",
+            false,
+            false,
+        ),
+        ("net.ipv4.ip_forward ", "1", false, false),
+        ("net.ipv4.ip_forward\n", "1", false, false),
+        ("vm.swappiness", "1", false, false),
+        ("kernel.hostname", "evil", false, false),
+        ("net.ipv4.ip_forward", "1", true, false),
+        ("kernel.shm_rmid_forced", "1", false, true),
+        ("fs.mqueue.msg_max", "10", false, true),
+    ];
+    for (n, (key, value, host_network, host_ipc)) in cases.iter().enumerate() {
+        let mut pod = fx.pod_config(&format!("sysctl-{n}"));
+        let linux = pod.linux.as_mut().expect("linux");
+        linux.sysctls = HashMap::from([((*key).to_owned(), (*value).to_owned())]);
+        linux.security_context = Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: if *host_network {
+                    cri::NamespaceMode::Node as i32
+                } else {
+                    cri::NamespaceMode::Pod as i32
+                },
+                ipc: if *host_ipc {
+                    cri::NamespaceMode::Node as i32
+                } else {
+                    cri::NamespaceMode::Pod as i32
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = run_pod_err(&mut fx, pod).await;
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{key:?}={value:?}: {err}"
+        );
+        assert!(err.message().contains("sysctl"), "{key:?}: {err}");
+    }
+    let pods = fx
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "refused pods were made: {pods:?}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("host"),
+        core_pattern
+    );
+    fx.finish().await;
+}
+
+/// Anchor B10 (CVE-2022-4318, CRI-O `ctr.bats` "ctr HOME env actual newline byte invalid" and
+/// "escaped newline valid"): a NUL in an env name or value, `=` or a line break in a name, a
+/// line break in HOME and a NUL in an argument are INVALID_ARGUMENT; an escaped `\n` in HOME
+/// and a real one in another value (a certificate) reach the process unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn cve_2022_4318_nul_and_newline_in_env_and_home_are_refused() {
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("env");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let env = |key: &str, value: &str| cri::KeyValue {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    };
+    let refused = [
+        env("A\0B", "x"),
+        env("A", "x\0y"),
+        env("A=B", "x"),
+        env("", "x"),
+        env("A\nB", "x"),
+        env("HOME", "/root\nevil:x:0:0::/:/bin/sh"),
+        env("HOME", "/root\r"),
+    ];
+    for (n, kv) in refused.into_iter().enumerate() {
+        let mut config = fx.container_config(&format!("bad-{n}"), &["sleep", "1000"]);
+        config.envs = vec![kv.clone()];
+        let err = create_err(&mut fx, &pod_id, &pod, config).await;
+        assert_eq!(err.code(), Code::InvalidArgument, "{kv:?}: {err}");
+    }
+    let mut config = fx.container_config("bad-arg", &["echo", "a\0b"]);
+    config.log_path = "bad-arg.log".into();
+    let err = create_err(&mut fx, &pod_id, &pod, config).await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    let mut config = fx.container_config("ok", &["sleep", "1000"]);
+    config.envs = vec![env("HOME", "/root\\n"), env("CERT", "line1\nline2")];
+    let id = fx.start_container(&pod_id, &pod, config).await;
+    let out = fx
+        .exec(&id, &["sh", "-c", "printf '%s|%s' \"$HOME\" \"$CERT\""], 10)
+        .await;
+    assert_eq!(text(&out.stdout), "/root\\n|line1\nline2");
+    fx.finish().await;
+}
+
+/// Anchor B12 (CRI-O `ctr.bats` "ctr log linking with malicious paths" and "with invalid
+/// paths"; conmon "should reject unsafe log paths"): a pod log directory that is relative or
+/// has `..`, a container log path that is absolute, has `..`, or leads out through a symlink
+/// in the log directory is INVALID_ARGUMENT, and no file or directory is made outside.
+#[tokio::test(flavor = "multi_thread")]
+async fn cve_2025_0750_log_path_traversal_is_refused_and_writes_nothing_outside() {
+    let mut fx = PodFixture::start("").await;
+    let outside = fx.work.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("mkdir");
+
+    let mut pod = fx.pod_config("logs-relative");
+    pod.log_directory = "relative/logs".into();
+    let err = run_pod_err(&mut fx, pod).await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let mut pod = fx.pod_config("logs-dotdot");
+    pod.log_directory = format!("{}/logs/../outside/pod", fx.work.path().display());
+    let err = run_pod_err(&mut fx, pod).await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    let pod = fx.pod_config("logs");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let log_dir = Path::new(&pod.log_directory).to_owned();
+    std::os::unix::fs::symlink(&outside, log_dir.join("escape")).expect("symlink");
+    let absolute = outside.join("abs.log").display().to_string();
+    for (n, log_path) in [
+        "../../outside/x.log",
+        absolute.as_str(),
+        "a/../../outside/x.log",
+        "./x.log",
+        "escape/x.log",
+        "escape/sub/x.log",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut config = fx.container_config(&format!("c-{n}"), &["sleep", "1000"]);
+        config.log_path = log_path.to_owned();
+        let err = create_err(&mut fx, &pod_id, &pod, config).await;
+        assert_eq!(err.code(), Code::InvalidArgument, "{log_path}: {err}");
+        assert!(err.message().contains("log_path"), "{log_path}: {err}");
+    }
+    let made: Vec<_> = std::fs::read_dir(&outside)
+        .expect("outside")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(
+        made.is_empty(),
+        "written outside the log directory: {made:?}"
+    );
+    assert!(!fx.work.path().join("logs/outside").exists());
+    fx.finish().await;
+}
+
+/// Anchor B14 (critest "starting container with volume when host path is a symlink";
+/// CVE-2021-30465's class, runc `mounts.bats`): a host path that is a symlink is resolved once,
+/// by crid, on the host, and the resolved path is what the runtime binds; a symlink in the
+/// image naming the mount's destination (`/data -> /<host dir>`, absolute or `../..`) is
+/// resolved inside the root filesystem, so nothing is mounted on the host. crid and runc
+/// behaved so before this suite; the test documents it.
+#[tokio::test(flavor = "multi_thread")]
+async fn cve_2021_30465_symlinked_mount_sources_and_destinations_stay_put() {
+    use crid_tests::harness::image::{build_oci_busybox, umoci};
+    let mut fx = PodFixture::start("").await;
+    // A host directory an image symlink names; it must stay untouched and unmounted.
+    let canary = tempfile::Builder::new()
+        .prefix("crid-canary")
+        .tempdir()
+        .expect("canary");
+    std::fs::write(canary.path().join("host-file"), "host").expect("write");
+    let data = fx.work.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("file"), "from-volume").expect("write");
+    let link = fx.work.path().join("data-link");
+    std::os::unix::fs::symlink(&data, &link).expect("symlink");
+
+    let layout = fx.work.path().join("symlink-layout");
+    build_oci_busybox(&layout, "links", &["sleep", "3600"]);
+    let staging = fx.work.path().join("staging");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::os::unix::fs::symlink(canary.path(), staging.join("abs")).expect("symlink");
+    let up = format!("../../../../../../../..{}", canary.path().display());
+    std::os::unix::fs::symlink(&up, staging.join("up")).expect("symlink");
+    let image = format!("{}:links", layout.display());
+    umoci(&[
+        "insert",
+        "--image",
+        &image,
+        &staging.display().to_string(),
+        "/",
+    ]);
+    fx.registry.push_layout(&layout, "links", "hostile/links");
+    let reference = format!("{}/hostile/links:links", fx.registry.addr);
+    fx.crid
+        .images()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull the symlink image");
+
+    let pod = fx.pod_config("symlinks");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let mut config = fx.container_config("c", &["sleep", "3600"]);
+    config.image = Some(cri::ImageSpec {
+        image: reference,
+        ..Default::default()
+    });
+    config.mounts = ["/abs", "/up"]
+        .iter()
+        .map(|target| cri::Mount {
+            container_path: (*target).to_owned(),
+            host_path: link.display().to_string(),
+            ..Default::default()
+        })
+        .collect();
+    let id = fx.start_container(&pod_id, &pod, config).await;
+    // The runtime was handed the resolved host path, not the symlink.
+    let spec = runtime_spec(&mut fx, &id).await;
+    let real = std::fs::canonicalize(&data).expect("canonical");
+    for target in ["/abs", "/up"] {
+        let mount = spec["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["destination"] == target)
+            .unwrap_or_else(|| panic!("no mount {target}"));
+        assert_eq!(mount["source"], real.display().to_string(), "{target}");
+    }
+    // Inside, both symlinks lead to the volume (mounted in the root filesystem).
+    let read = fx.exec(&id, &["cat", "/abs/file", "/up/file"], 10).await;
+    assert_eq!(text(&read.stdout), "from-volumefrom-volume");
+    // On the host, the canary is neither mounted over nor written.
+    let canary_path = canary.path().display().to_string();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mountinfo
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(canary_path.as_str())),
+        "the host directory {canary_path} was mounted over"
+    );
+    let entries: Vec<_> = std::fs::read_dir(canary.path())
+        .expect("canary")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(entries, vec![std::ffi::OsString::from("host-file")]);
+    // Swapping the host symlink later changes nothing for the running container.
+    std::fs::remove_file(&link).expect("rm link");
+    std::os::unix::fs::symlink(canary.path(), &link).expect("relink");
+    let read = fx.exec(&id, &["cat", "/abs/file"], 10).await;
+    assert_eq!(text(&read.stdout), "from-volume");
     fx.finish().await;
 }

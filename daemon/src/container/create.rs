@@ -42,28 +42,78 @@ fn log_path(pod: &Pod, config: &cri::ContainerConfig, id: &str) -> Result<PathBu
             "config.log_path {relative:?} must be relative to the pod's log directory, without '..'"
         )));
     }
-    let path = dir.join(rel);
-    let parent = path.parent().unwrap_or(&dir).to_owned();
-    std::fs::create_dir_all(&parent).map_err(|err| DaemonError::Io {
+    let Some(file_name) = rel.file_name() else {
+        return Err(invalid(format!(
+            "config.log_path {relative:?} names no file"
+        )));
+    };
+    std::fs::create_dir_all(&dir).map_err(|err| DaemonError::Io {
         what: "create log directory",
-        path: parent.clone(),
+        path: dir.clone(),
         err,
     })?;
-    // The directory is kubelet's, but a symlink in it must not take the log elsewhere.
-    let io = |err| DaemonError::Io {
-        what: "resolve",
-        path: parent.clone(),
-        err,
+    // The directory is kubelet's, but a symlink in it must not take the log, or the
+    // directories made for it, elsewhere.
+    let parent =
+        make_dirs_beneath(&dir, rel.parent().unwrap_or(Path::new(""))).map_err(
+            |err| match err {
+                nix::Error::ENOTDIR => invalid(format!(
+                    "config.log_path {relative:?}: a directory of it in {} is not a directory",
+                    dir.display()
+                )),
+                nix::Error::EXDEV | nix::Error::ELOOP => invalid(format!(
+                    "config.log_path {relative:?} leads outside the pod's log directory {}",
+                    dir.display()
+                )),
+                err => DaemonError::Io {
+                    what: "create log directory",
+                    path: dir.join(rel.parent().unwrap_or(Path::new(""))),
+                    err: err.into(),
+                },
+            },
+        )?;
+    Ok(parent.join(file_name))
+}
+
+/// Makes the directories `rel` below `dir` (all normal components), one component at a time
+/// with `openat2(RESOLVE_BENEATH)` so that no symlink can take a lookup, or a directory made,
+/// outside `dir`; returns the real path of the last one (`/proc/self/fd` of its fd), so the
+/// monitor opens the log through no symlink at all.
+fn make_dirs_beneath(dir: &Path, rel: &Path) -> nix::Result<PathBuf> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::Mode;
+    let root = nix::fcntl::open(
+        dir,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS)
     };
-    let real_dir = std::fs::canonicalize(&dir).map_err(io)?;
-    let real_parent = std::fs::canonicalize(&parent).map_err(io)?;
-    if !real_parent.starts_with(&real_dir) {
-        return Err(invalid(format!(
-            "config.log_path {relative:?} leads outside the pod's log directory {}",
-            dir.display()
-        )));
+    let mut current = openat2(&root, ".", how())?;
+    let mut walked = PathBuf::new();
+    for component in rel.components() {
+        walked.push(component);
+        current = match openat2(&root, &walked, how()) {
+            Ok(fd) => fd,
+            Err(nix::Error::ENOENT) => {
+                match nix::sys::stat::mkdirat(
+                    &current,
+                    component.as_os_str(),
+                    Mode::from_bits_truncate(0o777),
+                ) {
+                    Ok(()) | Err(nix::Error::EEXIST) => {}
+                    Err(err) => return Err(err),
+                }
+                openat2(&root, &walked, how())?
+            }
+            Err(err) => return Err(err),
+        };
     }
-    Ok(path)
+    std::fs::read_link(format!("/proc/self/fd/{}", current.as_raw_fd()))
+        .map_err(|err| nix::Error::from_raw(err.raw_os_error().unwrap_or(libc::EIO)))
 }
 
 fn cgroups_path(state: &State, pod: &Pod, id: &str) -> String {
@@ -574,6 +624,32 @@ mod tests {
             "0::/user.slice/session-1.scope\n",
             "abc"
         ));
+    }
+
+    #[test]
+    fn log_directories_are_made_beneath_the_log_directory_only() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let (dir, outside) = (base.path().join("logs"), base.path().join("outside"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, dir.join("escape")).expect("symlink");
+        std::os::unix::fs::symlink("a", dir.join("inside")).expect("symlink");
+        assert_eq!(
+            make_dirs_beneath(&dir, Path::new("escape/sub")),
+            Err(nix::Error::EXDEV)
+        );
+        assert!(!outside.join("sub").exists(), "made a directory outside");
+        let real = std::fs::canonicalize(&dir).expect("canonical");
+        assert_eq!(
+            make_dirs_beneath(&dir, Path::new("a/b")),
+            Ok(real.join("a/b"))
+        );
+        // A symlink that stays inside is followed, and the real path returned.
+        assert_eq!(
+            make_dirs_beneath(&dir, Path::new("inside/c")),
+            Ok(real.join("a/c"))
+        );
+        assert_eq!(make_dirs_beneath(&dir, Path::new("")), Ok(real));
     }
 
     #[test]

@@ -62,6 +62,13 @@ pub fn process_args(
                 .into(),
         ));
     }
+    // No argv string can hold one; runc would refuse it later, less clearly.
+    if let Some(arg) = args.iter().find(|a| a.contains('\0')) {
+        let shown: String = arg.chars().take(64).collect();
+        return Err(SpecError::Invalid(format!(
+            "command argument {shown:?} contains a NUL byte"
+        )));
+    }
     Ok(args)
 }
 
@@ -87,6 +94,9 @@ pub fn process_env(
         env.retain(|e| key_of(e) != kv.key);
         env.push(format!("{}={}", kv.key, kv.value));
     }
+    for entry in &env {
+        check_env_entry(entry)?;
+    }
     let has = |env: &[String], key: &str| env.iter().any(|e| key_of(e) == key);
     if !has(&env, "PATH") {
         env.insert(0, DEFAULT_PATH.to_owned());
@@ -98,6 +108,37 @@ pub fn process_env(
         env.push("TERM=xterm".to_owned());
     }
     Ok(env)
+}
+
+/// One `NAME=value` entry of the process environment, from the image or the request. Refused:
+/// a NUL anywhere (runc refuses it later, with a less clear error), an entry without `=` or
+/// with an empty name, a line break in a name (no name has one; kubelet's validation refuses
+/// them too), and a line break in `HOME`, which tools write into `/etc/passwd` (CRI-O's fix
+/// for CVE-2022-4318). Line breaks in other values are kept: multi-line values (certificates)
+/// are legitimate, and runc passes them through.
+fn check_env_entry(entry: &str) -> Result<(), SpecError> {
+    let invalid = |why: &str| {
+        let shown: String = entry.chars().take(64).collect();
+        Err(SpecError::Invalid(format!(
+            "environment variable {shown:?}: {why}"
+        )))
+    };
+    let Some((name, value)) = entry.split_once('=') else {
+        return invalid("no '=' between name and value");
+    };
+    if name.is_empty() {
+        return invalid("the name is empty");
+    }
+    if entry.contains('\0') {
+        return invalid("contains a NUL byte");
+    }
+    if name.contains(['\n', '\r']) {
+        return invalid("a line break in the name");
+    }
+    if name == "HOME" && value.contains(['\n', '\r']) {
+        return invalid("a line break in HOME (CVE-2022-4318)");
+    }
+    Ok(())
 }
 
 /// The annotations of the OCI spec: pod and container annotations whose key starts with one
@@ -732,6 +773,33 @@ mod tests {
             ..Default::default()
         };
         assert!(process_env(&bad, &img, "").is_err());
+        let env_of = |key: &str, value: &str| cri::ContainerConfig {
+            envs: vec![cri::KeyValue {
+                key: key.into(),
+                value: value.into(),
+            }],
+            ..Default::default()
+        };
+        for (key, value) in [
+            ("A\0B", "x"),
+            ("A", "x\0y"),
+            ("A\nB", "x"),
+            ("HOME", "/root\nevil:x:0:0::/:/bin/sh"),
+            ("HOME", "/root\r"),
+        ] {
+            assert!(
+                process_env(&env_of(key, value), &img, "").is_err(),
+                "{key:?}={value:?}"
+            );
+        }
+        // An escaped newline, and line breaks in other values, are fine.
+        assert!(process_env(&env_of("HOME", "/root\\n"), &img, "").is_ok());
+        assert!(process_env(&env_of("CERT", "a\nb"), &img, "").is_ok());
+        let mut hostile_image = image(&[], &[]);
+        hostile_image.env = Some(vec!["HOME=/x\ny".into()]);
+        assert!(process_env(&cri::ContainerConfig::default(), &hostile_image, "").is_err());
+        hostile_image.env = Some(vec!["NOEQUALS".into()]);
+        assert!(process_env(&cri::ContainerConfig::default(), &hostile_image, "").is_err());
     }
 
     #[test]

@@ -168,6 +168,16 @@ fn plan(
             config.log_directory
         )));
     }
+    // kubelet sends a clean path; one with `..` names another directory than it seems to.
+    if Path::new(&config.log_directory)
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(invalid(format!(
+            "config.log_directory {:?} contains '..'",
+            config.log_directory
+        )));
+    }
     check_cgroup_parent(state.config.runtime.cgroup_manager, &linux.cgroup_parent)?;
     let record = PodRecord {
         name: format!(
