@@ -746,3 +746,249 @@ async fn cve_2021_30465_symlinked_mount_sources_and_destinations_stay_put() {
     assert_eq!(text(&read.stdout), "from-volume");
     fx.finish().await;
 }
+
+/// The container's log file (ContainerStatus `log_path`).
+async fn log_file(fx: &mut PodFixture, id: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(fx.container_status(id).await.log_path)
+}
+
+/// Anchor C18 (CRI-O `ctr.bats` "ctr log max", conmon `--log-size-max`): a container writing as
+/// fast as it can keeps its log within `[runtime] log_size_max` at every moment (crimon
+/// truncates before the write that would cross it), every record is a well-formed CRI line,
+/// crimon's and crid's memory stay flat, and below the bound no line is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn conmon_log_size_max_a_log_flood_stays_bounded_and_loses_nothing_below_it() {
+    const BOUND: u64 = 1 << 20;
+    let mut fx = PodFixture::start(&format!("[runtime]\nlog_size_max = {BOUND}\n")).await;
+    let pod = fx.pod_config("logflood");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    // Below the bound: 15000 numbered lines at full speed, every one in the log, in order.
+    let counted = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            fx.container_config("counted", &["seq", "1", "15000"]),
+        )
+        .await;
+    fx.wait_exited(&counted, Duration::from_secs(30)).await;
+    let log = std::fs::read_to_string(log_file(&mut fx, &counted).await).expect("log");
+    // Partial records (`P`, a read that ended mid-line) join the next one, as kubelet reads them.
+    let mut numbers: Vec<u32> = Vec::new();
+    let mut partial = String::new();
+    for line in log.lines() {
+        let fields: Vec<&str> = line.splitn(4, ' ').collect();
+        assert_eq!(fields[1], "stdout", "{line}");
+        partial.push_str(fields[3]);
+        match fields[2] {
+            "P" => {}
+            "F" => numbers.push(std::mem::take(&mut partial).parse().expect("a number")),
+            other => panic!("tag {other:?} in {line}"),
+        }
+    }
+    assert_eq!(numbers, (1..=15000).collect::<Vec<u32>>());
+    assert!((log.len() as u64) < BOUND);
+
+    // Above it: a flood without end, on both streams, one stream with no newline at all.
+    let crid_before = status_kib(crid_pid(&fx), "VmRSS");
+    let flood = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            fx.container_config(
+                "flood",
+                &[
+                    "sh",
+                    "-c",
+                    "yes 0123456789abcdef >&2 & tr '\\0' x < /dev/zero",
+                ],
+            ),
+        )
+        .await;
+    let path = log_file(&mut fx, &flood).await;
+    let monitor = parent_of(container_pid(&mut fx, &flood).await);
+    let mut largest = 0;
+    for _ in 0..100 {
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        largest = largest.max(size);
+        assert!(
+            size <= BOUND,
+            "the log grew to {size} bytes (bound {BOUND})"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(
+        largest > BOUND / 4,
+        "the flood hardly wrote: {largest} bytes"
+    );
+    let stats = fx
+        .runtime
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: flood.clone(),
+        })
+        .await;
+    assert!(stats.is_ok(), "crid answers for the flooding container");
+    let tail = std::fs::read(&path).expect("log");
+    // The first line may be cut by the truncation that raced the read; the others are whole
+    // CRI records.
+    for line in String::from_utf8_lossy(&tail).lines().skip(1).take(1000) {
+        let fields: Vec<&str> = line.splitn(4, ' ').collect();
+        if fields.len() < 4 {
+            continue; // the last line may be mid-write
+        }
+        assert!(fields[0].ends_with('Z'), "{line:.80}");
+        assert!(matches!(fields[1], "stdout" | "stderr"), "{line:.80}");
+        assert!(matches!(fields[2], "P" | "F"), "{line:.80}");
+    }
+    let monitor_peak = status_kib(monitor, "VmHWM");
+    assert!(
+        monitor_peak < 16 * 1024,
+        "the monitor's peak RSS is {monitor_peak} KiB"
+    );
+    let crid_after = status_kib(crid_pid(&fx), "VmRSS");
+    assert!(
+        crid_after < crid_before + 32 * 1024,
+        "crid's RSS grew from {crid_before} KiB to {crid_after} KiB"
+    );
+    assert_responsive(&mut fx).await;
+    fx.finish().await;
+}
+
+/// The pids cgroup files of a container (cgroup v1 `pids` hierarchy, or v2).
+fn pids_cgroup(fx: &PodFixture, id: &str) -> std::path::PathBuf {
+    let leaf = format!(
+        "{}/crid-{id}",
+        fx.cgroup_parent
+            .trim_start_matches('/')
+            .trim_end_matches('/')
+    );
+    let v1 = Path::new("/sys/fs/cgroup/pids").join(&leaf);
+    if v1.exists() {
+        v1
+    } else {
+        Path::new("/sys/fs/cgroup").join(&leaf)
+    }
+}
+
+/// Anchor C19 (CRI-O `cgroups.bats` "pids limit", and the fork bomb itself): under
+/// `[runtime] pids_limit`, a fork bomb is capped at the limit, crid and the host stay
+/// responsive, and the pod stops and is removed in bounded time with every process gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn anchor_c19_a_fork_bomb_is_capped_by_the_pids_limit() {
+    const LIMIT: u64 = 64;
+    let mut fx = PodFixture::start(&format!("[runtime]\npids_limit = {LIMIT}\n")).await;
+    let pod = fx.pod_config("forkbomb");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let bomb = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            fx.container_config(
+                "bomb",
+                &["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 1000"],
+            ),
+        )
+        .await;
+    let cgroup = pids_cgroup(&fx, &bomb);
+    let read = |name: &str| {
+        std::fs::read_to_string(cgroup.join(name))
+            .unwrap_or_else(|e| panic!("read {}: {e}", cgroup.join(name).display()))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(read("pids.max"), LIMIT.to_string());
+    let mut peak = 0;
+    for _ in 0..50 {
+        let current: u64 = read("pids.current").parse().expect("pids.current");
+        peak = peak.max(current);
+        assert!(
+            current <= LIMIT,
+            "{current} processes under a limit of {LIMIT}"
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(
+        peak >= LIMIT / 2,
+        "the bomb did not go off: at most {peak} processes"
+    );
+    // The host and crid still answer.
+    let started = Instant::now();
+    let status = std::process::Command::new("true")
+        .status()
+        .expect("fork on the host");
+    assert!(status.success() && started.elapsed() < Duration::from_secs(5));
+    assert_responsive(&mut fx).await;
+    // Stop and remove in bounded time; finish checks that no process, cgroup or mount is left.
+    let started = Instant::now();
+    fx.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    fx.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod_id,
+        })
+        .await
+        .expect("RemovePodSandbox");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "stop and remove took {took:?}"
+    );
+    fx.finish().await;
+}
+
+/// Anchor C21 (CRI-O `ctr.bats` "ctr stop timeouts should decrease", conmon-rs "should kill
+/// created children if being killed"): a PID 1 that ignores SIGTERM (one that traps it, and one
+/// that is the init of its own PID namespace, which the kernel shields from signals it has no
+/// handler for) is SIGKILLed when the timeout passes: StopContainer returns within the
+/// timeout and a margin, with exit code 137.
+#[tokio::test(flavor = "multi_thread")]
+async fn anchor_c21_pid_1_ignoring_sigterm_is_killed_after_the_timeout() {
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("sigterm");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let trapping = fx.container_config(
+        "trapping",
+        &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+    );
+    let mut own_init = fx.container_config("init", &["sleep", "1000"]);
+    own_init.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    const TIMEOUT: u64 = 2;
+    for config in [trapping, own_init] {
+        let name = config.metadata.as_ref().expect("metadata").name.clone();
+        let id = fx.start_container(&pod_id, &pod, config).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        fx.runtime
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: TIMEOUT as i64,
+            })
+            .await
+            .expect("StopContainer");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(TIMEOUT) && took < Duration::from_secs(TIMEOUT + 5),
+            "{name}: StopContainer took {took:?}"
+        );
+        let status = fx.container_status(&id).await;
+        assert_eq!(
+            status.state,
+            cri::ContainerState::ContainerExited as i32,
+            "{name}"
+        );
+        assert_eq!(status.exit_code, 137, "{name}");
+    }
+    fx.finish().await;
+}
