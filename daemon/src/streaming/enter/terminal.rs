@@ -1,0 +1,51 @@
+//! A terminal made in the container's own devpts instance (its `/dev/ptmx`, opened through the
+//! init's root), as runc makes one for `runc exec --tty`: the process sees `/dev/pts/<n>` of
+//! its container, and the terminal is set up as runc leaves it (ONLCR cleared on the container
+//! side; crid adds the carriage returns on the way to the client, as the terminal runc relays
+//! to did).
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+use nix::sys::termios::{self, OutputFlags, SetArg};
+
+use super::EnterError;
+
+/// Opens a new terminal in the devpts of the container whose root is `root`; returns its
+/// (master, slave).
+pub fn open_in(root: &OwnedFd) -> Result<(OwnedFd, OwnedFd), EnterError> {
+    let failed = |what: &str, e: nix::errno::Errno| {
+        EnterError::Unsupported(format!("{what} of the container's terminal: {e}"))
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .mode(Mode::empty())
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let master = nix::fcntl::openat2(root, "dev/ptmx", how).map_err(|e| failed("open", e))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the pointer, which points at `unlock`.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
+    if rc < 0 {
+        return Err(failed("unlock", nix::errno::Errno::last()));
+    }
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new fd for the slave, or -1.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(failed("open the slave", nix::errno::Errno::last()));
+    }
+    // SAFETY: the fd was just returned to us and is owned by nobody else.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    let mut settings = termios::tcgetattr(master.as_fd()).map_err(|e| failed("read", e))?;
+    settings.output_flags.remove(OutputFlags::ONLCR);
+    termios::tcsetattr(master.as_fd(), SetArg::TCSANOW, &settings)
+        .map_err(|e| failed("set up", e))?;
+    Ok((master, slave))
+}
