@@ -58,6 +58,9 @@ pub struct StreamingConfig {
     pub max_sessions: usize,
     /// Seconds a session may stay without traffic before it is closed.
     pub idle_timeout_secs: u64,
+    /// Exec enters the container itself, applying what `runc exec` would (falling back to
+    /// `runc exec` where it cannot); false: always `runc exec`.
+    pub exec_direct: bool,
 }
 
 impl Default for StreamingConfig {
@@ -72,6 +75,7 @@ impl Default for StreamingConfig {
             max_pending_tokens: 1000,
             max_sessions: 1000,
             idle_timeout_secs: 4 * 3600,
+            exec_direct: true,
         }
     }
 }
@@ -366,6 +370,10 @@ max_pending_tokens = {max_pending_tokens}
 max_sessions = {max_sessions}
 # Seconds without traffic after which a session is closed.
 idle_timeout_secs = {idle_timeout_secs}
+# Exec enters the container itself with exactly what `runc exec` would apply (namespaces,
+# cgroups, the init's seccomp filter, user, capabilities...), and runs `runc exec` where it
+# cannot; false: always `runc exec`.
+exec_direct = {exec_direct}
 "#,
             root = q(&d.root),
             runroot = q(&d.runroot),
@@ -393,6 +401,7 @@ idle_timeout_secs = {idle_timeout_secs}
             max_pending_tokens = d.streaming.max_pending_tokens,
             max_sessions = d.streaming.max_sessions,
             idle_timeout_secs = d.streaming.idle_timeout_secs,
+            exec_direct = d.streaming.exec_direct,
         )
     }
 

@@ -1,22 +1,30 @@
-//! Exec for the streaming server: `<runtime> exec` in a running container, with pipes or a
+//! Exec for the streaming server: the command runs in a running container with pipes or a
 //! terminal, copied to and from the client's streams.
 //!
-//! The runtime builds the process from the container's bundle (`config.json`): user,
-//! capabilities, no_new_privs, AppArmor label, environment; seccomp and the cgroup are the
-//! container's. That is exactly what ExecSync gets (crimon runs the same command).
+//! The process gets the container's security context exactly as `runc exec` (and so ExecSync)
+//! gives it: user, groups, capabilities, no_new_privs, seccomp, AppArmor label, cgroups,
+//! namespaces, environment. By default crid enters the container itself ([`super::enter`],
+//! `[streaming] exec_direct`), copying what runc would apply; where that module declines (a
+//! setting it does not reproduce, a missing command, anything failing before the exec) the
+//! session runs `<runtime> exec` instead, whose messages and exit codes the client then sees.
 //!
 //! The exec'd process dies with the session: when the client goes away (the future is
-//! dropped), it is killed through a pidfd taken while `runtime exec`, its parent, still
-//! waits on it (so the pid cannot have been reused), and `runtime exec` itself is killed.
+//! dropped), it is killed through a pidfd. The direct path holds that pidfd from the start
+//! (the process is crid's child); with `runtime exec` it is taken while the runtime, its
+//! parent, still waits on it (so the pid cannot have been reused), and `runtime exec` itself
+//! is left to end with it.
 
+use std::future::Future;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{pty, sys, Io};
+use super::enter::{self, EnterError};
+use super::{pty, sys, BoxRead, BoxWrite, Io};
 use crate::container::lifecycle::runtime;
 use crate::error::DaemonError;
 use crate::state::container::{Container, Phase};
@@ -27,9 +35,87 @@ const MAX_ARGS: usize = 4096;
 const MAX_ARGS_BYTES: usize = 1 << 20;
 /// How long the runtime has to report the exec'd process (its pid file).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// After the process exited, how long output still in flight is copied: a background child
-/// that inherited the pipes must not hold the session open.
-pub(super) const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+/// After the process exited, its output is still copied while it flows; the session ends at
+/// end of file, once nothing came for this long (a background child that inherited the pipes
+/// must not hold the session open), or at [`DRAIN_LIMIT`] after the exit.
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// When output last arrived, for the drain after the exit.
+pub(super) struct OutputActivity {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start`.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl OutputActivity {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(OutputActivity {
+            start: tokio::time::Instant::now(),
+            last: Default::default(),
+        })
+    }
+
+    /// Notes that output arrived now.
+    pub(super) fn touch(&self) {
+        let elapsed = self.start.elapsed().as_millis() as u64;
+        self.last
+            .store(elapsed, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        let ms = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        self.start + Duration::from_millis(ms)
+    }
+}
+
+/// Lets `outputs` finish after the process exited, within the bounds of [`DRAIN_IDLE`] and
+/// [`DRAIN_LIMIT`].
+pub(super) async fn drain(
+    mut outputs: std::pin::Pin<&mut impl Future<Output = ()>>,
+    activity: &OutputActivity,
+) {
+    let limit = tokio::time::Instant::now() + DRAIN_LIMIT;
+    activity.touch();
+    loop {
+        let deadline = (activity.last() + DRAIN_IDLE).min(limit);
+        tokio::select! {
+            () = &mut outputs => return,
+            () = tokio::time::sleep_until(deadline) => {
+                let now = tokio::time::Instant::now();
+                if now >= limit || now >= activity.last() + DRAIN_IDLE {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Copies `from` to `to` until end of file (or an error), noting each chunk in `activity`;
+/// then shuts `to` down. Without `to` (the client did not ask for the stream) the output is
+/// read and dropped, as `runc exec` relays it to its /dev/null.
+async fn copy_output(
+    mut from: impl AsyncRead + Unpin,
+    mut to: Option<BoxWrite>,
+    activity: &OutputActivity,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        activity.touch();
+        if let Some(to) = &mut to {
+            if to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    }
+    if let Some(to) = &mut to {
+        let _ = to.shutdown().await;
+    }
+}
 
 /// Kills the exec'd process when the session ends before it (the client went away), and
 /// removes the pid file.
@@ -65,6 +151,40 @@ impl Drop for ProcessGuard {
                 }
                 let _ = std::fs::remove_file(&pid_file);
             });
+        }
+    }
+}
+
+/// Kills a directly exec'd process (crid's own child) when the session ends before it, and
+/// reaps it.
+struct DirectGuard {
+    process: Arc<OwnedFd>,
+    /// The process exited and was reaped.
+    done: bool,
+}
+
+impl Drop for DirectGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            kill_and_reap(self.process.clone());
+        }
+    }
+}
+
+/// Kills a process crid started directly and reaps it in the background.
+fn kill_and_reap(process: Arc<OwnedFd>) {
+    let _ = sys::pidfd_send_signal(process.as_fd(), libc::SIGKILL);
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(async move {
+                let _ = enter::wait(&process).await;
+            });
+        }
+        Err(_) => {
+            let _ = nix::sys::wait::waitid(
+                nix::sys::wait::Id::PIDFd(process.as_fd()),
+                nix::sys::wait::WaitPidFlag::WEXITED,
+            );
         }
     }
 }
@@ -121,6 +241,169 @@ pub async fn exec(
     check_args(cmd)?;
     let container = state.container(id)?;
     check_running(state, &container)?;
+    let io = if state.config.streaming.exec_direct {
+        match exec_direct(state, &container, cmd, tty, io).await {
+            Ok(code) => return code,
+            Err((io, reason)) => {
+                tracing::debug!(
+                    id = %container.id,
+                    reason = %crid_common::error_chain::error_chain(&reason),
+                    "exec through the runtime"
+                );
+                io
+            }
+        }
+    } else {
+        io
+    };
+    exec_runtime(state, &container, cmd, tty, io).await
+}
+
+/// Runs the session with crid entering the container itself; gives the client's streams back
+/// when the direct path declines (nothing has run then).
+async fn exec_direct(
+    state: &State,
+    container: &Container,
+    cmd: &[String],
+    tty: bool,
+    io: Io,
+) -> Result<Result<i32, DaemonError>, (Io, EnterError)> {
+    let stdio = if tty {
+        enter::Stdio::Terminal
+    } else {
+        enter::Stdio::Pipes
+    };
+    let runtime_root = state.config.runtime.runtime_root.clone();
+    let (id, bundle, cmd) = (container.id.clone(), container.dir.clone(), cmd.to_vec());
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        let entered = enter::enter(&enter::Request {
+            runtime_root: &runtime_root,
+            container_id: &id,
+            bundle: &bundle,
+            cmd: &cmd,
+            stdio,
+        });
+        // The session is gone already: the process must not outlive it.
+        if let Err(Ok(orphan)) = sender.send(entered) {
+            kill_and_reap(Arc::new(orphan.process));
+        }
+    });
+    let entered = match receiver.await {
+        Ok(Ok(entered)) => entered,
+        Ok(Err(reason)) => return Err((io, reason)),
+        Err(_) => {
+            return Err((
+                io,
+                EnterError::Invalid("the direct exec's thread ended without an answer".into()),
+            ))
+        }
+    };
+    let mut guard = DirectGuard {
+        process: Arc::new(entered.process),
+        done: false,
+    };
+    let process = guard.process.clone();
+    let exited = async move {
+        enter::wait(&process).await.map_err(|err| DaemonError::Io {
+            what: "wait for",
+            path: "the exec'd process".into(),
+            err,
+        })
+    };
+    let Io {
+        stdin,
+        stdout,
+        stderr,
+        resize,
+    } = io;
+    let result = match entered.terminal {
+        Some(master) => pty::run_session(master, exited, stdin, stdout, resize, true).await,
+        None => {
+            let sender = |fd: Option<OwnedFd>| {
+                fd.map(tokio::net::unix::pipe::Sender::from_owned_fd)
+                    .transpose()
+            };
+            let receiver = |fd: Option<OwnedFd>| {
+                fd.map(tokio::net::unix::pipe::Receiver::from_owned_fd)
+                    .transpose()
+            };
+            match (
+                sender(entered.stdin),
+                receiver(entered.stdout),
+                receiver(entered.stderr),
+            ) {
+                (Ok(to_stdin), Ok(from_stdout), Ok(from_stderr)) => {
+                    let streams = (stdin, stdout, stderr);
+                    pipe_session(streams, to_stdin, from_stdout, from_stderr, exited).await
+                }
+                (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => Err(DaemonError::Io {
+                    what: "watch",
+                    path: "the exec'd process's pipes".into(),
+                    err,
+                }),
+            }
+        }
+    };
+    // Reaped when it exited; on an error the guard kills and reaps it.
+    guard.done = result.is_ok();
+    Ok(result)
+}
+
+/// Copies between the client's streams and the process's pipes until `exited` resolves,
+/// then drains what is still in flight (bounded).
+async fn pipe_session(
+    (stdin, stdout, stderr): (Option<BoxRead>, Option<BoxWrite>, Option<BoxWrite>),
+    to_stdin: Option<impl AsyncWrite + Unpin>,
+    from_stdout: Option<impl AsyncRead + Unpin>,
+    from_stderr: Option<impl AsyncRead + Unpin>,
+    exited: impl Future<Output = Result<i32, DaemonError>>,
+) -> Result<i32, DaemonError> {
+    let feed = async move {
+        // Dropping `to` closes the process's stdin (at once when the client sends none).
+        if let (Some(mut from), Some(mut to)) = (stdin, to_stdin) {
+            let _ = tokio::io::copy(&mut from, &mut to).await;
+        }
+        std::future::pending::<()>().await
+    };
+    let activity = OutputActivity::new();
+    let noted = activity.clone();
+    let outputs = async move {
+        let out = async {
+            if let Some(from) = from_stdout {
+                copy_output(from, stdout, &noted).await;
+            }
+        };
+        let err = async {
+            if let Some(from) = from_stderr {
+                copy_output(from, stderr, &noted).await;
+            }
+        };
+        tokio::join!(out, err);
+    };
+    tokio::pin!(feed, outputs, exited);
+    let mut outputs_done = false;
+    let code = loop {
+        tokio::select! {
+            code = &mut exited => break code?,
+            () = &mut feed => unreachable!("feed never ends"),
+            () = &mut outputs, if !outputs_done => outputs_done = true,
+        }
+    };
+    if !outputs_done {
+        drain(outputs, &activity).await;
+    }
+    Ok(code)
+}
+
+/// Runs the session through `<runtime> exec`.
+async fn exec_runtime(
+    state: &State,
+    container: &Container,
+    cmd: &[String],
+    tty: bool,
+    io: Io,
+) -> Result<i32, DaemonError> {
     let rt = runtime(state);
     let dir = &state.paths.exec_sessions;
     let session = crate::state::new_id();
@@ -147,6 +430,12 @@ pub async fn exec(
         stderr,
         resize,
     } = io;
+    let run_error = |err| DaemonError::Io {
+        what: "run",
+        path: rt.path.clone(),
+        err,
+    };
+    let mut pty_master = None;
     if tty {
         // runc hands a console socket only to detached processes, whose exit code nobody
         // could then collect: it runs in the foreground on a terminal crid makes instead.
@@ -167,95 +456,54 @@ pub async fn exec(
             .stdout(Stdio::from(slave("dup")?))
             .stderr(Stdio::from(slave("dup")?));
         sys::with_controlling_terminal(&mut command);
-        let mut child = command.spawn().map_err(|err| DaemonError::Io {
-            what: "run",
-            path: rt.path.clone(),
-            err,
-        })?;
-        // Only the runtime may hold the slave: the master reads end of file when it is gone.
-        drop(command);
-        drop(pty.slave);
-        let session = pty::run_session(pty.master, &mut child, stdin, stdout, resize);
+        pty_master = Some(pty.master);
+    } else {
+        let piped = |wanted: bool| {
+            if wanted {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            }
+        };
+        command
+            .stdin(piped(stdin.is_some()))
+            .stdout(piped(stdout.is_some()))
+            .stderr(piped(stderr.is_some()));
+    }
+    let mut child = command.spawn().map_err(run_error)?;
+    // Only the runtime may hold a terminal's slave: the master reads end of file when it is
+    // gone.
+    drop(command);
+    let (to_stdin, from_stdout, from_stderr) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let guard_ref = &mut guard;
+    let exited = async move {
         let watch = watch_pid_file(&pid_file);
-        tokio::pin!(session, watch);
+        tokio::pin!(watch);
         let mut watched = false;
-        let code = loop {
+        let status = loop {
             tokio::select! {
-                code = &mut session => break code,
+                status = child.wait() => break status,
                 pidfd = &mut watch, if !watched => {
-                    guard.pidfd = pidfd;
+                    guard_ref.pidfd = pidfd;
                     watched = true;
                 }
             }
         };
-        guard.done = true;
-        return code;
+        guard_ref.done = true;
+        status.map(exit_code).map_err(|err| DaemonError::Io {
+            what: "wait for",
+            path: rt.path.clone(),
+            err,
+        })
+    };
+    match pty_master {
+        Some(master) => pty::run_session(master, exited, stdin, stdout, resize, false).await,
+        None => {
+            let streams = (stdin, stdout, stderr);
+            pipe_session(streams, to_stdin, from_stdout, from_stderr, exited).await
+        }
     }
-    let piped = |wanted: bool| {
-        if wanted {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        }
-    };
-    command
-        .stdin(piped(stdin.is_some()))
-        .stdout(piped(stdout.is_some()))
-        .stderr(piped(stderr.is_some()));
-    let mut child = command.spawn().map_err(|err| DaemonError::Io {
-        what: "run",
-        path: rt.path.clone(),
-        err,
-    })?;
-    let child_stdin = child.stdin.take();
-    let child_stdout = child.stdout.take();
-    let child_stderr = child.stderr.take();
-    let feed = async move {
-        if let (Some(mut from), Some(mut to)) = (stdin, child_stdin) {
-            let _ = tokio::io::copy(&mut from, &mut to).await;
-            // Dropping `to` closes the process's stdin.
-        }
-        std::future::pending::<()>().await
-    };
-    let outputs = async move {
-        let out = async {
-            if let (Some(mut from), Some(mut to)) = (child_stdout, stdout) {
-                let _ = tokio::io::copy(&mut from, &mut to).await;
-                let _ = to.shutdown().await;
-            }
-        };
-        let err = async {
-            if let (Some(mut from), Some(mut to)) = (child_stderr, stderr) {
-                let _ = tokio::io::copy(&mut from, &mut to).await;
-                let _ = to.shutdown().await;
-            }
-        };
-        tokio::join!(out, err);
-    };
-    let watch = watch_pid_file(&pid_file);
-    tokio::pin!(feed, outputs, watch);
-    let (mut outputs_done, mut watched) = (false, false);
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status,
-            () = &mut feed => unreachable!("feed never ends"),
-            () = &mut outputs, if !outputs_done => outputs_done = true,
-            pidfd = &mut watch, if !watched => {
-                guard.pidfd = pidfd;
-                watched = true;
-            }
-        }
-    };
-    guard.done = true;
-    let status = status.map_err(|err| DaemonError::Io {
-        what: "wait for",
-        path: rt.path.clone(),
-        err,
-    })?;
-    if !outputs_done {
-        let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, &mut outputs).await;
-    }
-    Ok(exit_code(status))
 }
 
 /// The exit code as the client sees it: a signal `n` as 128 + n, as shells report it.

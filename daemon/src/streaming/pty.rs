@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
 use super::{sys, BoxRead, BoxWrite, TermSize};
@@ -70,16 +70,54 @@ impl AsyncWrite for Master {
     }
 }
 
-/// Copies between the client and the terminal until `child` (the runtime's `exec`, which
-/// waits for the process) exits; returns the process's exit code. The runtime runs on the
-/// slave of `master` as its controlling terminal and relays it to the container's own
-/// terminal (CRI-O's arrangement): a resize of `master` reaches it as SIGWINCH.
+/// Copies the terminal's output to the client, adding a carriage return before each newline
+/// when `onlcr` (the translation the terminal `runc exec` relays to makes; runc clears it on
+/// the container's own terminal).
+async fn copy_output(
+    mut from: Master,
+    to: &mut BoxWrite,
+    onlcr: bool,
+    activity: &super::exec::OutputActivity,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut expanded = Vec::new();
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        activity.touch();
+        let chunk = if onlcr {
+            expanded.clear();
+            for &byte in &buf[..n] {
+                if byte == b'\n' {
+                    expanded.push(b'\r');
+                }
+                expanded.push(byte);
+            }
+            &expanded[..]
+        } else {
+            &buf[..n]
+        };
+        if to.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Copies between the client and the terminal until `exited` (the process's exit code)
+/// resolves. With `runc exec`, the runtime runs on the slave of `master` as its controlling
+/// terminal and relays it to the container's own terminal (CRI-O's arrangement): a resize of
+/// `master` reaches it as SIGWINCH. With the direct exec, `master` is the container's own
+/// terminal and `onlcr` adds the carriage returns crid's relay terminal added.
 pub async fn run_session(
     master: OwnedFd,
-    child: &mut tokio::process::Child,
+    exited: impl std::future::Future<Output = Result<i32, DaemonError>>,
     stdin: Option<BoxRead>,
     stdout: Option<BoxWrite>,
     resize: Option<mpsc::Receiver<TermSize>>,
+    onlcr: bool,
 ) -> Result<i32, DaemonError> {
     let io_err = |what: &'static str| {
         move |err| DaemonError::Io {
@@ -110,26 +148,26 @@ pub async fn run_session(
         }
         std::future::pending::<()>().await
     };
-    let mut reader = master;
+    let reader = master;
+    let activity = super::exec::OutputActivity::new();
+    let noted = activity.clone();
     let output = async move {
         if let Some(mut to) = stdout {
-            let _ = tokio::io::copy(&mut reader, &mut to).await;
-            let _ = to.shutdown().await;
+            copy_output(reader, &mut to, onlcr, &noted).await;
         }
     };
-    tokio::pin!(resizes, feed, output);
+    tokio::pin!(resizes, feed, output, exited);
     let mut output_done = false;
-    let status = loop {
+    let code = loop {
         tokio::select! {
-            status = child.wait() => break status,
+            code = &mut exited => break code?,
             () = &mut resizes => unreachable!("resizes never end"),
             () = &mut feed => unreachable!("feed never ends"),
             () = &mut output, if !output_done => output_done = true,
         }
     };
-    let status = status.map_err(io_err("wait for the runtime of"))?;
     if !output_done {
-        let _ = tokio::time::timeout(super::exec::DRAIN_AFTER_EXIT, &mut output).await;
+        super::exec::drain(output, &activity).await;
     }
-    Ok(super::exec::exit_code(status))
+    Ok(code)
 }
