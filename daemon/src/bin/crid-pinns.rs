@@ -11,8 +11,10 @@
 //! process that is PID 1 of the new namespace and only sleeps (reaping nothing: SIGCHLD is
 //! ignored, so the kernel reaps). Its namespace is pinned at `DIR/pid/ID` and its pid printed
 //! on standard output as `{"holder_pid":N}`; killing it ends the namespace and everything in it.
-//! The holder keeps no fd and is not dumpable: nothing in the pod can ptrace it or reach the
-//! host's files through its `/proc/<pid>/root` (it lives in the host's mount namespace).
+//! The holder keeps no fd, is not dumpable, and lives in a mount namespace of its own whose
+//! only mount is an empty read-only tmpfs: the pod's containers see it as their `/proc/1`, and
+//! neither its `mountinfo` nor its `root` (reachable to a container given CAP_SYS_PTRACE)
+//! shows anything of the host.
 //!
 //! `--user` makes a user namespace with the given mappings first and every other namespace
 //! inside it (owned by it), so that container root, which is root only in that user
@@ -572,7 +574,9 @@ fn pin(source: &str, target: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes a new PID namespace and forks its init: a holder that sleeps until killed.
+/// Makes a new PID namespace and forks its init: a holder that sleeps until killed. Returns
+/// once the holder is set up (it holds no fd of ours then, and lives in its empty mount
+/// namespace), or fails if it could not be.
 fn fork_pid_holder() -> Result<libc::pid_t, String> {
     // SAFETY: unshare takes flags only; this process has a single thread.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
@@ -581,6 +585,9 @@ fn fork_pid_holder() -> Result<libc::pid_t, String> {
             std::io::Error::last_os_error()
         ));
     }
+    // Readiness: the holder closes its copy of the write end (with every other fd) once set
+    // up, so the read end sees EOF.
+    let (ready, ready_w) = pipe()?;
     // SAFETY: single-threaded, so the child may run anything; it only makes plain syscalls.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -589,26 +596,67 @@ fn fork_pid_holder() -> Result<libc::pid_t, String> {
     if pid == 0 {
         hold();
     }
+    drop(ready_w);
+    let mut ready = ready;
+    while let Err(err) = std::io::Read::read(&mut ready, &mut [0u8; 1]) {
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waitpid on our own child, without blocking, writes its status if it exited.
+    if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+        return Err("the PID namespace holder could not set itself up (an empty mount namespace of its own)".into());
+    }
     Ok(pid)
 }
 
 /// The holder's life: detached from crid's session, stdio and every other fd, not dumpable,
-/// deaf to every signal that can be ignored (as PID 1 of its namespace, only SIGKILL from outside ends it), never reaping.
+/// in an empty mount namespace of its own, deaf to every signal that can be ignored (as PID 1
+/// of its namespace, only SIGKILL from outside ends it), never reaping.
 fn hold() -> ! {
     // SAFETY: plain syscalls on constant arguments; no memory is shared with the parent.
     unsafe {
         libc::setsid();
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, 0);
+        // Opened while the host's /dev is still in reach.
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        // A root of its own with nothing in it. The holder is PID 1 of the pod's PID
+        // namespace, so every container of the pod sees its /proc/1: any of them can read
+        // /proc/1/mountinfo, and one given CAP_SYS_PTRACE passes the non-dumpable check (its
+        // capability counts in the host's user namespace) and would reach the host's files
+        // through /proc/1/root. In a mount namespace whose only mount is an empty read-only
+        // tmpfs there is nothing to read or reach. Without it, no holder (the pod fails).
+        let none = std::ptr::null::<libc::c_char>();
+        if libc::unshare(libc::CLONE_NEWNS) != 0
+            || libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            || libc::mount(
+                c"none".as_ptr(),
+                c"/proc".as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                c"size=4k,mode=0555".as_ptr().cast(),
+            ) != 0
+            || libc::chdir(c"/proc".as_ptr()) != 0
+            || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
+            || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
+            || libc::chdir(c"/".as_ptr()) != 0
+        {
+            libc::_exit(1);
+        }
         if null >= 0 {
             for fd in 0..3 {
                 libc::dup2(null, fd);
             }
-            if null > 2 {
-                libc::close(null);
-            }
         }
+        // Every other fd, /dev/null's and the readiness pipe's included: the parent goes on.
+        libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, 0);
         libc::signal(libc::SIGCHLD, libc::SIG_IGN);
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGINT, libc::SIG_IGN);
