@@ -20,13 +20,12 @@
 //! container runs as, so their form is checked: one mapping each for uids and gids (what
 //! kubelet sends and containerd accepts; id-mapped layers take one range), starting at
 //! container id 0, not empty, not wrapping past the last id.
-#![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use crate::mount_api::{self, Attributes};
 
 use crid_proto::cri;
 use serde::{Deserialize, Serialize};
@@ -184,125 +183,9 @@ pub fn check_container(
     Ok(())
 }
 
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("path {} contains NUL", path.display()),
-        )
-    })
-}
-
-fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
 /// Opens a user namespace (a pinned namespace file) for id-mapping mounts.
 pub fn open_userns(path: &Path) -> io::Result<OwnedFd> {
     Ok(std::fs::File::open(path)?.into())
-}
-
-/// A detached copy of the mount (tree, with `recursive`) at `source`.
-fn clone_tree(source: &Path, recursive: bool) -> io::Result<OwnedFd> {
-    let source_c = c_path(source)?;
-    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: `source_c` is NUL-terminated; open_tree returns a new fd (which we own) or -1.
-    let fd = check(unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            source_c.as_ptr(),
-            flags,
-        )
-    })?;
-    // SAFETY: open_tree succeeded, so `fd` is a new fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
-}
-
-/// Id-maps the detached tree at `tree` with `userns` (and makes it read-only, with
-/// `read_only`), every mount of it with `recursive`.
-fn set_idmap(
-    tree: &OwnedFd,
-    userns: BorrowedFd<'_>,
-    read_only: bool,
-    recursive: bool,
-) -> io::Result<()> {
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_IDMAP
-            | if read_only {
-                libc::MOUNT_ATTR_RDONLY
-            } else {
-                0
-            },
-        attr_clr: 0,
-        propagation: if read_only { libc::MS_PRIVATE } else { 0 },
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        flags |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: `tree` is an open mount fd, the path is an empty NUL-terminated string (with
-    // AT_EMPTY_PATH), and `attr` is a valid mount_attr whose size is passed.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            flags,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    })
-    .map(drop)
-}
-
-/// Attaches the detached tree at `tree` on `target`.
-fn attach(tree: &OwnedFd, target: &Path) -> io::Result<()> {
-    let target_c = c_path(target)?;
-    // SAFETY: moves the detached tree (AT_EMPTY_PATH on `tree`) onto the NUL-terminated target.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target_c.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    })
-    .map(drop)
-}
-
-/// Makes a mount point like `source` (a directory or a file) at `target`.
-fn mount_point_like(source: &Path, target: &Path) -> io::Result<()> {
-    if std::fs::metadata(source)?.is_dir() {
-        std::fs::create_dir(target)
-    } else {
-        std::fs::File::create(target).map(drop)
-    }
-}
-
-/// Unmounts `path` (what is not mounted is fine).
-fn unmount(path: &Path) -> io::Result<()> {
-    let path_c = c_path(path)?;
-    // SAFETY: `path_c` is NUL-terminated; MNT_DETACH takes the whole tree off at once and
-    // never blocks on busy mounts.
-    let rc = unsafe { libc::umount2(path_c.as_ptr(), libc::MNT_DETACH) };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        if !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
-            return Err(err);
-        }
-    }
-    Ok(())
 }
 
 /// Id-maps the mount tree at `source` (an absolute host path, symlinks already resolved)
@@ -319,10 +202,15 @@ pub fn stage_volume(
     let staging = container_dir.join(STAGING_DIR);
     std::fs::create_dir_all(&staging)?;
     let target = staging.join(format!("v{index}"));
-    mount_point_like(source, &target)?;
-    let tree = clone_tree(source, true)?;
-    set_idmap(&tree, userns, recursive_read_only, true)?;
-    attach(&tree, &target)?;
+    mount_api::mount_point_like(source, &target)?;
+    let tree = mount_api::clone_tree(source, true)?;
+    let attributes = Attributes {
+        read_only: recursive_read_only,
+        private: recursive_read_only,
+        idmap: Some(userns),
+    };
+    mount_api::set_attributes(&tree, attributes, true)?;
+    mount_api::attach(&tree, &target)?;
     Ok(target)
 }
 
@@ -349,9 +237,13 @@ impl IdmappedLayers {
         for (n, lower) in lowers.iter().enumerate() {
             let target = staging.join(format!("l{n}"));
             std::fs::create_dir(&target)?;
-            let tree = clone_tree(lower, false)?;
-            set_idmap(&tree, userns, false, false)?;
-            attach(&tree, &target)?;
+            let tree = mount_api::clone_tree(lower, false)?;
+            let attributes = Attributes {
+                idmap: Some(userns),
+                ..Attributes::default()
+            };
+            mount_api::set_attributes(&tree, attributes, false)?;
+            mount_api::attach(&tree, &target)?;
             staged.paths.push(target);
         }
         Ok(staged)
@@ -364,7 +256,7 @@ impl IdmappedLayers {
 
     fn unmount_all(&mut self) -> io::Result<()> {
         for path in self.paths.drain(..) {
-            unmount(&path)?;
+            mount_api::unmount(&path)?;
             std::fs::remove_dir(&path)?;
         }
         Ok(())
@@ -381,16 +273,7 @@ impl Drop for IdmappedLayers {
 /// Unmounts every id-mapped mount of a container (its directory is about to be removed);
 /// what is not mounted is fine.
 pub fn unstage_all(container_dir: &Path) -> io::Result<()> {
-    let staging = container_dir.join(STAGING_DIR);
-    let entries = match std::fs::read_dir(&staging) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(err),
-    };
-    for entry in entries {
-        unmount(&entry?.path())?;
-    }
-    Ok(())
+    mount_api::unmount_entries(&container_dir.join(STAGING_DIR))
 }
 
 #[cfg(test)]

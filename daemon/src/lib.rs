@@ -11,6 +11,7 @@ pub mod image;
 pub mod idmap;
 pub mod logging;
 pub mod monitor_client;
+pub mod mount_api;
 pub mod network;
 pub mod oci_runtime;
 pub mod rro;
