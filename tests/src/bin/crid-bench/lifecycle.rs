@@ -358,7 +358,7 @@ pub(crate) struct Peers {
     pub pause: String,
     pub work: tempfile::TempDir,
     _networks: HostNetworks,
-    _registry: Registry,
+    pub registry: Registry,
 }
 
 impl Peers {
@@ -405,7 +405,7 @@ impl Peers {
             pause,
             work,
             _networks: networks,
-            _registry: registry,
+            registry,
         })
     }
 

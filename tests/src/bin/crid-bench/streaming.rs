@@ -1,12 +1,20 @@
 //! `crid-bench streaming`: crid's streaming server against containerd 1.6's (the kubelet
 //! library's), driven by the same client (the harness's SPDY client, client-go's protocol):
-//! exec round trips of `true`, attach output throughput, port-forward throughput.
+//! exec round trips of `true`, attach output throughput, port-forward throughput. A second
+//! crid with `[streaming] exec_direct = false` (every exec through `runc exec`) runs the exec
+//! round trips too, interleaved with the others, so the direct exec's gain is measured on the
+//! same load.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crid_proto::cri;
 use crid_tests::harness::streaming_client::{exec_round_trip, PortForwarder, SpdyClient};
+
+use crid_proto::cri::runtime_service_client::RuntimeServiceClient;
+use crid_tests::harness::crid::{connect, CridOptions, CridProcess};
+use crid_tests::harness::pods::conflist;
+use crid_tests::harness::require;
 
 use super::lifecycle::{end_pod, ms, percentile, start_pod_running, Peers, Runtime};
 
@@ -25,6 +33,74 @@ const STREAM_LIMIT: Duration = Duration::from_secs(600);
 const QUIET: Duration = Duration::from_secs(2);
 /// The port the pod serves on for the port-forward run.
 const SERVED_PORT: u16 = 8080;
+/// Exec sessions each runtime runs before the next one's turn.
+const EXEC_ROUND: usize = 20;
+/// The network of the crid that execs through runc (the peers use crbench1 and crbench2).
+const RELAY_BRIDGE: &str = "crbench3";
+const RELAY_NETWORK: &str = "crid-bench-3";
+
+/// A crid like the bench's with `exec_direct = false`; its bridge and leases are removed on
+/// drop (after the crid itself).
+struct RelayCrid {
+    crid: CridProcess,
+}
+
+impl RelayCrid {
+    fn start(peers: &Peers, runtime: &str) -> anyhow::Result<Self> {
+        let crid = CridProcess::start(&CridOptions {
+            extra_toml: peers.registry.crid_image_config(peers.work.path()),
+            dropin: Some(format!(
+                "log_level = \"info\"\n[runtime]\nruntime_path = \"{}\"\n\
+                 [streaming]\nexec_direct = false\n",
+                require::tool(runtime).display()
+            )),
+        });
+        std::fs::write(
+            crid.dir.path().join("net.d/10-bench.conflist"),
+            conflist(RELAY_NETWORK, RELAY_BRIDGE, "10.235.3"),
+        )?;
+        Ok(RelayCrid { crid })
+    }
+
+    async fn runtime(&self, peers: &Peers) -> anyhow::Result<Runtime> {
+        let mut images =
+            cri::image_service_client::ImageServiceClient::new(connect(&self.crid.socket).await);
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: peers.image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .context("crid (runc exec): pull")?;
+        Ok(Runtime {
+            name: "crid (runc exec)",
+            client: RuntimeServiceClient::new(connect(&self.crid.socket).await),
+            image: peers.image.clone(),
+            log_root: peers.work.path().join("logs-crid-runc"),
+        })
+    }
+}
+
+impl Drop for RelayCrid {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.crid.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", RELAY_BRIDGE])
+            .status();
+        let _ = std::fs::remove_dir_all(
+            std::path::Path::new("/var/lib/cni/networks").join(RELAY_NETWORK),
+        );
+    }
+}
 
 /// Exec `true` `count` times: the Exec call and the whole SPDY session, in ms.
 async fn exec_times(runtime: &Runtime, container: &str, count: usize) -> anyhow::Result<Vec<f64>> {
@@ -152,42 +228,67 @@ async fn port_forward_throughput(runtime: &Runtime, bytes: u64) -> anyhow::Resul
 
 pub fn run(settings: &Settings) -> anyhow::Result<()> {
     let peers = Peers::start(&settings.runtime)?;
+    let relay = RelayCrid::start(&peers, &settings.runtime)?;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     tokio.block_on(async {
         eprintln!("peers started");
-        let runtimes = peers.runtimes().await?;
+        let [crid, containerd] = peers.runtimes().await?;
+        let runtimes = [crid, relay.runtime(&peers).await?, containerd];
         let bytes = settings.mib as u64 * 1024 * 1024;
-        let mut execs = Vec::new();
-        let mut attach = Vec::new();
-        let mut forward = Vec::new();
+
+        // Exec: one pod each, warmed up, then rounds of EXEC_ROUND sessions in turn.
+        let mut pods = Vec::new();
         for runtime in &runtimes {
             let mut client = runtime.client.clone();
             let (pod, container, _) =
                 start_pod_running(&mut client, runtime, "exec", &["sleep", "100000"]).await?;
-            // Warm up (page cache, first connection).
-            eprintln!("{}: exec", runtime.name);
+            // Warm up (page cache, first connection, the direct exec's seccomp read).
             exec_times(runtime, &container, 5).await?;
-            execs.push(exec_times(runtime, &container, settings.execs).await?);
-            end_pod(&mut client, runtime.name, &pod, &container).await?;
+            pods.push((pod, container));
+        }
+        eprintln!("exec: {} sessions each, in rounds", settings.execs);
+        let mut execs = vec![Vec::with_capacity(settings.execs); runtimes.len()];
+        while execs[0].len() < settings.execs {
+            let round = EXEC_ROUND.min(settings.execs - execs[0].len());
+            for (index, (runtime, (_, container))) in runtimes.iter().zip(&pods).enumerate() {
+                execs[index].extend(exec_times(runtime, container, round).await?);
+            }
+        }
+        for (runtime, (pod, container)) in runtimes.iter().zip(&pods) {
+            let mut client = runtime.client.clone();
+            end_pod(&mut client, runtime.name, pod, container).await?;
+        }
+
+        let mut attach = Vec::new();
+        let mut forward = Vec::new();
+        for runtime in [&runtimes[0], &runtimes[2]] {
             eprintln!("{}: attach", runtime.name);
             attach.push(attach_throughput(runtime, bytes).await?);
             eprintln!("{}: port-forward", runtime.name);
             forward.push(port_forward_throughput(runtime, bytes).await?);
         }
         println!(
-            "## exec `true` (non-tty, SPDY), {} sessions, ms (Exec call + session)",
+            "## exec `true` (non-tty, SPDY), {} sessions each in rounds of {EXEC_ROUND}, ms \
+             (Exec call + session)",
             settings.execs
         );
-        println!("| crid p50 | crid p99 | containerd p50 | containerd p99 | p50 ratio |");
-        println!("|---|---|---|---|---|");
-        let (c50, d50) = (percentile(&execs[0], 0.5), percentile(&execs[1], 0.5));
+        println!("| runtime | p50 | p99 | p50 / containerd's |");
+        println!("|---|---|---|---|");
+        let containerd_p50 = percentile(&execs[2], 0.5);
+        for (runtime, times) in runtimes.iter().zip(&execs) {
+            let p50 = percentile(times, 0.5);
+            println!(
+                "| {} | {p50:.1} | {:.1} | {:.2}x |",
+                runtime.name,
+                percentile(times, 0.99),
+                p50 / containerd_p50
+            );
+        }
         println!(
-            "| {c50:.1} | {:.1} | {d50:.1} | {:.1} | {:.2}x |",
-            percentile(&execs[0], 0.99),
-            percentile(&execs[1], 0.99),
-            c50 / d50
+            "direct exec / runc exec (both crid), p50: {:.2}x",
+            percentile(&execs[0], 0.5) / percentile(&execs[1], 0.5)
         );
         println!();
         println!(
