@@ -290,7 +290,10 @@ impl EventLoop {
     /// a pipe whose writers are gone reports EPOLLHUP whatever the interest, which would spin
     /// the loop while it waits for a client.
     fn watch_output(&self, watched: bool) {
-        for (fd, token) in [(&self.io.stdout, TOKEN_STDOUT), (&self.io.stderr, TOKEN_STDERR)] {
+        for (fd, token) in [
+            (&self.io.stdout, TOKEN_STDOUT),
+            (&self.io.stderr, TOKEN_STDERR),
+        ] {
             if let Some(fd) = fd {
                 if watched {
                     let _ = self.epoll.add(fd, libc::EPOLLIN as u32, token);

@@ -166,8 +166,8 @@ pub async fn attach(state: &State, id: &str, io: Io) -> Result<(), DaemonError> 
                     MsgFlags::MSG_DONTWAIT,
                 ) {
                     Ok(0) => {
-                        let _ = write_batch(&mut batch, batch_stream, &mut stdout, &mut stderr)
-                            .await;
+                        let _ =
+                            write_batch(&mut batch, batch_stream, &mut stdout, &mut stderr).await;
                         break 'session;
                     }
                     Ok(more) => n = more,
