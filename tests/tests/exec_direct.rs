@@ -705,6 +705,25 @@ async fn direct_exec_is_runc_exec() {
         );
     }
     assert!(fallbacks(&fx, &strict) >= 3, "{}", fx.crid.stderr());
+
+    // A container that may ptrace could read the entering process's copy of crid's memory:
+    // its execs go through runc.
+    let pod = fx.pod_config("tracer");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let tracer = with_security(
+        fx.container_config("tracer", &["sleep", "100000"]),
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["SYS_PTRACE".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let tracer = fx.start_container(&pod_id, &pod, tracer).await;
+    let out = crid_exec(&mut fx, &tracer, &["sh", "-c", "echo -n traced"]).await;
+    assert_eq!(text(&out.stdout), "traced", "{}", text(&out.stderr));
+    assert_eq!(fallbacks(&fx, &tracer), 1, "{}", fx.crid.stderr());
     fx.finish().await;
 }
 

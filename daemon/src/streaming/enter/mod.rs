@@ -52,6 +52,8 @@ use super::sys;
 const MAX_FILE_BYTES: u64 = 16 << 20;
 /// How long the init may take to stop for its seccomp filter to be read.
 const FILTER_READ_LIMIT: Duration = Duration::from_secs(1);
+/// CAP_SYS_PTRACE's bit.
+const CAP_SYS_PTRACE: u32 = 19;
 /// Containers whose set-up is kept; past this, entries of ended inits are dropped.
 const MAX_CACHED: usize = 1024;
 /// The namespaces joined (setns to one crid already shares is allowed and changes nothing).
@@ -219,6 +221,19 @@ fn build_target(request: &Request<'_>) -> Result<Target, EnterError> {
         &read_bounded(&request.bundle.join("config.json"))?,
         cap_last,
     )?;
+    // The new process carries a copy of crid's memory (and fds) until its execve, visible in
+    // the container's PID namespace: a container that may hold CAP_SYS_PTRACE could read it.
+    // A privileged one (every capability crid has) is the host's root already.
+    let crid_status = read_text("/proc/self/status")?;
+    let crid_bounding = spec::capability_mask(&crid_status, "CapBnd")
+        .ok_or_else(|| EnterError::Invalid("CapBnd of /proc/self/status".into()))?;
+    if process.caps.bounding & (1 << CAP_SYS_PTRACE) != 0
+        && process.caps.bounding & crid_bounding != crid_bounding
+    {
+        return Err(EnterError::Unsupported(
+            "a container that may hold CAP_SYS_PTRACE".into(),
+        ));
+    }
     if process.seccomp != state.config.seccomp.is_some() {
         return Err(EnterError::Unsupported(
             "runc's state and the bundle disagree on seccomp".into(),
@@ -233,7 +248,7 @@ fn build_target(request: &Request<'_>) -> Result<Target, EnterError> {
     let (soft, hard) = spec::nofile_limits(&limits)
         .ok_or_else(|| EnterError::Invalid(format!("/proc/{pid}/limits")))?;
     let filter = if process.seccomp {
-        let inherited = spec::seccomp_filters(&read_text("/proc/self/status")?).unwrap_or(0);
+        let inherited = spec::seccomp_filters(&crid_status).unwrap_or(0);
         Some(filter::runc_filter(pid, inherited, FILTER_READ_LIMIT)?)
     } else {
         None

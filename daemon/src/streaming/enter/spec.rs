@@ -584,6 +584,14 @@ pub fn ignored_signals(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
+/// A capability mask (`CapBnd`, `CapEff`, …) of a /proc/<pid>/status text.
+pub fn capability_mask(status: &str, field: &str) -> Option<u64> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
 /// The `Seccomp_filters` count of a /proc/<pid>/status text.
 pub fn seccomp_filters(status: &str) -> Option<usize> {
     let count = status
@@ -616,15 +624,15 @@ mod tests {
     fn environment_keeps_first_place_and_last_value_and_adds_home() {
         let env = strings(&["PATH=/bin", "A=1", "B=2", "A=3"]);
         assert_eq!(
-            go_environment(&env, "/root").unwrap(),
+            go_environment(&env, "/root").expect("environment"),
             strings(&["PATH=/bin", "A=3", "B=2", "HOME=/root"])
         );
         // A set HOME stays; an empty one is replaced in place.
         let env = strings(&["HOME=/h", "X=y"]);
-        assert_eq!(go_environment(&env, "/root").unwrap(), env);
+        assert_eq!(go_environment(&env, "/root").expect("environment"), env);
         let env = strings(&["HOME=", "X=y"]);
         assert_eq!(
-            go_environment(&env, "/root").unwrap(),
+            go_environment(&env, "/root").expect("environment"),
             strings(&["HOME=/root", "X=y"])
         );
         assert!(go_environment(&strings(&["NOEQUALS"]), "/").is_err());
@@ -635,21 +643,34 @@ mod tests {
     fn home_comes_from_the_first_passwd_entry_of_the_uid() {
         let passwd = "root:x:0:0:root:/root:/bin/sh\n\n  tester:x:1000:1000::/home/t:/bin/sh  \n\
                       again:x:1000:1000::/other:/bin/sh\nshort:x:1001\n";
-        let user = |uid| exec_user(uid, &[], Some(passwd), None).unwrap().home;
+        let user = |uid| {
+            exec_user(uid, &[], Some(passwd), None)
+                .expect("resolved")
+                .home
+        };
         assert_eq!(user(0), "/root");
         assert_eq!(user(1000), "/home/t");
         assert_eq!(user(1001), "", "a matched entry without a home field");
         assert_eq!(user(2000), "/", "no entry: runc's default");
-        assert_eq!(exec_user(5, &[], None, None).unwrap().home, "/");
+        assert_eq!(exec_user(5, &[], None, None).expect("resolved").home, "/");
         // A comment line parses as uid 0 (Go's ignored Atoi error) and comes first.
         let commented = "# uid 0 by accident\nroot:x:0:0:root:/root:/bin/sh\n";
-        assert_eq!(exec_user(0, &[], Some(commented), None).unwrap().home, "");
+        assert_eq!(
+            exec_user(0, &[], Some(commented), None)
+                .expect("resolved")
+                .home,
+            ""
+        );
     }
 
     #[test]
     fn additional_groups_follow_runc() {
         let group = "root:x:0:\nwheel:x:10:root\n3000:x:42:\nstaff:x:50:\n";
-        let groups = |gids: &[u32]| exec_user(0, gids, None, Some(group)).unwrap().groups;
+        let groups = |gids: &[u32]| {
+            exec_user(0, gids, None, Some(group))
+                .expect("resolved")
+                .groups
+        };
         assert_eq!(groups(&[0, 10]), vec![0, 10]);
         assert_eq!(
             groups(&[3000]),
@@ -659,7 +680,7 @@ mod tests {
         assert_eq!(groups(&[50, 50, 7]), vec![7, 50], "distinct, sorted");
         assert_eq!(groups(&[]), Vec::<u32>::new());
         assert_eq!(
-            exec_user(0, &[9], None, None).unwrap().groups,
+            exec_user(0, &[9], None, None).expect("resolved").groups,
             vec![9],
             "no /etc/group: the numbers"
         );
@@ -671,9 +692,9 @@ mod tests {
     fn lookup_follows_go_1_19() {
         let env = strings(&["PATH=/usr/local/bin:/usr/bin/:/a/../bin:rel:", "X=1"]);
         let paths: Vec<(String, bool)> = lookup_candidates("ls", &env)
-            .unwrap()
+            .expect("candidates")
             .into_iter()
-            .map(|c| (c.path.into_string().unwrap(), c.refused))
+            .map(|c| (c.path.into_string().expect("utf-8"), c.refused))
             .collect();
         assert_eq!(
             paths,
@@ -685,19 +706,18 @@ mod tests {
                 ("ls".into(), true),
             ]
         );
-        let direct = lookup_candidates("./x", &env).unwrap();
+        let direct = lookup_candidates("./x", &env).expect("candidates");
         assert_eq!(direct.len(), 1);
-        assert_eq!(direct[0].path.to_str().unwrap(), "./x");
-        assert!(lookup_candidates("ls", &strings(&["A=1"]))
-            .unwrap()
-            .is_empty());
+        assert_eq!(direct[0].path.to_str().expect("utf-8"), "./x");
+        let no_path = lookup_candidates("ls", &strings(&["A=1"])).expect("candidates");
+        assert!(no_path.is_empty());
         // The last PATH wins, as with os.Setenv.
         let twice = strings(&["PATH=/a", "PATH=/b"]);
         assert_eq!(
-            lookup_candidates("ls", &twice).unwrap()[0]
+            lookup_candidates("ls", &twice).expect("candidates")[0]
                 .path
                 .to_str()
-                .unwrap(),
+                .expect("utf-8"),
             "/b/ls"
         );
     }
@@ -710,8 +730,10 @@ mod tests {
         let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
                       Max open files            10000                20000                files\n";
         assert_eq!(nofile_limits(limits), Some((10_000, 20_000)));
-        let status = "Name:\tx\nSigIgn:\t0000000080001000\nSeccomp_filters:\t2\n";
+        let status = "Name:\tx\nSigIgn:\t0000000080001000\nCapBnd:\t000001ffffffffff\n\
+                      Seccomp_filters:\t2\n";
         assert_eq!(ignored_signals(status), Some(0x8000_1000));
+        assert_eq!(capability_mask(status, "CapBnd"), Some(0x1ff_ffff_ffff));
         assert_eq!(seccomp_filters(status), Some(2));
     }
 
@@ -735,7 +757,7 @@ mod tests {
             },
             "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}}
         });
-        let spec = ProcessSpec::parse(json.to_string().as_bytes(), 39).unwrap();
+        let spec = ProcessSpec::parse(json.to_string().as_bytes(), 39).expect("spec");
         assert_eq!((spec.uid, spec.gid), (1000, 1000));
         assert_eq!(spec.additional_gids, vec![1000, 3000]);
         assert_eq!(spec.caps.bounding, 1 | (1 << 5));
@@ -746,7 +768,7 @@ mod tests {
         assert_eq!(spec.oom_score_adj, Some(5));
 
         let declined = |mut json: serde_json::Value, pointer: &str, value: serde_json::Value| {
-            *json.pointer_mut(pointer).unwrap() = value;
+            *json.pointer_mut(pointer).expect("pointer") = value;
             matches!(
                 ProcessSpec::parse(json.to_string().as_bytes(), 40),
                 Err(EnterError::Unsupported(_))
@@ -789,7 +811,7 @@ mod tests {
             "config": {"no_new_keyring": false, "umask": null, "seccomp": {"big": [1, 2]},
                        "uid_mappings": null, "labels": ["bundle=/b"]}
         });
-        let state = RuncState::parse(json.to_string().as_bytes()).unwrap();
+        let state = RuncState::parse(json.to_string().as_bytes()).expect("state");
         assert_eq!(state.init_process_pid, 42);
         assert_eq!(state.cgroup_paths.len(), 2);
         assert!(state.config.seccomp.is_some());
