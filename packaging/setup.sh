@@ -5,6 +5,9 @@
 #                             foreground with its default configuration
 #   packaging/setup.sh test   install what the tests need, build everything once, run the
 #                             whole test suite (format, lints, unit and end-to-end tests)
+#   packaging/setup.sh fuzz [target...]
+#                             run the cargo-fuzz targets of fuzz/ for a bounded time each
+#                             (packaging/fuzz.sh; also part of `test`)
 #   packaging/setup.sh bench  install what the benchmarks need, build in release, run them
 #   packaging/setup.sh conformance [critest flags...]
 #                             install what critest's images need, build (debug), run
@@ -90,6 +93,8 @@ test)
     log=$(mktemp)
     status=0
     cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+    # Every fuzz target for a bounded time (FUZZ_SECONDS each, 25 by default).
+    packaging/fuzz.sh || status=$?
     echo "setup.sh: test suite finished in $(( $(date +%s) - started )) s"
     # One closing line over every test binary (cargo's own last lines are the doc tests').
     awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
@@ -105,6 +110,11 @@ bench)
     shift
     exec target/release/crid-bench "$@"
     ;;
+fuzz)
+    need_cargo
+    shift
+    exec packaging/fuzz.sh "$@"
+    ;;
 conformance)
     need_root
     install_packages "${RUN_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${CONFORMANCE_PACKAGES[@]}"
@@ -114,7 +124,7 @@ conformance)
     exec target/debug/crid-conformance "$@"
     ;;
 *)
-    echo "usage: $0 run|test|bench|conformance [bench args | critest flags]" >&2
+    echo "usage: $0 run|test|fuzz|bench|conformance [fuzz targets | bench args | critest flags]" >&2
     exit 2
     ;;
 esac

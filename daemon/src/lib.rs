@@ -7,8 +7,10 @@ pub mod config;
 pub mod container;
 pub mod error;
 pub mod events;
-pub mod image;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod idmap;
+pub mod image;
 pub mod logging;
 pub mod monitor_client;
 pub mod mount_api;

@@ -71,6 +71,44 @@ fn server_error(url: &str, code: u16, message: String) -> OciDistributionError {
     }
 }
 
+/// What a manifest body turned out to be.
+#[derive(Debug)]
+pub enum Document {
+    /// An index (or a Docker manifest list): the digest of the manifest it names for this
+    /// platform.
+    Index(Digest),
+    Manifest(Box<OciImageManifest>),
+}
+
+/// Parses a manifest or index body read from `url` (already bounded by
+/// [`MAX_MANIFEST_BYTES`]); `content_type` is the registry's, used when the body names no
+/// media type. The error says what is wrong, naming `url`.
+pub fn parse_document(body: &[u8], content_type: &str, url: &str) -> Result<Document, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("manifest at {url}: {e}"))?;
+    let media_type = doc["mediaType"].as_str().unwrap_or(content_type).to_owned();
+    if media_type.contains("index")
+        || media_type.contains("manifest.list")
+        || doc.get("manifests").is_some()
+    {
+        let index: OciImageIndex =
+            serde_json::from_value(doc).map_err(|e| format!("index at {url}: {e}"))?;
+        let chosen =
+            oci_client::client::current_platform_resolver(&index.manifests).ok_or_else(|| {
+                format!(
+                    "index at {url} has no image for linux/{}",
+                    std::env::consts::ARCH
+                )
+            })?;
+        let chosen = Digest::parse(&chosen)
+            .map_err(|e| format!("index at {url} names a manifest by {e}"))?;
+        return Ok(Document::Index(chosen));
+    }
+    let manifest: OciImageManifest =
+        serde_json::from_value(doc).map_err(|e| format!("manifest at {url}: {e}"))?;
+    Ok(Document::Manifest(Box::new(manifest)))
+}
+
 /// Why a fetch failed: the registry (try the next endpoint) or the content (stop).
 pub enum FetchError {
     Registry(OciDistributionError),
@@ -201,34 +239,18 @@ impl Session {
                     )));
                 }
             }
-            let doc: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| invalid(format!("manifest at {url}: {e}")))?;
-            let media_type = doc["mediaType"]
-                .as_str()
-                .unwrap_or(&content_type)
-                .to_owned();
-            if media_type.contains("index")
-                || media_type.contains("manifest.list")
-                || doc.get("manifests").is_some()
-            {
-                let index: OciImageIndex = serde_json::from_value(doc)
-                    .map_err(|e| invalid(format!("index at {url}: {e}")))?;
-                let chosen = oci_client::client::current_platform_resolver(&index.manifests)
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "index at {url} has no image for linux/{}",
-                            std::env::consts::ARCH
-                        ))
-                    })?;
-                let chosen = Digest::parse(&chosen)
-                    .map_err(|e| invalid(format!("index at {url} names a manifest by {e}")))?;
-                url = format!("{base}{chosen}");
-                wanted_digest = Some(chosen);
-                continue;
+            match parse_document(&body, &content_type, &url).map_err(invalid)? {
+                Document::Index(chosen) => {
+                    url = format!("{base}{chosen}");
+                    wanted_digest = Some(chosen);
+                }
+                Document::Manifest(manifest) => {
+                    return Ok(Fetched {
+                        manifest: *manifest,
+                        digest,
+                    })
+                }
             }
-            let manifest: OciImageManifest = serde_json::from_value(doc)
-                .map_err(|e| invalid(format!("manifest at {url}: {e}")))?;
-            return Ok(Fetched { manifest, digest });
         }
         Err(invalid(format!("index at {url} points at another index")))
     }

@@ -11,7 +11,7 @@ pub mod pull;
 pub mod reference;
 pub mod registries;
 pub mod store;
-mod tarstream;
+pub(crate) mod tarstream;
 pub mod unpack;
 
 use std::collections::{HashMap, HashSet};

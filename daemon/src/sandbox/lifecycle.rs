@@ -75,8 +75,18 @@ struct Plan {
     resolv_conf: String,
 }
 
+/// Every check RunPodSandbox makes on its request before anything is made, under
+/// `cgroup_manager` (what `fuzz/`'s pod_request target runs).
+pub(crate) fn check_request(
+    cgroup_manager: CgroupManager,
+    id: &str,
+    config: &cri::PodSandboxConfig,
+) -> Result<(), DaemonError> {
+    plan(cgroup_manager, id, config).map(drop)
+}
+
 fn plan(
-    state: &State,
+    cgroup_manager: CgroupManager,
     id: &str,
     config: &cri::PodSandboxConfig,
 ) -> Result<(Plan, PodRecord), DaemonError> {
@@ -178,7 +188,7 @@ fn plan(
             config.log_directory
         )));
     }
-    check_cgroup_parent(state.config.runtime.cgroup_manager, &linux.cgroup_parent)?;
+    check_cgroup_parent(cgroup_manager, &linux.cgroup_parent)?;
     let record = PodRecord {
         name: format!(
             "k8s_POD_{}_{}_{}_{}",
@@ -216,7 +226,7 @@ pub async fn run(
 ) -> Result<String, DaemonError> {
     check_handler(state, handler)?;
     let id = new_id();
-    let (plan, mut record) = plan(state, &id, &config)?;
+    let (plan, mut record) = plan(state.config.runtime.cgroup_manager, &id, &config)?;
     if record.user_namespace.is_some() {
         let crid_config = state.config.clone();
         let supported = tokio::task::spawn_blocking(move || {
