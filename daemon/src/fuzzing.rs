@@ -63,11 +63,12 @@ pub fn manifest(bytes: &[u8], content_type: &str) {
 }
 
 /// A scratch root filesystem with the symlinks a hostile image may hold, for the working
-/// directory check (made once per fuzzing process, removed by the OS's tmp cleaning).
+/// directory check: one directory for every fuzzing process (made if missing, only ever
+/// read by the check), so runs leave no more than it behind.
 fn scratch_rootfs() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let root = std::env::temp_dir().join(format!("crid-fuzz-rootfs-{}", std::process::id()));
+        let root = std::env::temp_dir().join("crid-fuzz-rootfs");
         let _ = std::fs::create_dir_all(root.join("usr/lib"));
         let _ = std::fs::create_dir_all(root.join("proc"));
         for (link, target) in [
