@@ -183,7 +183,7 @@ async fn a_retry_after_a_client_deadline_gets_what_the_first_request_made() {
         ))
         .await;
     if let Err(cut) = &cut {
-        assert!(gave_up(&cut), "{cut}");
+        assert!(gave_up(cut), "{cut}");
     }
     images
         .pull_image(cri::PullImageRequest {
