@@ -3,6 +3,9 @@
 //! loses its stream (and relists, as kubelet's evented PLEG does on a broken stream) instead
 //! of holding crid back.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use crid_proto::cri;
 use tokio::sync::broadcast;
 
@@ -11,12 +14,19 @@ pub const EVENT_BUFFER: usize = 1024;
 
 pub struct EventHub {
     sender: broadcast::Sender<cri::ContainerEventResponse>,
+    /// Containers StartContainer is starting, and whether their STOPPED event waits: a
+    /// container that exits at once is noticed by the exit watch while StartContainer is
+    /// still returning, and its STARTED must come first.
+    starting: Mutex<HashMap<String, bool>>,
 }
 
 impl Default for EventHub {
     fn default() -> Self {
         let (sender, _) = broadcast::channel(EVENT_BUFFER);
-        EventHub { sender }
+        EventHub {
+            sender,
+            starting: Mutex::default(),
+        }
     }
 }
 
@@ -29,6 +39,32 @@ impl EventHub {
     /// A new client's receiver: it sees events published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<cri::ContainerEventResponse> {
         self.sender.subscribe()
+    }
+
+    /// A start of `id` begins: its STOPPED event waits until [`EventHub::end_start`].
+    pub fn begin_start(&self, id: &str) {
+        self.starting().insert(id.to_owned(), false);
+    }
+
+    /// Holds back `id`'s STOPPED event if it is being started; true if held.
+    pub fn hold_stop(&self, id: &str) -> bool {
+        match self.starting().get_mut(id) {
+            Some(held) => {
+                *held = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The start of `id` is over (its STARTED event out, or it failed); true if a STOPPED
+    /// event was held back and is now due.
+    pub fn end_start(&self, id: &str) -> bool {
+        self.starting().remove(id).unwrap_or(false)
+    }
+
+    fn starting(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+        self.starting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether anyone listens (events are not even built otherwise).

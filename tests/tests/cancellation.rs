@@ -1,6 +1,6 @@
 //! Issue 11: RPCs that cannot be cut in half. A client that gives up (a deadline, as kubelet's
 //! and `crictl runp -T`) while a RunPodSandbox waits on a slow CNI plugin, or a CreateContainer
-//! on a slow runtime, or a PullImage, leaves nothing half-made: the work finishes in crid, and
+//! on a slow runtime, leaves nothing half-made: the work finishes in crid, and
 //! the retry with the same name gets what the first request made (CRI-O's behaviour), not
 //! AlreadyExists. Nothing leaks after the pod is removed.
 
@@ -158,7 +158,7 @@ async fn a_retry_after_a_client_deadline_gets_what_the_first_request_made() {
         .expect_err("the name is taken");
     assert_eq!(again.code(), Code::AlreadyExists, "{again}");
 
-    // PullImage: a client that leaves at once; the pull finishes and the retry finds it.
+    // PullImage: a client that leaves at once; the retry pulls again.
     let mut images = fx.crid.images().await;
     let spec = Some(cri::ImageSpec {
         image: fx.image.clone(),

@@ -17,6 +17,12 @@ pub type EventStream =
 
 /// Publishes an event for `container_id` (a container, or a pod for pod events).
 pub fn publish(state: &State, kind: cri::ContainerEventType, container_id: &str, pod_id: &str) {
+    if kind == cri::ContainerEventType::ContainerStoppedEvent
+        && state.events.hold_stop(container_id)
+    {
+        // Published by `start_finished` after the STARTED event.
+        return;
+    }
     if !state.events.has_clients() {
         return;
     }
@@ -33,6 +39,27 @@ pub fn publish(state: &State, kind: cri::ContainerEventType, container_id: &str,
         pod_sandbox_status,
         containers_statuses,
     });
+}
+
+/// StartContainer of `container_id` is over: publishes its STARTED event if it started, then
+/// a STOPPED event the exit watch held back meanwhile.
+pub fn start_finished(state: &State, container_id: &str, pod_id: &str, started: bool) {
+    if started {
+        publish(
+            state,
+            cri::ContainerEventType::ContainerStartedEvent,
+            container_id,
+            pod_id,
+        );
+    }
+    if state.events.end_start(container_id) {
+        publish(
+            state,
+            cri::ContainerEventType::ContainerStoppedEvent,
+            container_id,
+            pod_id,
+        );
+    }
 }
 
 /// A client's stream: every event from now on; ends with an error if the client falls

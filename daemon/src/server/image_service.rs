@@ -109,14 +109,15 @@ impl ImageService for Images {
             None => None,
         };
         let started = std::time::Instant::now();
-        // In its own task: a client that leaves does not stop the pull half-way, and its
-        // retry joins the pull still running (pulls of one image are shared) or finds it done.
-        let store = self.store.clone();
-        let target = spec.clone();
-        let id = super::requests::detached(async move {
-            store.pull(&target, auth).await.map_err(DaemonError::from)
-        })
-        .await?;
+        // Not detached, unlike the other mutating calls: a pull whose client leaves stops and
+        // removes its temporary files (as CRI-O's pull stops with its request's context, and
+        // containerd's after its progress timeout); what it recorded stays, and the retry
+        // starts over from the layers already there.
+        let id = self
+            .store
+            .pull(&spec, auth)
+            .await
+            .map_err(DaemonError::from)?;
         tracing::info!(image = %spec, %id, took = ?started.elapsed(), "pulled");
         Ok(Response::new(cri::PullImageResponse { image_ref: id }))
     }

@@ -343,14 +343,10 @@ impl RuntimeService for Runtime {
         let container = self.state.container(&request.get_ref().container_id)?;
         let state = self.state.clone();
         detached(async move {
-            containers::start(&state, &container).await?;
-            events::publish(
-                &state,
-                Event::ContainerStartedEvent,
-                &container.id,
-                &container.pod_id,
-            );
-            Ok(())
+            state.events.begin_start(&container.id);
+            let started = containers::start(&state, &container).await;
+            events::start_finished(&state, &container.id, &container.pod_id, started.is_ok());
+            started
         })
         .await?;
         ok(cri::StartContainerResponse {})
