@@ -32,23 +32,6 @@ async fn runtime_spec(fx: &mut PodFixture, id: &str) -> serde_json::Value {
     info["runtimeSpec"].clone()
 }
 
-/// CreateContainer of `config` in the pod, expected to fail; returns the status.
-async fn create_err(
-    fx: &mut PodFixture,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> tonic::Status {
-    fx.runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .expect_err("CreateContainer should fail")
-}
-
 /// crid still answers (Version) within a few seconds.
 async fn assert_responsive(fx: &mut PodFixture) {
     let started = Instant::now();
@@ -124,23 +107,6 @@ async fn cve_2024_3154_annotations_reach_the_spec_only_through_the_allowlist() {
     let status = fx.container_status(&id).await;
     assert_eq!(status.annotations, asked);
     fx.finish().await;
-}
-
-/// The host pid of a container's init (ContainerStatus verbose `info.pid`).
-async fn container_pid(fx: &mut PodFixture, id: &str) -> i32 {
-    let info = fx
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .expect("ContainerStatus verbose")
-        .into_inner()
-        .info;
-    let info: serde_json::Value =
-        serde_json::from_str(info.get("info").expect("info")).expect("info is JSON");
-    info["pid"].as_i64().expect("pid") as i32
 }
 
 /// A host process (`sleep`) with pid `pid`, made by setting the host's last pid just below
@@ -230,7 +196,7 @@ async fn pidfd_target_pid_namespace_is_never_joined_through_a_reused_pid() {
             pid_mode(&fx, "target", cri::NamespaceMode::Container, ""),
         )
         .await;
-    let target_pid = container_pid(&mut fx, &target).await;
+    let target_pid = fx.container_pid(&target).await;
 
     std::fs::write(&gate, "").expect("close the gate");
     let mut client = fx.runtime.clone();
@@ -277,7 +243,7 @@ async fn pidfd_target_pid_namespace_is_never_joined_through_a_reused_pid() {
         Err(_) => {}
         Ok(response) => {
             let id = response.into_inner().container_id;
-            let pid = container_pid(&mut fx, &id).await;
+            let pid = fx.container_pid(&id).await;
             assert_ne!(
                 pid_namespace_of(pid),
                 Some(host_namespace.clone()),
@@ -338,7 +304,7 @@ async fn cve_2022_1708_huge_exec_sync_output_is_bounded_in_sum() {
     let id = fx
         .start_container(&pod_id, &pod, fx.container_config("c", &["sleep", "1000"]))
         .await;
-    let monitor = parent_of(container_pid(&mut fx, &id).await);
+    let monitor = parent_of(fx.container_pid(&id).await);
     let crid_before = status_kib(crid_pid(&fx), "VmRSS");
     let mut client = kubelet_sized(&fx);
     let bound = crid_common::limits::EXEC_SYNC_MAX_OUTPUT as usize;
@@ -571,12 +537,12 @@ async fn cve_2022_4318_nul_and_newline_in_env_and_home_are_refused() {
     for (n, kv) in refused.into_iter().enumerate() {
         let mut config = fx.container_config(&format!("bad-{n}"), &["sleep", "1000"]);
         config.envs = vec![kv.clone()];
-        let err = create_err(&mut fx, &pod_id, &pod, config).await;
+        let err = fx.create_container_err(&pod_id, &pod, config).await;
         assert_eq!(err.code(), Code::InvalidArgument, "{kv:?}: {err}");
     }
     let mut config = fx.container_config("bad-arg", &["echo", "a\0b"]);
     config.log_path = "bad-arg.log".into();
-    let err = create_err(&mut fx, &pod_id, &pod, config).await;
+    let err = fx.create_container_err(&pod_id, &pod, config).await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
 
     let mut config = fx.container_config("ok", &["sleep", "1000"]);
@@ -626,7 +592,7 @@ async fn cve_2025_0750_log_path_traversal_is_refused_and_writes_nothing_outside(
     {
         let mut config = fx.container_config(&format!("c-{n}"), &["sleep", "1000"]);
         config.log_path = log_path.to_owned();
-        let err = create_err(&mut fx, &pod_id, &pod, config).await;
+        let err = fx.create_container_err(&pod_id, &pod, config).await;
         assert_eq!(err.code(), Code::InvalidArgument, "{log_path}: {err}");
         assert!(err.message().contains("log_path"), "{log_path}: {err}");
     }
@@ -805,7 +771,7 @@ async fn conmon_log_size_max_a_log_flood_stays_bounded_and_loses_nothing_below_i
         )
         .await;
     let path = log_file(&mut fx, &flood).await;
-    let monitor = parent_of(container_pid(&mut fx, &flood).await);
+    let monitor = parent_of(fx.container_pid(&flood).await);
     let mut largest = 0;
     for _ in 0..100 {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);

@@ -66,23 +66,6 @@ fn check_status(who: &str, status: &str, seccomp: &str, no_new_privs: &str) {
     );
 }
 
-/// The host pid of a container's init (ContainerStatus verbose `info.pid`).
-async fn host_pid(fx: &mut PodFixture, id: &str) -> i32 {
-    let info = fx
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .expect("ContainerStatus verbose")
-        .into_inner()
-        .info;
-    let info: serde_json::Value =
-        serde_json::from_str(info.get("info").expect("info")).expect("info is JSON");
-    info["pid"].as_i64().expect("pid") as i32
-}
-
 /// The open fds of `pid` seen from the host, by number, with what each names.
 fn open_fds(pid: i32) -> Vec<(u32, String)> {
     let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -186,7 +169,7 @@ async fn anchor_c24_a_default_container_has_the_expected_posture() {
         (&own, "0", "0"),
         (&hardened, "2", "1"),
     ] {
-        let pid = host_pid(&mut fx, id).await;
+        let pid = fx.container_pid(id).await;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         check_status(&format!("{id} from the host"), &status, seccomp, nnp);
         // Only stdin, stdout and stderr: /dev/null or the monitor's pipes.

@@ -437,22 +437,6 @@ async fn seccomp_profiles_runtime_default_localhost_unconfined() {
     fx.finish().await;
 }
 
-async fn create_err(
-    fx: &mut PodFixture,
-    pod_id: &str,
-    pod: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> tonic::Status {
-    fx.runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod_id.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .expect_err("an invalid container config")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn namespace_modes_apparmor_and_mount_rules_are_checked() {
     let mut fx = PodFixture::start("").await;
@@ -476,7 +460,7 @@ async fn namespace_modes_apparmor_and_mount_rules_are_checked() {
                 ..Default::default()
             },
         );
-        let err = create_err(&mut fx, &pod_id, &pod, config).await;
+        let err = fx.create_container_err(&pod_id, &pod, config).await;
         assert_eq!(err.code(), Code::InvalidArgument, "{err}");
         assert!(err.message().contains(needle), "{err}");
     }
@@ -491,7 +475,7 @@ async fn namespace_modes_apparmor_and_mount_rules_are_checked() {
             ..Default::default()
         },
     );
-    let err = create_err(&mut fx, &pod_id, &pod, apparmor).await;
+    let err = fx.create_container_err(&pod_id, &pod, apparmor).await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert!(err.message().contains("my-profile"), "{err}");
 
@@ -510,7 +494,7 @@ async fn namespace_modes_apparmor_and_mount_rules_are_checked() {
             propagation: cri::MountPropagation::PropagationBidirectional as i32,
             ..Default::default()
         }];
-        let err = create_err(&mut fx, &pod_id, &pod, config).await;
+        let err = fx.create_container_err(&pod_id, &pod, config).await;
         assert_eq!(err.code(), Code::InvalidArgument, "{err}");
         assert!(err.message().contains("shared"), "{err}");
     }
@@ -522,7 +506,7 @@ async fn namespace_modes_apparmor_and_mount_rules_are_checked() {
         readonly: false,
         ..Default::default()
     }];
-    let err = create_err(&mut fx, &pod_id, &pod, config).await;
+    let err = fx.create_container_err(&pod_id, &pod, config).await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert!(err.message().contains("recursive_read_only"), "{err}");
     fx.finish().await;

@@ -97,21 +97,6 @@ async fn owner_in_container(fx: &mut PodFixture, id: &str, path: &str) -> (Strin
     (fields[2].to_owned(), fields[3].to_owned())
 }
 
-async fn container_pid(fx: &mut PodFixture, id: &str) -> i64 {
-    let info = fx
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .info;
-    let record: serde_json::Value = serde_json::from_str(&info["info"]).expect("info json");
-    record["pid"].as_i64().expect("pid")
-}
-
 fn host_ids(status: &str) -> (String, String) {
     let field = |name: &str| {
         status
@@ -194,7 +179,7 @@ async fn userns_pod_maps_ids_rootfs_and_volumes() {
         ["0", &HOST_GID.to_string(), &LENGTH.to_string()]
     );
     assert_eq!(run(&mut fx, &id, &["id", "-u"]).await.trim(), "0");
-    let pid = container_pid(&mut fx, &id).await;
+    let pid = i64::from(fx.container_pid(&id).await);
     let host_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     assert_eq!(
         host_ids(&host_status),

@@ -217,6 +217,40 @@ impl PodFixture {
             .into_inner()
     }
 
+    /// The host pid of a container's init (ContainerStatus verbose `info.pid`).
+    pub async fn container_pid(&mut self, id: &str) -> i32 {
+        let info = self
+            .runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.to_owned(),
+                verbose: true,
+            })
+            .await
+            .expect("ContainerStatus verbose")
+            .into_inner()
+            .info;
+        let info: serde_json::Value =
+            serde_json::from_str(info.get("info").expect("info")).expect("info is JSON");
+        info["pid"].as_i64().expect("pid") as i32
+    }
+
+    /// A CreateContainer that must fail: its status.
+    pub async fn create_container_err(
+        &mut self,
+        pod_id: &str,
+        pod: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> tonic::Status {
+        self.runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod_id.to_owned(),
+                config: Some(config),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .expect_err("CreateContainer should fail")
+    }
+
     pub async fn container_status(&mut self, id: &str) -> cri::ContainerStatus {
         self.runtime
             .container_status(cri::ContainerStatusRequest {
