@@ -560,10 +560,19 @@ async fn compare(fx: &mut PodFixture, id: &str, name: &str, seccomp: bool) {
     }
 }
 
+/// `config` with `security`; without namespace options, the container gets a PID namespace
+/// of its own, as kubelet gives it unless the pod shares its process namespace (the direct
+/// exec takes only such containers).
 fn with_security(
     mut config: cri::ContainerConfig,
-    security: cri::LinuxContainerSecurityContext,
+    mut security: cri::LinuxContainerSecurityContext,
 ) -> cri::ContainerConfig {
+    security
+        .namespace_options
+        .get_or_insert_with(|| cri::NamespaceOption {
+            pid: cri::NamespaceMode::Container as i32,
+            ..Default::default()
+        });
     config.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(security),
         ..Default::default()
@@ -600,13 +609,11 @@ async fn direct_exec_is_runc_exec() {
     // (the filter loaded before the user change).
     let pod = fx.pod_config("plain");
     let pod_id = fx.run_pod(pod.clone()).await;
-    let default = fx
-        .start_container(
-            &pod_id,
-            &pod,
-            fx.container_config("default", &["sleep", "100000"]),
-        )
-        .await;
+    let default = with_security(
+        fx.container_config("default", &["sleep", "100000"]),
+        cri::LinuxContainerSecurityContext::default(),
+    );
+    let default = fx.start_container(&pod_id, &pod, default).await;
     compare(&mut fx, &default, "default", false).await;
     let seccomp_user = with_security(
         fx.container_config("seccomp-user", &["sleep", "100000"]),
@@ -619,12 +626,12 @@ async fn direct_exec_is_runc_exec() {
     let seccomp_user = fx.start_container(&pod_id, &pod, seccomp_user).await;
     compare(&mut fx, &seccomp_user, "seccomp without no_new_privs", true).await;
 
-    // The restrictive one: in the pod's PID namespace, user 1000 with groups, all
+    // The restrictive one: in a PID namespace of its own, user 1000 with groups, all
     // capabilities dropped but two (one ambient), no_new_privs, RuntimeDefault seccomp,
     // read-only root, its own working directory and environment.
     let mut pod = fx.pod_config("strict");
     let pid_pod = cri::NamespaceOption {
-        pid: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
         ..Default::default()
     };
     pod.linux.as_mut().expect("linux").security_context = Some(cri::LinuxSandboxSecurityContext {
@@ -679,7 +686,35 @@ async fn direct_exec_is_runc_exec() {
         },
     );
     let privileged = fx.start_container(&pod_id, &pod, privileged).await;
-    compare(&mut fx, &privileged, "privileged", false).await;
+    // It holds CAP_SYS_PTRACE (and may be confined by seccomp or AppArmor all the same):
+    // through runc.
+    let out = crid_exec(&mut fx, &privileged, &["sh", "-c", "echo -n privileged"]).await;
+    assert_eq!(text(&out.stdout), "privileged", "{}", text(&out.stderr));
+    assert_eq!(fallbacks(&fx, &privileged), 1, "{}", fx.crid.stderr());
+
+    // A container in the pod's shared PID namespace: a sibling that may ptrace would see the
+    // entering process (a copy of crid's memory): through runc.
+    let mut pod = fx.pod_config("shared");
+    let shared_pid = cri::NamespaceOption {
+        pid: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    };
+    pod.linux.as_mut().expect("linux").security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(shared_pid.clone()),
+        ..Default::default()
+    });
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let shared = with_security(
+        fx.container_config("shared", &["sleep", "100000"]),
+        cri::LinuxContainerSecurityContext {
+            namespace_options: Some(shared_pid),
+            ..Default::default()
+        },
+    );
+    let shared = fx.start_container(&pod_id, &pod, shared).await;
+    let out = crid_exec(&mut fx, &shared, &["sh", "-c", "echo -n shared"]).await;
+    assert_eq!(text(&out.stdout), "shared", "{}", text(&out.stderr));
+    assert_eq!(fallbacks(&fx, &shared), 1, "{}", fx.crid.stderr());
 
     // A missing command: crid falls back and the client sees runc's own message and code.
     for missing in ["/no/such/binary", "nosuch", "/etc/passwd"] {

@@ -474,6 +474,14 @@ unsafe fn final_process(plan: &Plan<'_>) -> ! {
             Step::Setuid,
             libc::syscall(libc::SYS_setuid, plan.uid),
         );
+        // A change of uid or gid resets the dumpable flag to fs.suid_dumpable; at 1 the
+        // process (still a copy of crid's memory and fds) would be ptraceable by the
+        // container's user until its execve.
+        check(
+            plan,
+            Step::Dumpable,
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0).into(),
+        );
         if chdir_later {
             check(plan, Step::Chdir, libc::chdir(plan.cwd.as_ptr()).into());
         }

@@ -222,16 +222,26 @@ fn build_target(request: &Request<'_>) -> Result<Target, EnterError> {
         cap_last,
     )?;
     // The new process carries a copy of crid's memory (and fds) until its execve, visible in
-    // the container's PID namespace: a container that may hold CAP_SYS_PTRACE could read it.
-    // A privileged one (every capability crid has) is the host's root already.
+    // the container's PID namespace: a process there that may hold CAP_SYS_PTRACE could read
+    // it. So the direct path takes only a container whose init is PID 1 of a PID namespace of
+    // its own (no sibling container, no TARGET debugger shares it) and whose capabilities
+    // exclude CAP_SYS_PTRACE, privileged ones included (seccomp or AppArmor may still confine
+    // those).
     let crid_status = read_text("/proc/self/status")?;
-    let crid_bounding = spec::capability_mask(&crid_status, "CapBnd")
-        .ok_or_else(|| EnterError::Invalid("CapBnd of /proc/self/status".into()))?;
-    if process.caps.bounding & (1 << CAP_SYS_PTRACE) != 0
-        && process.caps.bounding & crid_bounding != crid_bounding
-    {
+    if process.caps.bounding & (1 << CAP_SYS_PTRACE) != 0 {
         return Err(EnterError::Unsupported(
             "a container that may hold CAP_SYS_PTRACE".into(),
+        ));
+    }
+    let init_status = read_text(&format!("/proc/{}/status", state.init_process_pid))?;
+    let pid_in_namespace = init_status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|ids| ids.split_whitespace().last())
+        .ok_or_else(|| EnterError::Invalid("NSpid of the container's init".into()))?;
+    if pid_in_namespace != "1" {
+        return Err(EnterError::Unsupported(
+            "a PID namespace shared with other containers".into(),
         ));
     }
     if process.seccomp != state.config.seccomp.is_some() {
@@ -410,6 +420,12 @@ fn child_failure(step: i32, errno: i32) -> EnterError {
     }
 }
 
+/// Kills the process behind `pidfd` (a child of crid, not reaped) and reaps it.
+fn kill_and_reap(pidfd: &OwnedFd) {
+    let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+    reap_blocking(pidfd);
+}
+
 /// Blocks until the process behind `pidfd` (a child of crid) has exited, and reaps it.
 fn reap_blocking(pidfd: &OwnedFd) {
     loop {
@@ -549,11 +565,21 @@ pub fn enter(request: &Request<'_>) -> Result<Entered, EnterError> {
         None => return Err(EnterError::Invalid("no report from the new process".into())),
     };
     // Our child, not reaped yet: the pid cannot name anything else.
-    let process = sys::pidfd_open(final_pid).map_err(|e| EnterError::Io {
-        what: "open a pidfd of",
-        path: format!("process {final_pid}").into(),
-        err: e,
-    })?;
+    let process = match sys::pidfd_open(final_pid) {
+        Ok(process) => process,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(final_pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = waitpid(nix::unistd::Pid::from_raw(final_pid), None);
+            return Err(EnterError::Io {
+                what: "open a pidfd of",
+                path: format!("process {final_pid}").into(),
+                err: e,
+            });
+        }
+    };
     // runc's parent side: the process joins the init's cgroups before it runs anything.
     let pid_text = final_pid.to_string();
     for procs in &target.cgroup_procs {
@@ -562,16 +588,16 @@ pub fn enter(request: &Request<'_>) -> Result<Entered, EnterError> {
             .open(procs)
             .and_then(|mut f| f.write_all(pid_text.as_bytes()));
         if let Err(e) = joined {
-            // Closing the pipe ends the waiting process.
+            // The waiting process holds a copy of the pipe's write end too: kill it.
             drop(joined_write);
-            reap_blocking(&process);
+            kill_and_reap(&process);
             return Err(EnterError::io("join", procs)(e));
         }
     }
     let mut joined = std::fs::File::from(joined_write);
     if let Err(e) = joined.write_all(&[1]) {
         drop(joined);
-        reap_blocking(&process);
+        kill_and_reap(&process);
         return Err(EnterError::io("write", "the cgroup pipe")(e));
     }
     drop(joined);

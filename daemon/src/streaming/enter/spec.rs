@@ -584,14 +584,6 @@ pub fn ignored_signals(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-/// A capability mask (`CapBnd`, `CapEff`, …) of a /proc/<pid>/status text.
-pub fn capability_mask(status: &str, field: &str) -> Option<u64> {
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
-}
-
 /// The `Seccomp_filters` count of a /proc/<pid>/status text.
 pub fn seccomp_filters(status: &str) -> Option<usize> {
     let count = status
@@ -733,7 +725,6 @@ mod tests {
         let status = "Name:\tx\nSigIgn:\t0000000080001000\nCapBnd:\t000001ffffffffff\n\
                       Seccomp_filters:\t2\n";
         assert_eq!(ignored_signals(status), Some(0x8000_1000));
-        assert_eq!(capability_mask(status, "CapBnd"), Some(0x1ff_ffff_ffff));
         assert_eq!(seccomp_filters(status), Some(2));
     }
 
