@@ -17,19 +17,7 @@ use tonic::Code;
 
 /// The OCI spec crid wrote for a container (ContainerStatus verbose `info.runtimeSpec`).
 async fn runtime_spec(fx: &mut PodFixture, id: &str) -> serde_json::Value {
-    let info = fx
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.to_owned(),
-            verbose: true,
-        })
-        .await
-        .expect("ContainerStatus verbose")
-        .into_inner()
-        .info;
-    let info: serde_json::Value =
-        serde_json::from_str(info.get("info").expect("info")).expect("info is JSON");
-    info["runtimeSpec"].clone()
+    fx.container_info(id).await["runtimeSpec"].clone()
 }
 
 /// crid still answers (Version) within a few seconds.

@@ -217,8 +217,8 @@ impl PodFixture {
             .into_inner()
     }
 
-    /// The host pid of a container's init (ContainerStatus verbose `info.pid`).
-    pub async fn container_pid(&mut self, id: &str) -> i32 {
+    /// The record ContainerStatus verbose reports under `info` (pid, runtimeSpec, ...).
+    pub async fn container_info(&mut self, id: &str) -> serde_json::Value {
         let info = self
             .runtime
             .container_status(cri::ContainerStatusRequest {
@@ -229,9 +229,12 @@ impl PodFixture {
             .expect("ContainerStatus verbose")
             .into_inner()
             .info;
-        let info: serde_json::Value =
-            serde_json::from_str(info.get("info").expect("info")).expect("info is JSON");
-        info["pid"].as_i64().expect("pid") as i32
+        serde_json::from_str(info.get("info").expect("info")).expect("info is JSON")
+    }
+
+    /// The host pid of a container's init (ContainerStatus verbose `info.pid`).
+    pub async fn container_pid(&mut self, id: &str) -> i32 {
+        self.container_info(id).await["pid"].as_i64().expect("pid") as i32
     }
 
     /// A CreateContainer that must fail: its status.
