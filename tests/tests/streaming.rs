@@ -10,6 +10,12 @@ use crid_tests::harness::pods::PodFixture;
 
 /// crictl against the fixture's crid, with `stdin` fed to it.
 fn crictl(fx: &PodFixture, args: &[&str], stdin: &[u8]) -> Output {
+    crictl_typed_late(fx, args, stdin, Duration::ZERO)
+}
+
+/// Runs crictl with `stdin` written only after `delay`, as a person types into a session
+/// that has already started.
+fn crictl_typed_late(fx: &PodFixture, args: &[&str], stdin: &[u8], delay: Duration) -> Output {
     let socket = format!("unix://{}", fx.crid.socket.display());
     let config = fx.work.path().join("crictl.yaml");
     std::fs::write(
@@ -29,6 +35,7 @@ fn crictl(fx: &PodFixture, args: &[&str], stdin: &[u8]) -> Output {
     let mut input = child.stdin.take().expect("stdin");
     let data = stdin.to_vec();
     let feeder = std::thread::spawn(move || {
+        std::thread::sleep(delay);
         let _ = input.write_all(&data);
     });
     let out = child.wait_with_output().expect("crictl output");
@@ -105,6 +112,22 @@ async fn crictl_exec_over_spdy_and_websocket() {
             input.len(),
             "{transport}: {}",
             text(&out.stderr)
+        );
+        // stdin that comes after the session started (a person typing): the server keeps its
+        // side of the stdin stream open until the end, or the client takes its close for the
+        // end of the session and drops what is typed.
+        let out = crictl_typed_late(
+            &fx,
+            &["exec", "-i", "-r", transport, &id, "cat"],
+            b"typed later\n",
+            Duration::from_secs(1),
+        );
+        assert!(out.status.success(), "{transport}: {}", show(&out));
+        assert_eq!(
+            text(&out.stdout),
+            "typed later\n",
+            "{transport}: {}",
+            show(&out)
         );
         // A large output arrives whole (past any 64 KiB window).
         let out = crictl(

@@ -110,10 +110,16 @@ where
         }
         None => (None, None),
     };
-    // Each stream's other half is dropped: stdin's send side (FIN: the client reads it until
-    // the server closes it) and the outputs' receive sides.
+    // stdin's send side stays open until the session ends: the Go client reads it and takes
+    // its close (FIN) for the end of the session, closing its own side and dropping whatever
+    // is typed after (kubelet's server closes it with the connection). The outputs' receive
+    // sides are dropped.
+    let (stdin, stdin_open) = match stdin.map(crid_spdy::Stream::into_split) {
+        Some((recv, send)) => (Some(Box::new(recv) as super::BoxRead), Some(send)),
+        None => (None, None),
+    };
     let io = Io {
-        stdin: stdin.map(|s| Box::new(s.into_split().0) as super::BoxRead),
+        stdin,
         stdout: stdout.map(|s| Box::new(s.into_split().1) as super::BoxWrite),
         stderr: stderr.map(|s| Box::new(s.into_split().1) as super::BoxWrite),
         resize: resizes,
@@ -145,6 +151,7 @@ where
     }
     // Dropping the last streams and `incoming` shuts the connection down gracefully: what is
     // queued goes out, the client gets time to close first, then GOAWAY.
+    drop(stdin_open);
     drop(incoming);
     if !driver_done {
         let _ = driver.await;
