@@ -132,6 +132,9 @@ pub struct Plan<'a> {
     pub gid: libc::gid_t,
     /// "exec <profile>" for the AppArmor exec attribute, if the spec names a profile.
     pub apparmor: Option<&'a [u8]>,
+    /// The host's /proc (with `apparmor`): the label is written through it, not through the
+    /// container's /proc, which a container may have replaced.
+    pub host_proc: RawFd,
     /// Paths `exec.LookPath` would try, with whether Go refuses a hit there.
     pub candidates: &'a [(&'a CStr, bool)],
     /// NULL-terminated argument and environment vectors.
@@ -532,15 +535,23 @@ unsafe fn final_process(plan: &Plan<'_>) -> ! {
 
         // AppArmor: the profile the exec switches to (new attribute path first).
         if let Some(value) = plan.apparmor {
-            let mut path = c"/proc/self/attr/apparmor/exec";
+            // "thread-self" of the host's procfs: this process has a pid there too.
+            let mut path = c"thread-self/attr/apparmor/exec";
             let mut st: libc::stat = std::mem::zeroed();
-            if libc::stat(path.as_ptr(), &mut st) < 0 && errno() == libc::ENOENT {
-                path = c"/proc/self/attr/exec";
+            if libc::fstatat(plan.host_proc, path.as_ptr(), &mut st, 0) < 0
+                && errno() == libc::ENOENT
+            {
+                path = c"thread-self/attr/exec";
             }
             let fd = check(
                 plan,
                 Step::AppArmor,
-                libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC).into(),
+                libc::openat(
+                    plan.host_proc,
+                    path.as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                )
+                .into(),
             ) as c_int;
             if libc::write(fd, value.as_ptr().cast(), value.len()) != value.len() as isize {
                 fail(plan, Step::AppArmor);

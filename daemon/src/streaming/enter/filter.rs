@@ -126,9 +126,9 @@ pub fn runc_filter(pid: i32, inherited: usize, limit: Duration) -> Result<Progra
         .spawn(move || {
             let _ = sender.send(read_traced(Pid::from_raw(pid), inherited));
         })
-        .map_err(|e| EnterError::Unsupported(format!("no thread to read the filter: {e}")))?;
+        .map_err(|e| EnterError::Stalled(format!("no thread to read the filter: {e}")))?;
     receiver.recv_timeout(limit).map_err(|_| {
-        EnterError::Unsupported(format!(
+        EnterError::Stalled(format!(
             "init {pid} did not stop within {limit:?} for its seccomp filter to be read"
         ))
     })?

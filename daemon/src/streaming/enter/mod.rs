@@ -52,6 +52,13 @@ use super::sys;
 const MAX_FILE_BYTES: u64 = 16 << 20;
 /// How long the init may take to stop for its seccomp filter to be read.
 const FILTER_READ_LIMIT: Duration = Duration::from_secs(1);
+/// How long the new process may take to report each step (its pid; then its exec). A process
+/// of the container may stop it (SIGSTOP) before it execs: a blocking thread of crid waits for
+/// it meanwhile, so it is killed past this.
+const REPORT_LIMIT: Duration = Duration::from_secs(30);
+/// `DEVPTS_SUPER_MAGIC` and `PROC_SUPER_MAGIC` (linux/magic.h).
+const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 /// CAP_SYS_PTRACE's bit.
 const CAP_SYS_PTRACE: u32 = 19;
 /// Containers whose set-up is kept; past this, entries of ended inits are dropped.
@@ -84,6 +91,9 @@ pub enum EnterError {
         #[source]
         err: Errno,
     },
+    /// Not now, maybe later (a busy or stopped process): not remembered as a refusal.
+    #[error("no answer in time: {0}")]
+    Stalled(String),
     #[error("the init {0} of the container is gone or was replaced")]
     InitGone(i32),
     #[error("the new process failed at {step:?}")]
@@ -202,6 +212,24 @@ fn same_namespace(pid: i32, kind: &str) -> Result<bool, EnterError> {
     Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
 }
 
+/// How many of the init's seccomp filters it inherited from the process that ran runc: its
+/// monitor's count (crimon, the subreaper `runc create` ran under, is the init's parent and
+/// never adds one). runc's filter is the next one. crid's own count is no measure: crid may
+/// have been restarted under other filters since, and an inherited filter taken for runc's
+/// would give the exec'd process a weaker one.
+fn inherited_filters(init_status: &str) -> Result<usize, EnterError> {
+    let parent = spec::parent_pid(init_status)
+        .ok_or_else(|| EnterError::Invalid("PPid of the container's init".into()))?;
+    let status = read_text(&format!("/proc/{parent}/status"))?;
+    if spec::process_name(&status) != Some("crimon") {
+        return Err(EnterError::Unsupported(format!(
+            "the init's parent {parent} is not its monitor"
+        )));
+    }
+    spec::seccomp_filters(&status)
+        .ok_or_else(|| EnterError::Invalid(format!("Seccomp_filters of process {parent}")))
+}
+
 /// Reads runc's record and the bundle, and the init's seccomp filter.
 fn build_target(request: &Request<'_>) -> Result<Target, EnterError> {
     let state_file = request
@@ -227,7 +255,6 @@ fn build_target(request: &Request<'_>) -> Result<Target, EnterError> {
     // its own (no sibling container, no TARGET debugger shares it) and whose capabilities
     // exclude CAP_SYS_PTRACE, privileged ones included (seccomp or AppArmor may still confine
     // those).
-    let crid_status = read_text("/proc/self/status")?;
     if process.caps.bounding & (1 << CAP_SYS_PTRACE) != 0 {
         return Err(EnterError::Unsupported(
             "a container that may hold CAP_SYS_PTRACE".into(),
@@ -258,7 +285,7 @@ fn build_target(request: &Request<'_>) -> Result<Target, EnterError> {
     let (soft, hard) = spec::nofile_limits(&limits)
         .ok_or_else(|| EnterError::Invalid(format!("/proc/{pid}/limits")))?;
     let filter = if process.seccomp {
-        let inherited = spec::seccomp_filters(&crid_status).unwrap_or(0);
+        let inherited = inherited_filters(&init_status)?;
         Some(filter::runc_filter(pid, inherited, FILTER_READ_LIMIT)?)
     } else {
         None
@@ -352,27 +379,15 @@ fn init_of(request: &Request<'_>) -> Option<(i32, u64)> {
 /// A file of the container's root filesystem, resolved inside it as runc would from within
 /// (`None`: it does not exist, which runc treats as an empty file).
 fn read_in_root(root: &OwnedFd, relative: &str) -> Result<Option<String>, EnterError> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = match nix::fcntl::openat2(root, relative, how) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::EACCES) => return Ok(None),
-        Err(e) => {
-            return Err(EnterError::Unsupported(format!(
-                "the container's /{relative}: {e}"
-            )))
-        }
-    };
-    let file = std::fs::File::from(fd);
     let path = format!("the container's /{relative}");
-    if !file
-        .metadata()
-        .map_err(EnterError::io("stat", &path))?
-        .is_file()
-    {
+    let Some(located) = locate_in_root(root, relative)? else {
+        return Ok(None);
+    };
+    let stat = nix::sys::stat::fstat(&located).map_err(EnterError::sys("stat a container file"))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(EnterError::Unsupported(format!("{path} is not a file")));
     }
+    let file = std::fs::File::from(reopen(&located, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?);
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -385,15 +400,76 @@ fn read_in_root(root: &OwnedFd, relative: &str) -> Result<Option<String>, EnterE
         .map_err(|_| EnterError::Unsupported(format!("{path} is not UTF-8")))
 }
 
+/// An `O_PATH` handle on `relative` inside the container's root (`None`: not there). Opening
+/// it for real waits for a type check: crid is outside the container's device cgroup, and a
+/// device node the container made there must not be opened by crid.
+fn locate_in_root(root: &OwnedFd, relative: &str) -> Result<Option<OwnedFd>, EnterError> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match nix::fcntl::openat2(root, relative, how) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::EACCES) => Ok(None),
+        Err(e) => Err(EnterError::Unsupported(format!(
+            "the container's /{relative}: {e}"
+        ))),
+    }
+}
+
+/// Opens, with `flags`, the very file an `O_PATH` handle names (through its /proc/self/fd
+/// link, which cannot be swapped for another file).
+fn reopen(located: &OwnedFd, flags: OFlag) -> Result<OwnedFd, EnterError> {
+    let link = format!("/proc/self/fd/{}", located.as_raw_fd());
+    nix::fcntl::open(
+        link.as_str(),
+        flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| EnterError::Unsupported(format!("reopen a container file: {e}")))
+}
+
+/// The host's /proc, for the new process to write its AppArmor label through after it entered
+/// the container's mount namespace, where /proc is the container's to replace.
+fn host_proc() -> Result<OwnedFd, EnterError> {
+    let proc = nix::fcntl::open(
+        "/proc",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(EnterError::sys("open /proc"))?;
+    let fs = nix::sys::statfs::fstatfs(&proc).map_err(EnterError::sys("statfs /proc"))?;
+    if fs.filesystem_type().0 as i64 != PROC_SUPER_MAGIC {
+        return Err(EnterError::Unsupported("/proc is not procfs".into()));
+    }
+    Ok(proc)
+}
+
 fn cstring(text: &str) -> Result<CString, EnterError> {
     CString::new(text).map_err(|_| EnterError::Unsupported(format!("a NUL in {text:?}")))
 }
 
-/// One read of the report pipe: `None` at end of file.
+/// One read of the report pipe: `None` at end of file; [`EnterError::Stalled`] when nothing
+/// came within [`REPORT_LIMIT`].
 fn read_report(pipe: &mut std::fs::File) -> Result<Option<(i32, i32)>, EnterError> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    let deadline = std::time::Instant::now() + REPORT_LIMIT;
     let mut message = [0u8; child::REPORT_LEN];
     let mut filled = 0;
     while filled < message.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let timeout = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::ZERO);
+        let mut ready = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        match nix::poll::poll(&mut ready, timeout) {
+            Ok(0) => {
+                return Err(EnterError::Stalled(format!(
+                    "the new process did not report within {REPORT_LIMIT:?}"
+                )))
+            }
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(EnterError::sys("poll the report pipe")(e)),
+        }
         match pipe.read(&mut message[filled..]) {
             Ok(0) if filled == 0 => return Ok(None),
             Ok(0) => return Err(EnterError::Invalid("a short report".into())),
@@ -488,6 +564,10 @@ pub fn enter(request: &Request<'_>) -> Result<Entered, EnterError> {
     let oom_score_adj = process.oom_score_adj.map(|v| v.to_string());
     let apparmor = (!process.apparmor_profile.is_empty())
         .then(|| format!("exec {}", process.apparmor_profile));
+    let proc = match apparmor {
+        Some(_) => Some(host_proc()?),
+        None => None,
+    };
     let fprog = target.filter.as_ref().map(|program| libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_ptr().cast_mut(),
@@ -547,6 +627,7 @@ pub fn enter(request: &Request<'_>) -> Result<Entered, EnterError> {
         uid: process.uid,
         gid: process.gid,
         apparmor: apparmor.as_deref().map(str::as_bytes),
+        host_proc: proc.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
         candidates: &candidates,
         argv: &argv,
         envp: &envp,
@@ -558,6 +639,9 @@ pub fn enter(request: &Request<'_>) -> Result<Entered, EnterError> {
     drop(theirs);
     let mut report = std::fs::File::from(report_read);
     let first = read_report(&mut report);
+    if first.is_err() {
+        let _ = nix::sys::signal::kill(intermediate, nix::sys::signal::Signal::SIGKILL);
+    }
     let _ = waitpid(intermediate, None);
     let final_pid = match first? {
         Some((child::REPORT_PID, pid)) => pid,
@@ -614,12 +698,12 @@ pub fn enter(request: &Request<'_>) -> Result<Entered, EnterError> {
             })
         }
         Ok(Some((step, errno))) => {
-            reap_blocking(&process);
+            // It exits after its report, unless something stopped it first.
+            kill_and_reap(&process);
             Err(child_failure(step, errno))
         }
         Err(e) => {
-            let _ = sys::pidfd_send_signal(process.as_fd(), libc::SIGKILL);
-            reap_blocking(&process);
+            kill_and_reap(&process);
             Err(e)
         }
     }

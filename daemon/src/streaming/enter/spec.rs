@@ -584,12 +584,27 @@ pub fn ignored_signals(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
+/// A field of a /proc/<pid>/status text, trimmed.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 /// The `Seccomp_filters` count of a /proc/<pid>/status text.
 pub fn seccomp_filters(status: &str) -> Option<usize> {
-    let count = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp_filters:"))?;
-    count.trim().parse().ok()
+    status_field(status, "Seccomp_filters")?.parse().ok()
+}
+
+/// The `PPid` of a /proc/<pid>/status text.
+pub fn parent_pid(status: &str) -> Option<i32> {
+    status_field(status, "PPid")?.parse().ok()
+}
+
+/// The `Name` (comm) of a /proc/<pid>/status text.
+pub fn process_name(status: &str) -> Option<&str> {
+    status_field(status, "Name")
 }
 
 #[cfg(test)]
@@ -722,10 +737,12 @@ mod tests {
         let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
                       Max open files            10000                20000                files\n";
         assert_eq!(nofile_limits(limits), Some((10_000, 20_000)));
-        let status = "Name:\tx\nSigIgn:\t0000000080001000\nCapBnd:\t000001ffffffffff\n\
-                      Seccomp_filters:\t2\n";
+        let status = "Name:\tcrimon\nPPid:\t77\nSigIgn:\t0000000080001000\n\
+                      CapBnd:\t000001ffffffffff\nSeccomp:\t2\nSeccomp_filters:\t2\n";
         assert_eq!(ignored_signals(status), Some(0x8000_1000));
         assert_eq!(seccomp_filters(status), Some(2));
+        assert_eq!(parent_pid(status), Some(77));
+        assert_eq!(process_name(status), Some("crimon"));
     }
 
     #[test]

@@ -7,11 +7,14 @@
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::Mode;
+use nix::fcntl::OFlag;
 use nix::sys::termios::{self, OutputFlags, SetArg};
 
 use super::EnterError;
+
+/// The multiplexer's device number (5, 2), in every devpts instance.
+const PTMX_MAJOR: u64 = 5;
+const PTMX_MINOR: u64 = 2;
 
 /// Opens a new terminal in the devpts of the container whose root is `root`; returns its
 /// (master, slave).
@@ -19,11 +22,21 @@ pub fn open_in(root: &OwnedFd) -> Result<(OwnedFd, OwnedFd), EnterError> {
     let failed = |what: &str, e: nix::errno::Errno| {
         EnterError::Unsupported(format!("{what} of the container's terminal: {e}"))
     };
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .mode(Mode::empty())
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let master = nix::fcntl::openat2(root, "dev/ptmx", how).map_err(|e| failed("open", e))?;
+    // Located first, opened once known to be a devpts multiplexer: crid is outside the
+    // container's device cgroup, and a device node the container made must not be opened.
+    let located = super::locate_in_root(root, "dev/ptmx")?
+        .ok_or_else(|| EnterError::Unsupported("the container has no /dev/ptmx".into()))?;
+    let stat = nix::sys::stat::fstat(&located).map_err(|e| failed("stat", e))?;
+    let fs = nix::sys::statfs::fstatfs(&located).map_err(|e| failed("statfs", e))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFCHR
+        || stat.st_rdev != nix::sys::stat::makedev(PTMX_MAJOR, PTMX_MINOR)
+        || fs.filesystem_type().0 as i64 != super::DEVPTS_SUPER_MAGIC
+    {
+        return Err(EnterError::Unsupported(
+            "the container's /dev/ptmx is not a devpts ptmx".into(),
+        ));
+    }
+    let master = super::reopen(&located, OFlag::O_RDWR)?;
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads one int from the pointer, which points at `unlock`.
     let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
