@@ -272,6 +272,16 @@ fn decode_control(code: u16, flags: u8, mut p: Bytes) -> Result<Frame> {
 
 /// Appends the wire form of `frame` to `dst`. Fails only if a payload exceeds the 24-bit
 /// length field.
+/// Appends the 8-byte header of a DATA frame carrying `len` bytes (the payload follows it on
+/// the wire, from wherever the caller keeps it).
+pub fn encode_data_header(stream_id: u32, fin: bool, len: usize, dst: &mut BytesMut) -> Result<()> {
+    let len = wire_len(len)?;
+    let flags = if fin { FLAG_FIN } else { 0 };
+    dst.put_u32(stream_id & STREAM_ID_MASK);
+    dst.put_u32(u32::from(flags) << 24 | len);
+    Ok(())
+}
+
 pub fn encode(frame: &Frame, dst: &mut BytesMut) -> Result<()> {
     let flag = |b: bool, f: u8| if b { f } else { 0 };
     match frame {
@@ -280,10 +290,8 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) -> Result<()> {
             fin,
             data,
         } => {
-            let len = wire_len(data.len())?;
             dst.reserve(HEADER_LEN + data.len());
-            dst.put_u32(stream_id & STREAM_ID_MASK);
-            dst.put_u32(u32::from(flag(*fin, FLAG_FIN)) << 24 | len);
+            encode_data_header(*stream_id, *fin, data.len(), dst)?;
             dst.put_slice(data);
         }
         Frame::SynStream {

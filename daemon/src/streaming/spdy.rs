@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crid_spdy::frame::rst;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::{Io, PortForward, RemoteCommand};
@@ -312,9 +312,19 @@ async fn forward(
     // for a client that waits for it, whatever it does with the data stream.
     let from_pod = async {
         // Large reads make large DATA frames: fewer frames, and fewer writer wake-ups, per
-        // byte than tokio::io::copy's 8 KiB.
-        let mut from = tokio::io::BufReader::with_capacity(FORWARD_READ, &mut tcp_read);
-        let _ = tokio::io::copy_buf(&mut from, &mut data_send).await;
+        // byte than tokio::io::copy's 8 KiB. Each read's bytes are queued as they are, and
+        // written to the client from the same buffer.
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            buf.reserve(FORWARD_READ);
+            match tcp_read.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if data_send.send(buf.split().freeze()).await.is_err() {
+                break;
+            }
+        }
         let _ = data_send.shutdown().await;
         let _ = error_send.shutdown().await;
     };
