@@ -18,18 +18,9 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${FUZZ_SECONDS:-25}
 
-if ! command -v cargo >/dev/null 2>&1; then
-    for dir in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do
-        if [ -x "$dir/cargo" ]; then
-            export PATH="$dir:$PATH"
-            break
-        fi
-    done
-fi
-command -v cargo >/dev/null 2>&1 || {
-    echo "fuzz.sh: missing: cargo (install a Rust toolchain with rustup)" >&2
-    exit 1
-}
+# shellcheck source=packaging/lib.sh
+. "$top/packaging/lib.sh"
+need_cargo fuzz.sh
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz"
     cargo install --locked cargo-fuzz

@@ -50,20 +50,8 @@ install_packages() {
     apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-need_cargo() {
-    if ! command -v cargo >/dev/null 2>&1; then
-        for dir in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do
-            if [ -x "$dir/cargo" ]; then
-                export PATH="$dir:$PATH"
-                break
-            fi
-        done
-    fi
-    command -v cargo >/dev/null 2>&1 || {
-        echo "setup.sh: missing: cargo (install a Rust toolchain with rustup)" >&2
-        exit 1
-    }
-}
+# shellcheck source=packaging/lib.sh
+. "$top/packaging/lib.sh"
 
 install_crid() {
     install -m 0755 target/release/crid target/release/crimon target/release/crid-pinns /usr/local/bin/
@@ -81,7 +69,7 @@ case "$mode" in
 run)
     need_root
     install_packages "${RUN_PACKAGES[@]}"
-    need_cargo
+    need_cargo setup.sh
     cargo build --release -p crid-daemon -p crid-monitor
     install_crid
     echo "setup.sh: starting crid (socket /run/crid/crid.sock); stop it with Ctrl-C or SIGTERM"
@@ -90,7 +78,7 @@ run)
 test)
     need_root
     install_packages "${RUN_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
-    need_cargo
+    need_cargo setup.sh
     ci_build_env
     started=$(date +%s)
     cargo fmt --all -- --check
@@ -111,20 +99,20 @@ test)
 bench)
     need_root
     install_packages "${RUN_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
-    need_cargo
+    need_cargo setup.sh
     cargo build --release --workspace --bins
     shift
     exec target/release/crid-bench "$@"
     ;;
 fuzz)
-    need_cargo
+    need_cargo setup.sh
     shift
     exec packaging/fuzz.sh "$@"
     ;;
 conformance)
     need_root
     install_packages "${RUN_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${CONFORMANCE_PACKAGES[@]}"
-    need_cargo
+    need_cargo setup.sh
     ci_build_env
     cargo build --workspace --bins
     shift
