@@ -47,6 +47,10 @@ pub async fn run(
         monitors::watch(state.clone(), container);
     }
     crate::sandbox::lifecycle::recover(&state);
+    // The runtime's `features` and the id-mapping probe run once, here and off the async
+    // workers; the calls that need them later (create, Status) read the cached answers.
+    let probe = config.clone();
+    let _ = tokio::task::spawn_blocking(move || crate::status::handler_features(&probe)).await;
     // Before the socket accepts: RuntimeDefault containers get crid-default where the kernel
     // has AppArmor. Not fatal: without it they run unconfined, with a warning each.
     if let Err(err) =
