@@ -895,6 +895,32 @@ impl Shared {
     }
 
     fn poll_write(&self, id: u32, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_queue(id, cx, buf.is_empty(), |room| {
+            Bytes::copy_from_slice(&buf[..room.min(buf.len())])
+        })
+    }
+
+    /// [`SendStream::send`]: takes `data` whole once there is room.
+    fn poll_send(
+        &self,
+        id: u32,
+        cx: &mut Context<'_>,
+        data: &mut Option<Bytes>,
+    ) -> Poll<io::Result<()>> {
+        let empty = data.as_ref().is_none_or(Bytes::is_empty);
+        self.poll_queue(id, cx, empty, |_| data.take().unwrap_or_default())
+            .map_ok(drop)
+    }
+
+    /// Queues the chunk `piece` makes, given the room left (at least 1 byte), once the send
+    /// buffer has room; returns its length.
+    fn poll_queue(
+        &self,
+        id: u32,
+        cx: &mut Context<'_>,
+        empty: bool,
+        piece: impl FnOnce(usize) -> Bytes,
+    ) -> Poll<io::Result<usize>> {
         let mut st = self.lock();
         let (phase, write_closed) = (st.phase, st.write_closed);
         let Some(s) = st.streams.get_mut(&id) else {
@@ -903,7 +929,7 @@ impl Shared {
         if s.reset.is_some() || write_closed || s.send_closed || s.fin_queued {
             return Poll::Ready(Err(stream_error(s, id, phase)));
         }
-        if buf.is_empty() {
+        if empty {
             return Poll::Ready(Ok(0));
         }
         let room = STREAM_SEND_BUFFER.saturating_sub(s.send_len);
@@ -911,44 +937,14 @@ impl Shared {
             s.write_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        let n = room.min(buf.len());
-        s.send.push_back(Bytes::copy_from_slice(&buf[..n]));
+        let chunk = piece(room);
+        let n = chunk.len();
+        s.send.push_back(chunk);
         s.send_len += n;
         st.schedule(id);
         drop(st);
         self.writer.notify_one();
         Poll::Ready(Ok(n))
-    }
-
-    /// [`SendStream::send`]: takes `data` once there is room.
-    fn poll_send(
-        &self,
-        id: u32,
-        cx: &mut Context<'_>,
-        data: &mut Option<Bytes>,
-    ) -> Poll<io::Result<()>> {
-        let mut st = self.lock();
-        let (phase, write_closed) = (st.phase, st.write_closed);
-        let Some(s) = st.streams.get_mut(&id) else {
-            return Poll::Ready(Err(gone(id)));
-        };
-        if s.reset.is_some() || write_closed || s.send_closed || s.fin_queued {
-            return Poll::Ready(Err(stream_error(s, id, phase)));
-        }
-        let Some(chunk) = data.take().filter(|d| !d.is_empty()) else {
-            return Poll::Ready(Ok(()));
-        };
-        if s.send_len >= STREAM_SEND_BUFFER {
-            *data = Some(chunk);
-            s.write_waker = Some(cx.waker().clone());
-            return Poll::Pending;
-        }
-        s.send_len += chunk.len();
-        s.send.push_back(chunk);
-        st.schedule(id);
-        drop(st);
-        self.writer.notify_one();
-        Poll::Ready(Ok(()))
     }
 
     /// Flush waits until the writer has taken every queued byte; shutdown also queues FIN
