@@ -281,7 +281,7 @@ fn main() -> anyhow::Result<()> {
             "--execs" => pods.execs = it.next().context("--execs N")?.parse()?,
             "--runtime" => pods.runtime = it.next().context("--runtime runc|crun")?.clone(),
             "--log-on-disk" => log_on_disk = true,
-            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X] [--log-on-disk] | crid-bench pull [--rounds N] | crid-bench lifecycle [--pods N] [--concurrent N] [--idle N] [--execs N] [--runtime runc|crun] | crid-bench streaming [--execs N] [--mib N])"),
+            other => bail!("unknown argument {other:?} (usage: crid-bench monitor [--rounds N] [--containers N] [--gib X] [--log-on-disk] | crid-bench pull [--rounds N] | crid-bench lifecycle [--pods N] [--concurrent N] [--idle N] [--execs N] [--runtime runc|crun] | crid-bench streaming [--execs N] [--mib N] [--rounds N])"),
         }
     }
     if what == "pull" {
@@ -294,6 +294,7 @@ fn main() -> anyhow::Result<()> {
         return streaming::run(&streaming::Settings {
             execs: pods.execs,
             mib,
+            rounds,
             runtime: pods.runtime,
         });
     }
