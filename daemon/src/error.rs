@@ -33,6 +33,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Overlay(#[from] crate::image::overlay::OverlayError),
     #[error(transparent)]
+    Mount(#[from] crid_mount::MountError),
+    #[error(transparent)]
     Cni(#[from] crate::network::cni::CniError),
     #[error(transparent)]
     Namespace(#[from] crate::sandbox::namespaces::NamespaceError),
@@ -66,7 +68,9 @@ impl From<DaemonError> for tonic::Status {
             DaemonError::Namespace(ref ns) if ns.timed_out() => {
                 tonic::Status::deadline_exceeded(message)
             }
-            DaemonError::Overlay(_) | DaemonError::Namespace(_) => tonic::Status::internal(message),
+            DaemonError::Overlay(_) | DaemonError::Mount(_) | DaemonError::Namespace(_) => {
+                tonic::Status::internal(message)
+            }
             // A plugin's or the runtime's own failure: its message says what went wrong.
             DaemonError::Cni(crate::network::cni::CniError::NoConfig(_)) => {
                 tonic::Status::failed_precondition(message)

@@ -122,7 +122,7 @@ pub fn handler_name(config: &Config) -> String {
 pub fn handler_features(config: &Config) -> crid_proto::cri::RuntimeHandlerFeatures {
     let runtime = &config.runtime.runtime_path;
     crid_proto::cri::RuntimeHandlerFeatures {
-        recursive_read_only_mounts: crate::rro::kernel_supports()
+        recursive_read_only_mounts: crid_mount::rro::kernel_supports()
             || crate::container::mounts::runtime_supports_rro(runtime),
         user_namespaces: user_namespaces_supported(config),
     }

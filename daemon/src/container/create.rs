@@ -16,10 +16,10 @@ use crate::config::CgroupManager;
 use crate::error::DaemonError;
 use crate::image::overlay;
 use crate::monitor_client::{self, MonitorSpec};
-use crate::rro;
 use crate::state::container::{Container, ContainerRecord, Phase};
 use crate::state::pod::Pod;
 use crate::state::{new_id, persist, Kind, State};
+use crid_mount::rro;
 
 /// Mode of a container's root directory.
 const ROOT_DIR_MODE: u32 = 0o755;
