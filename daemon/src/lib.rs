@@ -2,7 +2,6 @@
 
 #![deny(unsafe_code)]
 
-pub mod child;
 pub mod config;
 pub mod container;
 pub mod error;

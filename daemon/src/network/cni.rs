@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::child::{self, ChildError};
+use crid_child::{self as child, ChildError};
 
 /// Most bytes of a configuration file.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -471,7 +471,7 @@ mod tests {
 
     /// A network list of one fake plugin `name` (a shell script with `body`) in `dir`.
     fn fake(dir: &Path, name: &str, body: &str) -> NetworkList {
-        crate::child::test_script(dir, name, body);
+        crid_child::test_script(dir, name, body);
         NetworkList {
             path: dir.join("fake.conflist"),
             name: "fake-net".into(),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use nix::mount::MntFlags;
 
-use crate::child::{self, ChildError};
 use crate::state::pod::PodNamespaces;
+use crid_child::{self as child, ChildError};
 
 /// Bounds of a crid-pinns run: it prints one short JSON line and, on failure, one message;
 /// it unshares and bind-mounts a few files, which takes milliseconds. More output, or longer
