@@ -82,7 +82,7 @@ run)
     need_root
     install_packages "${RUN_PACKAGES[@]}"
     need_cargo
-    cargo build --release -p crid-daemon -p crid-monitor
+    cargo build --release -p crid-daemon -p crid-monitor -p crid-pinns
     install_crid
     echo "setup.sh: starting crid (socket /run/crid/crid.sock); stop it with Ctrl-C or SIGTERM"
     exec /usr/local/bin/crid

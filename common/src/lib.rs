@@ -1,7 +1,8 @@
 //! Formats and rules both crid and crimon rely on.
 //!
 //! Everything here is read or written by both sides (or by operators), so it changes only
-//! with care: the exit record, the CRI log line, container ids and the monitor's file names.
+//! with care: the exit record, the CRI log line, container ids and the monitor's file names;
+//! and rules two programs must apply alike (the sysctl checks of crid and crid-pinns).
 
 #![deny(unsafe_code)]
 
@@ -12,4 +13,5 @@ pub mod limits;
 pub mod log_line;
 pub mod monitor_paths;
 pub mod proc_stat;
+pub mod sysctl;
 pub mod timestamp;

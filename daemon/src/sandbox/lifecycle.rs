@@ -9,11 +9,12 @@ use std::sync::Arc;
 use crid_proto::cri;
 
 use super::namespaces::{self, PinRequest};
-use super::{files, network, shm, sysctl};
+use super::{files, network, shm};
 use crate::config::CgroupManager;
 use crate::error::DaemonError;
 use crate::state::pod::{namespace_options, Pod, PodRecord};
 use crate::state::{new_id, persist, Kind, State};
+use crid_common::sysctl;
 
 /// Most bytes of the host's resolv.conf copied into a pod without a DNS config.
 const MAX_HOST_RESOLV_BYTES: u64 = 64 * 1024;

@@ -135,7 +135,7 @@ fn map_text(mappings: &[Mapping]) -> String {
 /// `/proc/sys/…` for a sysctl key; keys hold only `[A-Za-z0-9_.-]` segments (no `..`, no `/`),
 /// values no newline (CVE-2022-0811 came from an unchecked value).
 fn sysctl_path(key: &str, value: &str) -> Result<PathBuf, String> {
-    if !crid_daemon::sandbox::sysctl::well_formed_key(key) {
+    if !crid_common::sysctl::well_formed_key(key) {
         return Err(format!("invalid sysctl key {key:?}"));
     }
     if value.contains(['\n', '\0', '+', '=']) {
