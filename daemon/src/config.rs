@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crid_cni::NetworkConfig;
+
 /// Default configuration file.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/crid/crid.toml";
 /// Default drop-in directory.
@@ -138,26 +140,6 @@ impl Default for ImageConfig {
     }
 }
 
-/// CNI networking.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NetworkConfig {
-    /// Directory of CNI network configurations (.conf, .conflist, .json).
-    pub cni_config_dir: PathBuf,
-    /// Directories searched for CNI plugin binaries.
-    pub cni_plugin_dirs: Vec<PathBuf>,
-    /// Seconds one CNI ADD or DEL (every plugin of the list) may take; past it the plugin is
-    /// killed with its process group and the call fails with DeadlineExceeded.
-    pub plugin_timeout_secs: u64,
-}
-
-impl NetworkConfig {
-    /// [`NetworkConfig::plugin_timeout_secs`] as a duration.
-    pub fn plugin_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.plugin_timeout_secs)
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -183,16 +165,6 @@ impl Default for RuntimeConfig {
             log_size_max: 0,
             pids_limit: 0,
             allowed_annotations: Vec::new(),
-        }
-    }
-}
-
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        NetworkConfig {
-            cni_config_dir: "/etc/cni/net.d".into(),
-            cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
-            plugin_timeout_secs: crate::network::cni::DEFAULT_PLUGIN_TIMEOUT.as_secs(),
         }
     }
 }

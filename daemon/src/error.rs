@@ -35,7 +35,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Mount(#[from] crid_mount::MountError),
     #[error(transparent)]
-    Cni(#[from] crate::network::cni::CniError),
+    Cni(#[from] crid_cni::CniError),
     #[error(transparent)]
     Namespace(#[from] crate::sandbox::namespaces::NamespaceError),
     #[error(transparent)]
@@ -72,13 +72,13 @@ impl From<DaemonError> for tonic::Status {
                 tonic::Status::internal(message)
             }
             // A plugin's or the runtime's own failure: its message says what went wrong.
-            DaemonError::Cni(crate::network::cni::CniError::NoConfig(_)) => {
+            DaemonError::Cni(crid_cni::CniError::NoConfig(_)) => {
                 tonic::Status::failed_precondition(message)
             }
             DaemonError::Cni(ref cni) if cni.timed_out() => {
                 tonic::Status::deadline_exceeded(message)
             }
-            DaemonError::Cni(crate::network::cni::CniError::InvalidValue { .. }) => {
+            DaemonError::Cni(crid_cni::CniError::InvalidValue { .. }) => {
                 tonic::Status::invalid_argument(message)
             }
             DaemonError::Cni(_) => tonic::Status::unknown(message),

@@ -145,7 +145,7 @@ pub fn pod_request(bytes: &[u8]) {
             // Whatever passed can be handed to CNI: its CNI_ARGS values are checked again.
             let meta = config.metadata.clone().unwrap_or_default();
             for value in [&meta.name, &meta.namespace, &meta.uid] {
-                assert!(crate::network::cni::check_arg_value(value).is_ok());
+                assert!(crid_cni::check_arg_value(value).is_ok());
             }
         }
     }

@@ -12,7 +12,6 @@ pub mod idmap;
 pub mod image;
 pub mod logging;
 pub mod monitor_client;
-pub mod network;
 pub mod oci_runtime;
 pub mod sandbox;
 pub mod server;
