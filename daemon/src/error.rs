@@ -29,9 +29,9 @@ pub enum DaemonError {
     #[error("{0}")]
     Internal(String),
     #[error(transparent)]
-    Image(#[from] crate::image::ImageError),
+    Image(#[from] crid_image::ImageError),
     #[error(transparent)]
-    Overlay(#[from] crate::image::overlay::OverlayError),
+    Overlay(#[from] crid_image::overlay::OverlayError),
     #[error(transparent)]
     Mount(#[from] crid_mount::MountError),
     #[error(transparent)]
@@ -102,7 +102,7 @@ impl From<DaemonError> for tonic::Status {
             }
             DaemonError::Spec(_) => tonic::Status::internal(message),
             DaemonError::Image(image) => {
-                use crate::image::ImageError as E;
+                use crid_image::ImageError as E;
                 match image {
                     E::InvalidReference { .. } | E::InvalidAuth(_) => {
                         tonic::Status::invalid_argument(message)

@@ -9,7 +9,6 @@ pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod idmap;
-pub mod image;
 pub mod logging;
 pub mod monitor_client;
 pub mod oci_runtime;

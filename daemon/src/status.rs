@@ -153,7 +153,7 @@ pub fn user_namespaces_supported(config: &Config) -> bool {
 fn probe_idmap(config: &Config) -> Result<(), String> {
     let pinns = crate::config::helper_binary("crid-pinns")
         .ok_or("crid-pinns not found next to crid or in $PATH")?;
-    let store = crate::image::store::StorePaths {
+    let store = crid_image::store::StorePaths {
         root: config.root.clone(),
     };
     let scratch = store

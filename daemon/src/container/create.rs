@@ -14,11 +14,11 @@ use super::spec::{self, ImageConfig, Namespaces, PidNamespace, PodFiles, SpecInp
 use super::user::{self, UserRequest};
 use crate::config::CgroupManager;
 use crate::error::DaemonError;
-use crate::image::overlay;
 use crate::monitor_client::{self, MonitorSpec};
 use crate::state::container::{Container, ContainerRecord, Phase};
 use crate::state::pod::Pod;
 use crate::state::{new_id, persist, Kind, State};
+use crid_image::overlay;
 use crid_mount::rro;
 
 /// Mode of a container's root directory.
@@ -445,7 +445,7 @@ async fn setup(
     state: &State,
     pod: &Pod,
     container: &Container,
-    layers: &[crate::image::digest::Digest],
+    layers: &[crid_image::digest::Digest],
     image: &spec::ImageRuntimeConfig,
 ) -> Result<(), DaemonError> {
     let config = &container.config;
@@ -489,7 +489,7 @@ async fn setup(
     // CVE-2024-21626's class: no working directory under /proc, through the image's
     // symlinks too, whatever the runtime does.
     let image_name = config.image.as_ref().map_or("", |i| i.image.as_str());
-    crate::image::config::check_working_dir(
+    crid_image::config::check_working_dir(
         &record.rootfs,
         &config.working_dir,
         &image.working_dir,

@@ -32,7 +32,7 @@ pub enum SpecError {
 }
 
 // The image config, parsed strictly (an image config that does not parse is an error).
-pub use crate::image::config::{ImageConfig, ImageRuntimeConfig};
+pub use crid_image::config::{ImageConfig, ImageRuntimeConfig};
 
 /// The PATH a container gets when neither the image nor the CRI config sets one.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

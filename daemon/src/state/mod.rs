@@ -16,7 +16,7 @@ pub use pod::{Pod, PodRecord};
 
 use crate::config::Config;
 use crate::error::DaemonError;
-use crate::image::ImageStore;
+use crid_image::ImageStore;
 
 /// Where records and runtime files live.
 #[derive(Debug, Clone)]

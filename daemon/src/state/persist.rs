@@ -46,8 +46,8 @@ pub fn subdirectories(dir: &Path) -> Vec<PathBuf> {
 
 /// Writes `bytes` to `path` atomically and durably.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
-    crate::image::store::write_atomically(path, bytes).map_err(|err| match err {
-        crate::image::store::StoreError::Io { what, path, err } => {
+    crid_image::store::write_atomically(path, bytes).map_err(|err| match err {
+        crid_image::store::StoreError::Io { what, path, err } => {
             DaemonError::Io { what, path, err }
         }
     })
