@@ -17,3 +17,4 @@ pub mod server;
 pub mod state;
 pub mod status;
 pub mod streaming;
+pub(crate) mod sys;

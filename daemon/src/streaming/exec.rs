@@ -24,11 +24,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::enter::{self, EnterError};
-use super::{pty, sys, BoxRead, BoxWrite, Io};
+use super::{pty, BoxRead, BoxWrite, Io};
 use crate::container::lifecycle::runtime;
 use crate::error::DaemonError;
 use crate::state::container::{Container, Phase};
 use crate::state::State;
+use crate::sys;
 
 /// Most arguments, and most bytes across them, an exec may carry (as ExecSync).
 const MAX_ARGS: usize = 4096;

@@ -11,7 +11,6 @@ mod resize;
 pub mod server;
 mod spdy;
 mod status;
-pub(crate) mod sys;
 mod tls;
 mod tokens;
 pub mod websocket;

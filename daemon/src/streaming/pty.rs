@@ -11,8 +11,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
-use super::{sys, BoxRead, BoxWrite, TermSize};
+use super::{BoxRead, BoxWrite, TermSize};
 use crate::error::DaemonError;
+use crate::sys;
 
 /// One side of a shared non-blocking pty master.
 #[derive(Clone)]

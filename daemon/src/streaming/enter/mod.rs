@@ -46,7 +46,7 @@ use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use self::child::Plan;
 pub use self::child::Step;
 use self::spec::{ProcessSpec, RuncState};
-use super::sys;
+use crate::sys;
 
 /// Most bytes read of runc's state.json, the bundle's config.json, /etc/passwd or /etc/group.
 const MAX_FILE_BYTES: u64 = 16 << 20;
