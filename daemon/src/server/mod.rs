@@ -3,6 +3,7 @@
 mod authority;
 mod cri_views;
 mod events;
+mod grpc_status;
 mod image_service;
 mod listener;
 mod monitors;
