@@ -38,13 +38,13 @@ pub enum DaemonError {
     #[error(transparent)]
     Cni(#[from] crid_cni::CniError),
     #[error(transparent)]
-    Namespace(#[from] crate::sandbox::namespaces::NamespaceError),
+    Namespace(#[from] crate::namespaces::NamespaceError),
     #[error(transparent)]
     Runtime(#[from] crate::oci_runtime::RuntimeError),
     #[error(transparent)]
     Monitor(#[from] crate::monitor_client::MonitorClientError),
     #[error(transparent)]
-    Spec(#[from] crate::container::spec::SpecError),
+    Spec(#[from] crate::spec_error::SpecError),
 }
 
 impl DaemonError {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crid_proto::cri;
 
-use super::spec::SpecError;
+use crate::spec_error::SpecError;
 use crid_child::{self as child, ChildError};
 
 /// The profile RuntimeDefault means when it is loaded.

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use super::spec::SpecError;
+use crate::spec_error::SpecError;
 
 /// How a host mount propagates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crid_proto::cri;
 
-use super::spec::SpecError;
+use crate::spec_error::SpecError;
 
 /// Every capability Linux defines (up to 6.x); privileged containers get them all.
 pub const ALL_CAPABILITIES: &[&str] = &[

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use crid_proto::cri;
 
-use super::namespaces::{self, PinRequest};
 use super::{files, network, shm};
 use crate::config::CgroupManager;
 use crate::error::DaemonError;
+use crate::namespaces::{self, PinRequest};
 use crate::state::pod::{namespace_options, Pod, PodRecord};
 use crate::state::{new_id, persist, Kind, State};
 use crid_common::sysctl;

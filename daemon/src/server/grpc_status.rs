@@ -47,7 +47,7 @@ impl From<DaemonError> for tonic::Status {
                     }
                 }
             }
-            DaemonError::Spec(crate::container::spec::SpecError::Invalid(_)) => {
+            DaemonError::Spec(crate::spec_error::SpecError::Invalid(_)) => {
                 tonic::Status::invalid_argument(message)
             }
             DaemonError::Spec(_) => tonic::Status::internal(message),

@@ -3,6 +3,7 @@
 //! WebSocket) that carries the client's streams.
 
 pub mod attach;
+mod drain;
 pub mod enter;
 pub mod exec;
 pub mod port_forward;
