@@ -2,21 +2,24 @@
 
 #![deny(unsafe_code)]
 
+// Public: what `crid` (main.rs), the end-to-end tests and the fuzz targets use; the rest is
+// the crate's own.
+
 pub mod config;
 pub mod container;
-pub mod error;
-pub mod events;
+pub(crate) mod error;
+pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod idmap;
+pub(crate) mod idmap;
 pub mod logging;
 pub mod monitor_client;
-pub mod namespaces;
-pub mod oci_runtime;
-pub mod sandbox;
+pub(crate) mod namespaces;
+pub(crate) mod oci_runtime;
+pub(crate) mod sandbox;
 pub mod server;
-pub mod spec_error;
-pub mod state;
-pub mod status;
-pub mod streaming;
+pub(crate) mod spec_error;
+pub(crate) mod state;
+pub(crate) mod status;
+pub(crate) mod streaming;
 pub(crate) mod sys;

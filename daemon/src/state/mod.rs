@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-pub use container::{Container, ContainerRecord, Finished};
-pub use pod::{Pod, PodRecord};
+pub use container::Container;
+pub use pod::Pod;
 
 use crate::config::Config;
 use crate::error::DaemonError;

@@ -96,12 +96,6 @@ fn read(path: &Path) -> Result<Vec<u8>, DaemonError> {
     Ok(bytes)
 }
 
-pub fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), DaemonError> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| DaemonError::Internal(format!("encode {}: {e}", path.display())))?;
-    write(path, &bytes)
-}
-
 pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, DaemonError> {
     serde_json::from_slice(&read(path)?)
         .map_err(|e| DaemonError::Internal(format!("decode {}: {e}", path.display())))
