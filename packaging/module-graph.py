@@ -27,6 +27,7 @@ CRATES = [
     "daemon/src",
     "daemon/child/src",
     "daemon/cni/src",
+    "daemon/enter/src",
     "daemon/image/src",
     "daemon/mount/src",
     "daemon/pinns/src",

@@ -2,10 +2,12 @@
 //!
 //! Everything here is read or written by both sides (or by operators), so it changes only
 //! with care: the exit record, the CRI log line, container ids and the monitor's file names;
-//! and rules two programs must apply alike (the sysctl checks of crid and crid-pinns).
+//! and rules two programs must apply alike (the sysctl checks of crid and crid-pinns, the
+//! capability names of crid's spec and its direct exec).
 
 #![deny(unsafe_code)]
 
+pub mod capabilities;
 pub mod error_chain;
 pub mod exit_record;
 pub mod id;

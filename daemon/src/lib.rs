@@ -22,4 +22,3 @@ pub(crate) mod spec_error;
 pub(crate) mod state;
 pub(crate) mod status;
 pub(crate) mod streaming;
-pub(crate) mod sys;

@@ -226,7 +226,7 @@ fn target_pid_namespace(id: &str, pid: i32) -> Result<HeldPidNamespace, DaemonEr
     if pid <= 0 {
         return Err(gone());
     }
-    let pidfd = crate::sys::pidfd_open(pid).map_err(|_| gone())?;
+    let pidfd = crid_enter::sys::pidfd_open(pid).map_err(|_| gone())?;
     let ns_path = PathBuf::from(format!("/proc/{pid}/ns/pid"));
     let fd: OwnedFd = std::fs::File::open(&ns_path)
         .map_err(|err| match err.kind() {
@@ -245,7 +245,7 @@ fn target_pid_namespace(id: &str, pid: i32) -> Result<HeldPidNamespace, DaemonEr
         .map_err(|_| gone())?;
     // Signal 0 checks existence only; a zombie still holds its pid, and a process whose
     // pid was reaped (and so perhaps reused) fails with ESRCH.
-    crate::sys::pidfd_send_signal(pidfd.as_fd(), 0).map_err(|_| gone())?;
+    crid_enter::sys::pidfd_send_signal(pidfd.as_fd(), 0).map_err(|_| gone())?;
     if !in_container_cgroup(&cgroups, id) {
         return Err(DaemonError::FailedPrecondition(format!(
             "process {pid} is no longer the init of target container {id} (its pid was reused)"

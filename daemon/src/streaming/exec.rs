@@ -24,13 +24,13 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::drain::{drain, OutputActivity};
-use super::enter::{self, EnterError};
 use super::{pty, BoxRead, BoxWrite, Io};
 use crate::container::lifecycle::runtime;
 use crate::error::DaemonError;
 use crate::state::container::{Container, Phase};
 use crate::state::State;
-use crate::sys;
+use crid_enter::sys;
+use crid_enter::{self as enter, EnterError};
 
 /// Most arguments, and most bytes across them, an exec may carry (as ExecSync).
 const MAX_ARGS: usize = 4096;

@@ -4,7 +4,6 @@
 
 pub mod attach;
 mod drain;
-pub mod enter;
 pub mod exec;
 pub mod port_forward;
 mod pty;

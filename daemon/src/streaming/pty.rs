@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{BoxRead, BoxWrite, TermSize};
 use crate::error::DaemonError;
-use crate::sys;
+use crid_enter::sys;
 
 /// One side of a shared non-blocking pty master.
 #[derive(Clone)]

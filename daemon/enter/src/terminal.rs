@@ -11,7 +11,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 use nix::sys::termios::{self, OutputFlags, SetArg};
 
-use super::EnterError;
+use crate::EnterError;
 
 /// Opens a new terminal in the devpts of the container whose root is `root`; returns its
 /// (master, slave).
