@@ -9,15 +9,15 @@ pub mod digest;
 mod fsops;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod manifest;
+mod manifest;
 pub mod overlay;
-pub mod pull;
-pub mod reference;
-pub mod registries;
+mod pull;
+mod reference;
+mod registries;
 pub mod settings;
 pub mod store;
 pub(crate) mod tarstream;
-pub mod unpack;
+mod unpack;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
