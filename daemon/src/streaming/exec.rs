@@ -3,7 +3,7 @@
 //!
 //! The process gets the container's security context exactly as `runc exec` (and so ExecSync)
 //! gives it: user, groups, capabilities, no_new_privs, seccomp, AppArmor label, cgroups,
-//! namespaces, environment. By default crid enters the container itself ([`super::enter`],
+//! namespaces, environment. By default crid enters the container itself ([`crid_enter`],
 //! `[streaming] exec_direct`), copying what runc would apply; where that module declines (a
 //! setting it does not reproduce, a missing command, anything failing before the exec) the
 //! session runs `<runtime> exec` instead, whose messages and exit codes the client then sees.
