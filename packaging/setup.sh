@@ -70,7 +70,7 @@ run)
     need_root
     install_packages "${RUN_PACKAGES[@]}"
     need_cargo setup.sh
-    cargo build --release -p crid-daemon -p crid-monitor
+    cargo build --release -p crid-daemon -p crid-monitor -p crid-pinns
     install_crid
     echo "setup.sh: starting crid (socket /run/crid/crid.sock); stop it with Ctrl-C or SIGTERM"
     exec /usr/local/bin/crid
@@ -84,6 +84,8 @@ test)
     cargo fmt --all -- --check
     cargo build --workspace --all-targets
     cargo clippy --workspace --all-targets -- -D warnings
+    # No module imports one that imports it back (python3 comes with python3-grpcio).
+    python3 packaging/module-graph.py
     log=$(mktemp)
     status=0
     cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?

@@ -1,10 +1,13 @@
 //! Formats and rules both crid and crimon rely on.
 //!
 //! Everything here is read or written by both sides (or by operators), so it changes only
-//! with care: the exit record, the CRI log line, container ids and the monitor's file names.
+//! with care: the exit record, the CRI log line, container ids and the monitor's file names;
+//! and rules two programs must apply alike (the sysctl checks of crid and crid-pinns, the
+//! capability names of crid's spec and its direct exec).
 
 #![deny(unsafe_code)]
 
+pub mod capabilities;
 pub mod error_chain;
 pub mod exit_record;
 pub mod id;
@@ -12,4 +15,5 @@ pub mod limits;
 pub mod log_line;
 pub mod monitor_paths;
 pub mod proc_stat;
+pub mod sysctl;
 pub mod timestamp;

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crid_cni::NetworkConfig;
+pub use crid_image::settings::ImageConfig;
+
 /// Default configuration file.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/crid/crid.toml";
 /// Default drop-in directory.
@@ -104,60 +107,6 @@ pub struct RuntimeConfig {
     pub allowed_annotations: Vec<String>,
 }
 
-/// Images and registries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ImageConfig {
-    /// containers-registries.conf(5) v2 file: mirrors, insecure and blocked registries.
-    pub registries_conf: PathBuf,
-    /// Drop-ins for it (`*.conf`, name order).
-    pub registries_conf_dir: PathBuf,
-    /// Global credentials (containers auth.json / docker config.json format).
-    pub auth_file: PathBuf,
-    /// Per-registry CA certificates: `<certs_dir>/<host:port>/*.crt` (containers-certs.d(5)).
-    pub certs_dir: PathBuf,
-    /// Layers fetched at once.
-    pub max_concurrent_downloads: usize,
-    /// Most bytes of file content one layer may unpack to (decompression-bomb bound).
-    pub max_layer_bytes: u64,
-    /// Most entries one layer may hold.
-    pub max_layer_entries: u64,
-}
-
-impl Default for ImageConfig {
-    fn default() -> Self {
-        ImageConfig {
-            registries_conf: "/etc/containers/registries.conf".into(),
-            registries_conf_dir: "/etc/containers/registries.conf.d".into(),
-            auth_file: "/etc/crid/auth.json".into(),
-            certs_dir: "/etc/containers/certs.d".into(),
-            max_concurrent_downloads: 3,
-            max_layer_bytes: 64 << 30,
-            max_layer_entries: 4_000_000,
-        }
-    }
-}
-
-/// CNI networking.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NetworkConfig {
-    /// Directory of CNI network configurations (.conf, .conflist, .json).
-    pub cni_config_dir: PathBuf,
-    /// Directories searched for CNI plugin binaries.
-    pub cni_plugin_dirs: Vec<PathBuf>,
-    /// Seconds one CNI ADD or DEL (every plugin of the list) may take; past it the plugin is
-    /// killed with its process group and the call fails with DeadlineExceeded.
-    pub plugin_timeout_secs: u64,
-}
-
-impl NetworkConfig {
-    /// [`NetworkConfig::plugin_timeout_secs`] as a duration.
-    pub fn plugin_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.plugin_timeout_secs)
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -183,16 +132,6 @@ impl Default for RuntimeConfig {
             log_size_max: 0,
             pids_limit: 0,
             allowed_annotations: Vec::new(),
-        }
-    }
-}
-
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        NetworkConfig {
-            cni_config_dir: "/etc/cni/net.d".into(),
-            cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
-            plugin_timeout_secs: crate::network::cni::DEFAULT_PLUGIN_TIMEOUT.as_secs(),
         }
     }
 }

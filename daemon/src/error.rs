@@ -1,4 +1,5 @@
-//! The daemon's error type and its single mapping to gRPC status codes.
+//! The daemon's error type. It wraps the errors of the crates below (`#[from]`); the mapping
+//! to gRPC status codes is the server's alone (`server::grpc_status`).
 
 use std::path::PathBuf;
 
@@ -29,91 +30,26 @@ pub enum DaemonError {
     #[error("{0}")]
     Internal(String),
     #[error(transparent)]
-    Image(#[from] crate::image::ImageError),
+    Image(#[from] crid_image::ImageError),
     #[error(transparent)]
-    Overlay(#[from] crate::image::overlay::OverlayError),
+    Overlay(#[from] crid_image::overlay::OverlayError),
     #[error(transparent)]
-    Cni(#[from] crate::network::cni::CniError),
+    Mount(#[from] crid_mount::MountError),
     #[error(transparent)]
-    Namespace(#[from] crate::sandbox::namespaces::NamespaceError),
+    Cni(#[from] crid_cni::CniError),
+    #[error(transparent)]
+    Namespace(#[from] crate::namespaces::NamespaceError),
     #[error(transparent)]
     Runtime(#[from] crate::oci_runtime::RuntimeError),
     #[error(transparent)]
     Monitor(#[from] crate::monitor_client::MonitorClientError),
     #[error(transparent)]
-    Spec(#[from] crate::container::spec::SpecError),
+    Spec(#[from] crate::spec_error::SpecError),
 }
 
 impl DaemonError {
     /// The message with every cause, as clients see it.
     pub fn chain(&self) -> String {
         crid_common::error_chain::error_chain(self)
-    }
-}
-
-impl From<DaemonError> for tonic::Status {
-    fn from(err: DaemonError) -> Self {
-        let message = err.chain();
-        match err {
-            DaemonError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            DaemonError::NotFound(_) => tonic::Status::not_found(message),
-            DaemonError::AlreadyExists(_) => tonic::Status::already_exists(message),
-            DaemonError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
-            DaemonError::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
-            DaemonError::Unimplemented(_) => tonic::Status::unimplemented(message),
-            DaemonError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
-            DaemonError::Io { .. } | DaemonError::Internal(_) => tonic::Status::internal(message),
-            DaemonError::Namespace(ref ns) if ns.timed_out() => {
-                tonic::Status::deadline_exceeded(message)
-            }
-            DaemonError::Overlay(_) | DaemonError::Namespace(_) => tonic::Status::internal(message),
-            // A plugin's or the runtime's own failure: its message says what went wrong.
-            DaemonError::Cni(crate::network::cni::CniError::NoConfig(_)) => {
-                tonic::Status::failed_precondition(message)
-            }
-            DaemonError::Cni(ref cni) if cni.timed_out() => {
-                tonic::Status::deadline_exceeded(message)
-            }
-            DaemonError::Cni(crate::network::cni::CniError::InvalidValue { .. }) => {
-                tonic::Status::invalid_argument(message)
-            }
-            DaemonError::Cni(_) => tonic::Status::unknown(message),
-            DaemonError::Runtime(crate::oci_runtime::RuntimeError::TimedOut { .. }) => {
-                tonic::Status::deadline_exceeded(message)
-            }
-            DaemonError::Runtime(_) => tonic::Status::unknown(message),
-            DaemonError::Monitor(monitor) => {
-                use crate::monitor_client::MonitorClientError as M;
-                match monitor {
-                    M::CreateFailed { .. } => tonic::Status::unknown(message),
-                    M::CreateTimedOut { .. } => tonic::Status::deadline_exceeded(message),
-                    M::Call { .. } => tonic::Status::unavailable(message),
-                    M::Spawn { .. } | M::BadReport { .. } | M::ExecOutput { .. } => {
-                        tonic::Status::internal(message)
-                    }
-                }
-            }
-            DaemonError::Spec(crate::container::spec::SpecError::Invalid(_)) => {
-                tonic::Status::invalid_argument(message)
-            }
-            DaemonError::Spec(_) => tonic::Status::internal(message),
-            DaemonError::Image(image) => {
-                use crate::image::ImageError as E;
-                match image {
-                    E::InvalidReference { .. } | E::InvalidAuth(_) => {
-                        tonic::Status::invalid_argument(message)
-                    }
-                    E::NotFound(_) => tonic::Status::not_found(message),
-                    E::Unauthorized { .. } => tonic::Status::unauthenticated(message),
-                    E::Blocked { .. } => tonic::Status::permission_denied(message),
-                    E::Unavailable(_) => tonic::Status::unavailable(message),
-                    E::Registries(_) => tonic::Status::failed_precondition(message),
-                    // The image itself is unacceptable: bad digests, hostile layers.
-                    E::Invalid(_) | E::Unpack(_) => tonic::Status::failed_precondition(message),
-                    E::Registry { .. } | E::PullFailed(_) => tonic::Status::unknown(message),
-                    E::LayerIo(_) | E::Store(_) => tonic::Status::internal(message),
-                }
-            }
-        }
     }
 }

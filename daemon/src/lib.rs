@@ -2,23 +2,23 @@
 
 #![deny(unsafe_code)]
 
-pub mod child;
+// Public: what `crid` (main.rs), the end-to-end tests and the fuzz targets use; the rest is
+// the crate's own.
+
 pub mod config;
 pub mod container;
-pub mod error;
-pub mod events;
+pub(crate) mod error;
+pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod idmap;
-pub mod image;
+pub(crate) mod idmap;
 pub mod logging;
 pub mod monitor_client;
-pub mod mount_api;
-pub mod network;
-pub mod oci_runtime;
-pub mod rro;
-pub mod sandbox;
+pub(crate) mod namespaces;
+pub(crate) mod oci_runtime;
+pub(crate) mod sandbox;
 pub mod server;
-pub mod state;
-pub mod status;
-pub mod streaming;
+pub(crate) mod spec_error;
+pub(crate) mod state;
+pub(crate) mod status;
+pub(crate) mod streaming;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::child::{self, ChildError};
+use crid_child::{self as child, ChildError};
 
 /// How long one runtime call may take.
 const RUNTIME_CALL_TIMEOUT: Duration = Duration::from_secs(60);

@@ -122,7 +122,7 @@ pub fn handler_name(config: &Config) -> String {
 pub fn handler_features(config: &Config) -> crid_proto::cri::RuntimeHandlerFeatures {
     let runtime = &config.runtime.runtime_path;
     crid_proto::cri::RuntimeHandlerFeatures {
-        recursive_read_only_mounts: crate::rro::kernel_supports()
+        recursive_read_only_mounts: crid_mount::rro::kernel_supports()
             || crate::container::mounts::runtime_supports_rro(runtime),
         user_namespaces: user_namespaces_supported(config),
     }
@@ -153,7 +153,7 @@ pub fn user_namespaces_supported(config: &Config) -> bool {
 fn probe_idmap(config: &Config) -> Result<(), String> {
     let pinns = crate::config::helper_binary("crid-pinns")
         .ok_or("crid-pinns not found next to crid or in $PATH")?;
-    let store = crate::image::store::StorePaths {
+    let store = crid_image::store::StorePaths {
         root: config.root.clone(),
     };
     let scratch = store

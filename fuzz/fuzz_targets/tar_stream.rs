@@ -1,4 +1,4 @@
-//! A layer's tar stream (daemon/src/image/tarstream.rs): headers, GNU long names and links,
+//! A layer's tar stream (daemon/image/src/tarstream.rs): headers, GNU long names and links,
 //! PAX records, entry data.
 
 #![no_main]

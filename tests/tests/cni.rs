@@ -1,10 +1,10 @@
-//! CNI calls from crid (`crid_daemon::network::cni`) with Debian's plugins into a namespace
+//! CNI calls from crid (`crid_cni`) with Debian's plugins into a namespace
 //! pinned by crid-pinns: ADD assigns an address, DEL releases the lease, DEL again is fine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crid_daemon::network::cni::{ips, Attachment, CniError, NetworkList};
+use crid_cni::{ips, Attachment, CniError, NetworkList};
 use crid_tests::harness::{require, workspace_binary};
 
 fn ip(args: &[&str]) -> String {

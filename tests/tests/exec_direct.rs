@@ -1,4 +1,4 @@
-//! The direct exec (crid entering the container itself, `daemon/src/streaming/enter/`) against
+//! The direct exec (crid entering the container itself, `daemon/enter/`, crid-enter) against
 //! `runc exec`, on the same running containers: the process each starts must be the same in
 //! everything a container can see of itself (ids, groups, capabilities, no_new_privs, seccomp
 //! and its very filter, namespaces, cgroups, LSM label, limits, oom_score_adj, cwd,

@@ -362,17 +362,17 @@ async fn shared_layers_whiteouts_and_opaque_dirs_in_the_merged_overlay() {
     );
 
     // Mount the derived image's rootfs and check it file by file.
-    let record: crid_daemon::image::store::ImageRecord = serde_json::from_slice(
+    let record: crid_image::store::ImageRecord = serde_json::from_slice(
         &std::fs::read(root.join("images").join(format!("{}.json", &id[7..]))).expect("record"),
     )
     .expect("record json");
-    let paths = crid_daemon::image::store::StorePaths { root: root.clone() };
+    let paths = crid_image::store::StorePaths { root: root.clone() };
     let ctr = f.work.path().join("ctr");
     for d in ["upper", "work", "merged"] {
         std::fs::create_dir_all(ctr.join(d)).expect("mkdir");
     }
     let merged = ctr.join("merged");
-    crid_daemon::image::overlay::mount_rootfs(
+    crid_image::overlay::mount_rootfs(
         &paths,
         &record.layers,
         &ctr.join("upper"),
@@ -401,7 +401,7 @@ async fn shared_layers_whiteouts_and_opaque_dirs_in_the_merged_overlay() {
         // Writes land in the container's upper directory only.
         std::fs::write(merged.join("tmp/scratch"), "x").expect("write in container rootfs");
     });
-    crid_daemon::image::overlay::unmount_rootfs(&merged).expect("unmount");
+    crid_image::overlay::unmount_rootfs(&merged).expect("unmount");
     if let Err(panic) = checks {
         std::panic::resume_unwind(panic);
     }

@@ -1,9 +1,9 @@
 //! Container root filesystems from the layer store: many layers still mount (past the
 //! page-size limit of mount options), and unmount cleanly.
 
-use crid_daemon::image::digest::Digest;
-use crid_daemon::image::overlay::{mount_rootfs, unmount_rootfs};
-use crid_daemon::image::store::{LayerMeta, StorePaths};
+use crid_image::digest::Digest;
+use crid_image::overlay::{mount_rootfs, unmount_rootfs};
+use crid_image::store::{LayerMeta, StorePaths};
 
 #[test]
 fn a_hundred_and_twenty_layers_mount_and_stack_in_order() {

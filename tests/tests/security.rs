@@ -744,7 +744,7 @@ async fn pod_sysctls_and_a_target_pid_namespace() {
 fn crid_stages_recursive_read_only_trees_itself() {
     crid_tests::harness::require::root();
     assert!(
-        crid_daemon::rro::kernel_supports(),
+        crid_mount::rro::kernel_supports(),
         "missing: mount_setattr (Linux 5.12) in this kernel"
     );
     let work = tempfile::tempdir().expect("tempdir");
@@ -752,7 +752,7 @@ fn crid_stages_recursive_read_only_trees_itself() {
     let inner = HostMount::tmpfs(&tree.0.join("inner"), "private");
     let container_dir = work.path().join("container");
     std::fs::create_dir(&container_dir).expect("mkdir");
-    let staged = crid_daemon::rro::stage(&container_dir, 0, &tree.0).expect("stage");
+    let staged = crid_mount::rro::stage(&container_dir, 0, &tree.0).expect("stage");
     for path in [staged.join("top"), staged.join("inner/file")] {
         let err = std::fs::write(&path, "x").expect_err("write into a staged tree");
         assert_eq!(
@@ -763,7 +763,7 @@ fn crid_stages_recursive_read_only_trees_itself() {
         );
     }
     std::fs::write(inner.0.join("file"), "host").expect("the host's tree stays writable");
-    crid_daemon::rro::unstage_all(&container_dir).expect("unstage");
+    crid_mount::rro::unstage_all(&container_dir).expect("unstage");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(
         !mounts.contains(&container_dir.display().to_string()),

@@ -4,8 +4,6 @@
 use std::io;
 use std::time::Duration;
 
-use crate::frame::goaway;
-
 /// Everything that can go wrong while framing, compressing headers or driving a connection.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -49,16 +47,6 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The GOAWAY status that tells the peer about this error, if one should be sent.
-    pub(crate) fn goaway_status(&self) -> Option<u32> {
-        match self {
-            Error::Io(_) | Error::Truncated | Error::ConnectionClosed => None,
-            Error::IdleTimeout(_) => Some(goaway::OK),
-            Error::Compress(_) => Some(goaway::INTERNAL_ERROR),
-            _ => Some(goaway::PROTOCOL_ERROR),
-        }
-    }
-
     /// Wraps a stream-level error for `AsyncRead`/`AsyncWrite`.
     pub(crate) fn into_io(self, kind: io::ErrorKind) -> io::Error {
         io::Error::new(kind, self)

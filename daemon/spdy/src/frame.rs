@@ -63,6 +63,19 @@ pub mod goaway {
     pub const INTERNAL_ERROR: u32 = 2;
 }
 
+// Here rather than in error.rs, which then needs nothing of this module.
+impl Error {
+    /// The GOAWAY status that tells the peer about this error, if one should be sent.
+    pub(crate) fn goaway_status(&self) -> Option<u32> {
+        match self {
+            Error::Io(_) | Error::Truncated | Error::ConnectionClosed => None,
+            Error::IdleTimeout(_) => Some(goaway::OK),
+            Error::Compress(_) => Some(goaway::INTERNAL_ERROR),
+            _ => Some(goaway::PROTOCOL_ERROR),
+        }
+    }
+}
+
 /// One SETTINGS entry: `flags(8) id(24) value(32)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Setting {

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use crid_proto::cri;
 
-use super::spec::SpecError;
-use crate::child::{self, ChildError};
+use crate::spec_error::SpecError;
+use crid_child::{self as child, ChildError};
 
 /// The profile RuntimeDefault means when it is loaded.
 pub const DEFAULT_PROFILE: &str = "crid-default";

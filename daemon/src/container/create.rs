@@ -14,12 +14,12 @@ use super::spec::{self, ImageConfig, Namespaces, PidNamespace, PodFiles, SpecInp
 use super::user::{self, UserRequest};
 use crate::config::CgroupManager;
 use crate::error::DaemonError;
-use crate::image::overlay;
 use crate::monitor_client::{self, MonitorSpec};
-use crate::rro;
 use crate::state::container::{Container, ContainerRecord, Phase};
 use crate::state::pod::Pod;
 use crate::state::{new_id, persist, Kind, State};
+use crid_image::overlay;
+use crid_mount::rro;
 
 /// Mode of a container's root directory.
 const ROOT_DIR_MODE: u32 = 0o755;
@@ -226,7 +226,7 @@ fn target_pid_namespace(id: &str, pid: i32) -> Result<HeldPidNamespace, DaemonEr
     if pid <= 0 {
         return Err(gone());
     }
-    let pidfd = crate::streaming::sys::pidfd_open(pid).map_err(|_| gone())?;
+    let pidfd = crid_enter::sys::pidfd_open(pid).map_err(|_| gone())?;
     let ns_path = PathBuf::from(format!("/proc/{pid}/ns/pid"));
     let fd: OwnedFd = std::fs::File::open(&ns_path)
         .map_err(|err| match err.kind() {
@@ -245,7 +245,7 @@ fn target_pid_namespace(id: &str, pid: i32) -> Result<HeldPidNamespace, DaemonEr
         .map_err(|_| gone())?;
     // Signal 0 checks existence only; a zombie still holds its pid, and a process whose
     // pid was reaped (and so perhaps reused) fails with ESRCH.
-    crate::streaming::sys::pidfd_send_signal(pidfd.as_fd(), 0).map_err(|_| gone())?;
+    crid_enter::sys::pidfd_send_signal(pidfd.as_fd(), 0).map_err(|_| gone())?;
     if !in_container_cgroup(&cgroups, id) {
         return Err(DaemonError::FailedPrecondition(format!(
             "process {pid} is no longer the init of target container {id} (its pid was reused)"
@@ -445,7 +445,7 @@ async fn setup(
     state: &State,
     pod: &Pod,
     container: &Container,
-    layers: &[crate::image::digest::Digest],
+    layers: &[crid_image::digest::Digest],
     image: &spec::ImageRuntimeConfig,
 ) -> Result<(), DaemonError> {
     let config = &container.config;
@@ -489,7 +489,7 @@ async fn setup(
     // CVE-2024-21626's class: no working directory under /proc, through the image's
     // symlinks too, whatever the runtime does.
     let image_name = config.image.as_ref().map_or("", |i| i.image.as_str());
-    crate::image::config::check_working_dir(
+    crid_image::config::check_working_dir(
         &record.rootfs,
         &config.working_dir,
         &image.working_dir,

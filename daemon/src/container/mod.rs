@@ -1,18 +1,18 @@
 //! Containers: OCI spec generation, the process user, and the lifecycle through crimon and
 //! the OCI runtime.
 
-pub mod apparmor;
-pub mod cgroup;
-pub mod create;
-pub mod lifecycle;
+pub(crate) mod apparmor;
+pub(crate) mod cgroup;
+pub(crate) mod create;
+pub(crate) mod lifecycle;
 pub mod mounts;
-pub mod resources;
-pub mod running;
-pub mod seccomp;
-pub mod security;
-pub mod spec;
-pub mod user;
-pub mod userns;
+pub(crate) mod resources;
+pub(crate) mod running;
+pub(crate) mod seccomp;
+pub(crate) mod security;
+pub(crate) mod spec;
+pub(crate) mod user;
+pub(crate) mod userns;
 
 use crate::error::DaemonError;
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use super::spec::SpecError;
+use crate::spec_error::SpecError;
 
 /// How a host mount propagates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub fn runtime_supports_rro(runtime: &Path) -> bool {
     static SUPPORTED: OnceLock<bool> = OnceLock::new();
     // `features` prints a few KiB of JSON at once; a runtime that hangs or floods is taken
     // for one without `rro` (and killed).
-    const FEATURES_BOUNDS: crate::child::Bounds = crate::child::Bounds {
+    const FEATURES_BOUNDS: crid_child::Bounds = crid_child::Bounds {
         stdout: 1 << 20,
         stderr: 64 << 10,
         timeout: std::time::Duration::from_secs(10),
@@ -92,7 +92,7 @@ pub fn runtime_supports_rro(runtime: &Path) -> bool {
     *SUPPORTED.get_or_init(|| {
         let mut features = std::process::Command::new(runtime);
         features.arg("features");
-        crate::child::run_blocking(features, None, FEATURES_BOUNDS)
+        crid_child::run_blocking(features, None, FEATURES_BOUNDS)
             .ok()
             .filter(|o| o.status.success())
             .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())

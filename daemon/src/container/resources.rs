@@ -9,7 +9,7 @@ use oci_spec::runtime::{
     LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 
-use super::spec::SpecError;
+use crate::spec_error::SpecError;
 
 /// The capability number of CAP_SYS_RESOURCE.
 const CAP_SYS_RESOURCE: u32 = 24;

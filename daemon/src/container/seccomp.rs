@@ -15,7 +15,7 @@ use crid_proto::cri;
 use oci_spec::runtime::LinuxSeccomp;
 use serde_json::{json, Value};
 
-use super::spec::SpecError;
+use crate::spec_error::SpecError;
 
 /// Largest Localhost profile read.
 const MAX_PROFILE_BYTES: u64 = 1 << 20;

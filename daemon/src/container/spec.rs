@@ -15,24 +15,10 @@ use oci_spec::runtime::{
 use super::{resources, security};
 use crate::state::container::ProcessUser;
 
-/// Why a spec could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum SpecError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("failed to {what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        err: std::io::Error,
-    },
-    #[error("oci spec")]
-    Oci(#[from] oci_spec::OciSpecError),
-}
+pub use crate::spec_error::SpecError;
 
 // The image config, parsed strictly (an image config that does not parse is an error).
-pub use crate::image::config::{ImageConfig, ImageRuntimeConfig};
+pub use crid_image::config::{ImageConfig, ImageRuntimeConfig};
 
 /// The PATH a container gets when neither the image nor the CRI config sets one.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

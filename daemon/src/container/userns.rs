@@ -14,11 +14,11 @@ use super::invalid;
 use super::spec::{self, UserNamespace};
 use crate::error::DaemonError;
 use crate::idmap::{self, IdmappedLayers, PodIdMappings};
-use crate::image::digest::Digest;
-use crate::image::overlay;
 use crate::state::container::{Container, ProcessUser};
 use crate::state::pod::Pod;
 use crate::state::State;
+use crid_image::digest::Digest;
+use crid_image::overlay;
 
 /// Mode of the directories on the way to a user-namespaced container's rootfs: searchable
 /// by every user (container root is one), listable by root only (containerd's state

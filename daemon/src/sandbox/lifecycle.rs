@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use crid_proto::cri;
 
-use super::namespaces::{self, PinRequest};
-use super::{files, network, shm, sysctl};
+use super::{files, network, shm};
 use crate::config::CgroupManager;
 use crate::error::DaemonError;
+use crate::namespaces::{self, PinRequest};
 use crate::state::pod::{namespace_options, Pod, PodRecord};
 use crate::state::{new_id, persist, Kind, State};
+use crid_common::sysctl;
 
 /// Most bytes of the host's resolv.conf copied into a pod without a DNS config.
 const MAX_HOST_RESOLV_BYTES: u64 = 64 * 1024;
@@ -107,7 +108,7 @@ fn plan(
         ("config.metadata.namespace", &meta.namespace),
         ("config.metadata.uid", &meta.uid),
     ] {
-        crate::network::cni::check_arg_value(value)
+        crid_cni::check_arg_value(value)
             .map_err(|why| invalid(format!("{field} {value:?} is invalid: {why}")))?;
     }
     let options = namespace_options(config);
@@ -307,7 +308,7 @@ async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError>
             DaemonError::Internal(format!("pod {}: no network namespace", pod.id))
         })?;
         let result = network::attach(&state.config.network, &pod.id, &netns, &pod.config).await?;
-        ips = crate::network::cni::ips(&result);
+        ips = crid_cni::ips(&result);
         let kept = ips.clone();
         pod.update(|r| {
             r.cni_result = Some(result);
@@ -375,7 +376,7 @@ pub async fn teardown(state: &State, pod: &Pod) -> Result<(), DaemonError> {
         match detached {
             Ok(()) => {}
             // No configuration, and no ADD ever ran with one: nothing was attached.
-            Err(crate::network::cni::CniError::NoConfig(_)) if record.cni_result.is_none() => {}
+            Err(crid_cni::CniError::NoConfig(_)) if record.cni_result.is_none() => {}
             Err(err) => return Err(err.into()),
         }
         pod.update(|r| {

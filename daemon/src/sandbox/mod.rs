@@ -1,9 +1,8 @@
-//! Pod sandboxes: namespaces pinned by crid-pinns (no infra container), CNI networking, the
-//! pod's /dev/shm and files, and the sysctl rules.
+//! Pod sandboxes: namespaces pinned by crid-pinns (no infra container; the client is
+//! `crate::namespaces`), CNI networking, the pod's /dev/shm and files (the sysctl rules are
+//! `crid_common::sysctl`).
 
 pub mod files;
 pub mod lifecycle;
-pub mod namespaces;
 pub mod network;
 pub mod shm;
-pub mod sysctl;

@@ -8,7 +8,7 @@ use crid_proto::cri;
 use serde_json::{json, Value};
 
 use crate::config::NetworkConfig;
-use crate::network::cni::{Attachment, CniError, NetworkList};
+use crid_cni::{Attachment, CniError, NetworkList};
 
 /// DEL attempts before StopPodSandbox gives up (kubelet calls it again).
 const DEL_ATTEMPTS: u32 = 3;

@@ -8,9 +8,9 @@ use crid_proto::cri::{self, image_service_server::ImageService};
 use tonic::{Request, Response, Status};
 
 use crate::error::DaemonError;
-use crate::image::store::ImageRecord;
-use crate::image::{self, ImageStore};
 use crate::state::State;
+use crid_image::store::ImageRecord;
+use crid_image::{self as image, ImageStore};
 
 /// The image service.
 pub struct Images {

@@ -3,6 +3,7 @@
 mod authority;
 mod cri_views;
 mod events;
+mod grpc_status;
 mod image_service;
 mod listener;
 mod monitors;
@@ -36,7 +37,7 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let lock = listener::lock(&config.listen)?;
     // Ready (leftovers of interrupted pulls cleaned) before the socket accepts a call.
-    let store = crate::image::ImageStore::open(config.root.clone(), config.image.clone())
+    let store = crid_image::ImageStore::open(config.root.clone(), config.image.clone())
         .map_err(ServeError::ImageStore)?;
     let store = Arc::new(store);
     let state = Arc::new(
@@ -110,7 +111,7 @@ pub enum ServeError {
     #[error(transparent)]
     Listen(#[from] ListenError),
     #[error("cannot open the image store")]
-    ImageStore(#[source] crate::image::ImageError),
+    ImageStore(#[source] crid_image::ImageError),
     #[error("cannot load pod and container records")]
     State(#[source] crate::error::DaemonError),
     #[error("cannot watch the exit record directory")]

@@ -46,10 +46,10 @@ async fn watched_pidfd(
     let init = container.record().pid;
     if init > 0 {
         if let Some(parent) = parent_of(init).filter(|p| *p > 1) {
-            if let Ok(pidfd) = crate::streaming::sys::pidfd_open(parent) {
+            if let Ok(pidfd) = crid_enter::sys::pidfd_open(parent) {
                 // Still its parent once the pidfd is open: the pid named the monitor.
                 if parent_of(init) == Some(parent) {
-                    return crate::streaming::sys::async_fd(pidfd).ok();
+                    return crid_enter::sys::async_fd(pidfd).ok();
                 }
             }
         }
@@ -59,13 +59,13 @@ async fn watched_pidfd(
         .await
         .ok()?;
     let pid = conn.state().await.ok()?.monitor_pid;
-    let pidfd = crate::streaming::sys::pidfd_open(pid).ok()?;
+    let pidfd = crid_enter::sys::pidfd_open(pid).ok()?;
     // Still the same monitor after the pidfd was taken: the pid was not reused meanwhile.
     if conn.state().await.ok()?.monitor_pid != pid {
         return None;
     }
     drop(conn);
-    crate::streaming::sys::async_fd(pidfd).ok()
+    crid_enter::sys::async_fd(pidfd).ok()
 }
 
 /// The monitor is gone: unless it recorded the exit first, the container is lost.

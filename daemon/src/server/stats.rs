@@ -211,7 +211,7 @@ fn network(pid: i32, now: i64) -> Option<cri::NetworkUsage> {
     }
     let default_interface = interfaces
         .iter()
-        .find(|i| i.name == crate::network::cni::POD_INTERFACE)
+        .find(|i| i.name == crid_cni::POD_INTERFACE)
         .cloned();
     Some(cri::NetworkUsage {
         timestamp: now,

@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-pub use container::{Container, ContainerRecord, Finished};
-pub use pod::{Pod, PodRecord};
+pub use container::Container;
+pub use pod::Pod;
 
 use crate::config::Config;
 use crate::error::DaemonError;
-use crate::image::ImageStore;
+use crid_image::ImageStore;
 
 /// Where records and runtime files live.
 #[derive(Debug, Clone)]

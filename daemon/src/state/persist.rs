@@ -46,8 +46,8 @@ pub fn subdirectories(dir: &Path) -> Vec<PathBuf> {
 
 /// Writes `bytes` to `path` atomically and durably.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
-    crate::image::store::write_atomically(path, bytes).map_err(|err| match err {
-        crate::image::store::StoreError::Io { what, path, err } => {
+    crid_image::store::write_atomically(path, bytes).map_err(|err| match err {
+        crid_image::store::StoreError::Io { what, path, err } => {
             DaemonError::Io { what, path, err }
         }
     })
@@ -94,12 +94,6 @@ fn read(path: &Path) -> Result<Vec<u8>, DaemonError> {
         .and_then(|f| f.take(MAX_RECORD_BYTES).read_to_end(&mut bytes))
         .map_err(io("read", path))?;
     Ok(bytes)
-}
-
-pub fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), DaemonError> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| DaemonError::Internal(format!("encode {}: {e}", path.display())))?;
-    write(path, &bytes)
 }
 
 pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, DaemonError> {

@@ -8,24 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use super::persist;
 use crate::error::DaemonError;
+pub use crate::namespaces::PodNamespaces;
 
 const RECORD_FILE: &str = "pod.json";
 const CONFIG_FILE: &str = "config.pb";
-
-/// The namespaces of a pod that crid pinned (absent: shared with the host, or per container).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct PodNamespaces {
-    pub net: Option<PathBuf>,
-    pub ipc: Option<PathBuf>,
-    pub uts: Option<PathBuf>,
-    pub pid: Option<PathBuf>,
-    /// The process holding the pod's PID namespace, with its start time (in clock ticks since
-    /// boot, from /proc/<pid>/stat) so that a reused pid is never killed.
-    pub pid_holder: Option<(i32, u64)>,
-    /// The pod's own user namespace (mode POD), which owns the others.
-    #[serde(default)]
-    pub user: Option<PathBuf>,
-}
 
 /// What crid keeps about a pod.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -10,13 +10,13 @@ use crate::error::DaemonError;
 /// Unmounts a trashed container's rootfs and staged mounts (recursive read-only, id-mapped),
 /// and removes its directory.
 pub fn empty_one(dir: &Path) -> Result<(), DaemonError> {
-    crate::image::overlay::unmount_rootfs(&dir.join("rootfs"))?;
-    crate::rro::unstage_all(dir).map_err(|err| DaemonError::Io {
+    crid_image::overlay::unmount_rootfs(&dir.join("rootfs"))?;
+    crid_mount::rro::unstage_all(dir).map_err(|err| DaemonError::Io {
         what: "unmount the staged recursive read-only mounts of",
         path: dir.to_owned(),
         err,
     })?;
-    crate::idmap::unstage_all(dir).map_err(|err| DaemonError::Io {
+    crid_mount::idmap::unstage_all(dir).map_err(|err| DaemonError::Io {
         what: "unmount the id-mapped mounts of",
         path: dir.to_owned(),
         err,

@@ -75,7 +75,7 @@ fn connect(path: &std::path::Path) -> io::Result<AsyncFd<OwnedFd>> {
     let addr = UnixAddr::new(path)?;
     // A local SEQPACKET connect completes at once (or fails): no EINPROGRESS to wait on.
     socket::connect(fd.as_raw_fd(), &addr)?;
-    super::sys::async_fd(fd)
+    crid_enter::sys::async_fd(fd)
 }
 
 /// Attaches the client's streams to container `id` until the container exits (the monitor

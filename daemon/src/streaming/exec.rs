@@ -3,7 +3,7 @@
 //!
 //! The process gets the container's security context exactly as `runc exec` (and so ExecSync)
 //! gives it: user, groups, capabilities, no_new_privs, seccomp, AppArmor label, cgroups,
-//! namespaces, environment. By default crid enters the container itself ([`super::enter`],
+//! namespaces, environment. By default crid enters the container itself ([`crid_enter`],
 //! `[streaming] exec_direct`), copying what runc would apply; where that module declines (a
 //! setting it does not reproduce, a missing command, anything failing before the exec) the
 //! session runs `<runtime> exec` instead, whose messages and exit codes the client then sees.
@@ -23,74 +23,20 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::enter::{self, EnterError};
-use super::{pty, sys, BoxRead, BoxWrite, Io};
+use super::drain::{drain, OutputActivity};
+use super::{pty, BoxRead, BoxWrite, Io};
 use crate::container::lifecycle::runtime;
 use crate::error::DaemonError;
 use crate::state::container::{Container, Phase};
 use crate::state::State;
+use crid_enter::sys;
+use crid_enter::{self as enter, EnterError};
 
 /// Most arguments, and most bytes across them, an exec may carry (as ExecSync).
 const MAX_ARGS: usize = 4096;
 const MAX_ARGS_BYTES: usize = 1 << 20;
 /// How long the runtime has to report the exec'd process (its pid file).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// After the process exited, its output is still copied while it flows; the session ends at
-/// end of file, once nothing came for this long (a background child that inherited the pipes
-/// must not hold the session open), or at [`DRAIN_LIMIT`] after the exit.
-const DRAIN_IDLE: Duration = Duration::from_millis(500);
-const DRAIN_LIMIT: Duration = Duration::from_secs(5);
-
-/// When output last arrived, for the drain after the exit.
-pub(super) struct OutputActivity {
-    start: tokio::time::Instant,
-    /// Milliseconds after `start`.
-    last: std::sync::atomic::AtomicU64,
-}
-
-impl OutputActivity {
-    pub(super) fn new() -> Arc<Self> {
-        Arc::new(OutputActivity {
-            start: tokio::time::Instant::now(),
-            last: Default::default(),
-        })
-    }
-
-    /// Notes that output arrived now.
-    pub(super) fn touch(&self) {
-        let elapsed = self.start.elapsed().as_millis() as u64;
-        self.last
-            .store(elapsed, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn last(&self) -> tokio::time::Instant {
-        let ms = self.last.load(std::sync::atomic::Ordering::Relaxed);
-        self.start + Duration::from_millis(ms)
-    }
-}
-
-/// Lets `outputs` finish after the process exited, within the bounds of [`DRAIN_IDLE`] and
-/// [`DRAIN_LIMIT`].
-pub(super) async fn drain(
-    mut outputs: std::pin::Pin<&mut impl Future<Output = ()>>,
-    activity: &OutputActivity,
-) {
-    let limit = tokio::time::Instant::now() + DRAIN_LIMIT;
-    activity.touch();
-    loop {
-        let deadline = (activity.last() + DRAIN_IDLE).min(limit);
-        tokio::select! {
-            () = &mut outputs => return,
-            () = tokio::time::sleep_until(deadline) => {
-                let now = tokio::time::Instant::now();
-                if now >= limit || now >= activity.last() + DRAIN_IDLE {
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// Copies `from` to `to` until end of file (or an error), noting each chunk in `activity`;
 /// then shuts `to` down. Without `to` (the client did not ask for the stream) the output is
 /// read and dropped, as `runc exec` relays it to its /dev/null.

@@ -3,7 +3,7 @@
 //! WebSocket) that carries the client's streams.
 
 pub mod attach;
-pub mod enter;
+mod drain;
 pub mod exec;
 pub mod port_forward;
 mod pty;
@@ -11,7 +11,6 @@ mod resize;
 pub mod server;
 mod spdy;
 mod status;
-pub(crate) mod sys;
 mod tls;
 mod tokens;
 pub mod websocket;

@@ -11,8 +11,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::mpsc;
 
-use super::{sys, BoxRead, BoxWrite, TermSize};
+use super::{BoxRead, BoxWrite, TermSize};
 use crate::error::DaemonError;
+use crid_enter::sys;
 
 /// One side of a shared non-blocking pty master.
 #[derive(Clone)]
@@ -77,7 +78,7 @@ async fn copy_output(
     mut from: Master,
     to: &mut BoxWrite,
     onlcr: bool,
-    activity: &super::exec::OutputActivity,
+    activity: &super::drain::OutputActivity,
 ) {
     let mut buf = vec![0u8; 32 * 1024];
     let mut expanded = Vec::new();
@@ -149,7 +150,7 @@ pub async fn run_session(
         std::future::pending::<()>().await
     };
     let reader = master;
-    let activity = super::exec::OutputActivity::new();
+    let activity = super::drain::OutputActivity::new();
     let noted = activity.clone();
     let output = async move {
         if let Some(mut to) = stdout {
@@ -167,7 +168,7 @@ pub async fn run_session(
         }
     };
     if !output_done {
-        super::exec::drain(output, &activity).await;
+        super::drain::drain(output, &activity).await;
     }
     Ok(code)
 }

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use nix::fcntl::OFlag;
 use nix::sys::termios::{self, OutputFlags, SetArg};
 
-use super::EnterError;
+use crate::EnterError;
 
 /// The multiplexer's device number (5, 2), in every devpts instance.
 const PTMX_MAJOR: u64 = 5;

@@ -135,7 +135,7 @@ fn map_text(mappings: &[Mapping]) -> String {
 /// `/proc/sys/…` for a sysctl key; keys hold only `[A-Za-z0-9_.-]` segments (no `..`, no `/`),
 /// values no newline (CVE-2022-0811 came from an unchecked value).
 fn sysctl_path(key: &str, value: &str) -> Result<PathBuf, String> {
-    if !crid_daemon::sandbox::sysctl::well_formed_key(key) {
+    if !crid_common::sysctl::well_formed_key(key) {
         return Err(format!("invalid sysctl key {key:?}"));
     }
     if value.contains(['\n', '\0', '+', '=']) {
@@ -496,16 +496,16 @@ fn probe_idmap(scratch: &Path) -> Result<(), String> {
             .map_err(|e| format!("open {userns_path}: {e}"))?
             .into();
         let layers =
-            crid_daemon::idmap::IdmappedLayers::stage(scratch, &[sub("lower")], userns.as_fd())
+            crid_mount::idmap::IdmappedLayers::stage(scratch, &[sub("lower")], userns.as_fd())
                 .map_err(|e| format!("id-map {}: {e}", sub("lower").display()))?;
-        crid_daemon::image::overlay::mount_overlay(
+        crid_mount::overlay::mount_overlay(
             &layers.paths,
             &sub("upper"),
             &sub("work"),
             &sub("merged"),
         )
         .map_err(|e| crid_common::error_chain::error_chain(&e))?;
-        let unmounted = crid_daemon::image::overlay::unmount_rootfs(&sub("merged"))
+        let unmounted = crid_mount::overlay::unmount_rootfs(&sub("merged"))
             .map_err(|e| crid_common::error_chain::error_chain(&e));
         layers
             .release()
@@ -516,7 +516,7 @@ fn probe_idmap(scratch: &Path) -> Result<(), String> {
     // SAFETY: kill takes plain integers; `child` is our unreaped child.
     unsafe { libc::kill(child, libc::SIGKILL) };
     reap(child);
-    let _ = crid_daemon::idmap::unstage_all(scratch);
+    let _ = crid_mount::idmap::unstage_all(scratch);
     result
 }
 

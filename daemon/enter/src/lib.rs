@@ -23,10 +23,17 @@
 //! module does not reproduce, a rootless or user-namespaced container, another runtime's state
 //! layout, a refused ptrace, and any failure of the new process before its `execve` (such as a
 //! missing command: runc then reports it with its own message and exit code).
+//!
+//! [`sys`] holds the other process and terminal calls nix does not wrap (pidfds, window
+//! sizes, a controlling terminal), for this crate and for the daemon's exec, attach,
+//! container start and monitor watch.
+
+#![deny(unsafe_code)]
 
 mod child;
 mod filter;
 mod spec;
+pub mod sys;
 mod terminal;
 
 use std::collections::HashMap;
@@ -46,7 +53,6 @@ use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use self::child::Plan;
 pub use self::child::Step;
 use self::spec::{ProcessSpec, RuncState};
-use super::sys;
 
 /// Most bytes read of runc's state.json, the bundle's config.json, /etc/passwd or /etc/group.
 const MAX_FILE_BYTES: u64 = 16 << 20;

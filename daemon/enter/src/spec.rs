@@ -6,7 +6,7 @@
 //! container's /etc/passwd and /etc/group) and the `PATH` lookup (`exec.LookPath`).
 //!
 //! Anything this module does not reproduce (a user namespace, an SELinux label, rlimits, a
-//! seccomp listener, a spec field it does not know) is [`Unsupported`](super::EnterError):
+//! seccomp listener, a spec field it does not know) is [`Unsupported`](crate::EnterError):
 //! the caller runs `runc exec` instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::EnterError;
-use crate::container::security::ALL_CAPABILITIES;
+use crate::EnterError;
+use crid_common::capabilities::ALL_CAPABILITIES;
 
 /// Longest line Go's `bufio.Scanner` reads (its 64 KiB buffer, newline included): runc fails
 /// on a longer line of /etc/passwd or /etc/group, so the direct path leaves such files to it.

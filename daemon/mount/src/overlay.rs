@@ -1,9 +1,9 @@
-//! A container's root filesystem: an overlay of its image's layers (read-only, shared) and a
-//! private upper and work directory.
+//! Overlay root filesystems: mount an overlay of lower directories with a private upper and
+//! work directory, and take it off.
 //!
-//! Lower directories are named by their short links (`layers/l/<26 chars>`), which keeps the
-//! mount options of many-layer images under the kernel's page-size limit; past it, the layers
-//! are passed one by one through the new mount API (`fsconfig` `lowerdir+`, Linux 6.8).
+//! The lower directories are passed in the mount options while they fit the kernel's
+//! page-size limit; past it, one by one through the new mount API (`fsconfig` `lowerdir+`,
+//! Linux 6.8).
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -11,50 +11,11 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use super::digest::Digest;
-use super::fsops;
-use super::store::StorePaths;
+use crate::mount_api::c_path;
+use crate::MountError;
 
 /// Longest option string passed to mount(2) (the kernel copies one page).
 const MAX_MOUNT_OPTIONS: usize = 4095;
-
-/// Errors mounting or unmounting a root filesystem.
-#[derive(Debug, thiserror::Error)]
-pub enum OverlayError {
-    #[error("layer {0} is not in the store")]
-    MissingLayer(Digest),
-    #[error("failed to {what} {path}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        err: io::Error,
-    },
-}
-
-/// Mounts the overlay of `layers` (base first) with `upper`/`work` at `target`.
-pub fn mount_rootfs(
-    paths: &StorePaths,
-    layers: &[Digest],
-    upper: &Path,
-    work: &Path,
-    target: &Path,
-) -> Result<(), OverlayError> {
-    mount_overlay(&lower_dirs(paths, layers)?, upper, work, target)
-}
-
-/// The lower directories of an overlay of `layers` (base first): topmost first, as overlayfs
-/// takes them.
-pub fn lower_dirs(paths: &StorePaths, layers: &[Digest]) -> Result<Vec<PathBuf>, OverlayError> {
-    let mut lowers = Vec::with_capacity(layers.len());
-    for chain in layers.iter().rev() {
-        if !paths.has_layer(chain) {
-            return Err(OverlayError::MissingLayer(chain.clone()));
-        }
-        lowers.push(paths.layers().join(paths.short_link(chain)));
-    }
-    Ok(lowers)
-}
 
 /// Mounts the overlay of `lowers` (topmost first) with `upper`/`work` at `target`.
 pub fn mount_overlay(
@@ -62,10 +23,10 @@ pub fn mount_overlay(
     upper: &Path,
     work: &Path,
     target: &Path,
-) -> Result<(), OverlayError> {
+) -> Result<(), MountError> {
     let fail = |what, path: &Path| {
         let path = path.to_owned();
-        move |err| OverlayError::Io { what, path, err }
+        move |err| MountError::Io { what, path, err }
     };
     let lowerdir: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
     let options = format!(
@@ -76,7 +37,7 @@ pub fn mount_overlay(
     );
     if options.len() <= MAX_MOUNT_OPTIONS {
         let (source, fstype) = (c"overlay", c"overlay");
-        let target_c = fsops::c(target).map_err(fail("mount overlay on", target))?;
+        let target_c = c_path(target).map_err(fail("mount overlay on", target))?;
         let data = CString::new(options)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
             .map_err(fail("mount overlay on", target))?;
@@ -108,7 +69,7 @@ fn syscall_fd(ret: libc::c_long) -> io::Result<OwnedFd> {
 }
 
 fn fsconfig_string(fs: &OwnedFd, key: &std::ffi::CStr, value: &Path) -> io::Result<()> {
-    let value = fsops::c(value)?;
+    let value = c_path(value)?;
     // SAFETY: key and value are NUL-terminated; FSCONFIG_SET_STRING takes aux = 0.
     let rc = unsafe {
         libc::syscall(
@@ -169,7 +130,7 @@ fn mount_with_fsconfig(
             0,
         )
     })?;
-    let target_c = fsops::c(target)?;
+    let target_c = c_path(target)?;
     // SAFETY: moves the detached mount (AT_EMPTY_PATH on mnt) onto the NUL-terminated target.
     let rc = unsafe {
         libc::syscall(
@@ -188,8 +149,8 @@ fn mount_with_fsconfig(
 }
 
 /// Unmounts a root filesystem; an unmounted target is fine.
-pub fn unmount_rootfs(target: &Path) -> Result<(), OverlayError> {
-    let target_c = fsops::c(target).map_err(|err| OverlayError::Io {
+pub fn unmount_rootfs(target: &Path) -> Result<(), MountError> {
+    let target_c = c_path(target).map_err(|err| MountError::Io {
         what: "unmount",
         path: target.to_owned(),
         err,
@@ -199,7 +160,7 @@ pub fn unmount_rootfs(target: &Path) -> Result<(), OverlayError> {
     if rc != 0 {
         let err = io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EINVAL) && err.raw_os_error() != Some(libc::ENOENT) {
-            return Err(OverlayError::Io {
+            return Err(MountError::Io {
                 what: "unmount",
                 path: target.to_owned(),
                 err,

@@ -160,7 +160,9 @@ impl Registries {
         Ok(out)
     }
 
-    /// Whether `host` is configured insecure (plain HTTP allowed) anywhere.
+    /// Whether `host` is configured insecure (plain HTTP allowed) anywhere (the tests' view of
+    /// the parsed file; pulls ask [`Registries`] per endpoint).
+    #[cfg(test)]
     pub fn insecure_hosts(&self) -> Vec<String> {
         let mut hosts = Vec::new();
         for e in &self.entries {
@@ -179,6 +181,7 @@ impl Registries {
     }
 }
 
+#[cfg(test)]
 fn host_of(location: &str) -> String {
     location.split('/').next().unwrap_or_default().to_owned()
 }

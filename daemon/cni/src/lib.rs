@@ -6,15 +6,18 @@
 //!
 //! Plugins are programs crid runs as root, with values from the pod's metadata in their
 //! environment: every value is checked before a plugin runs (a `;` or `=` in a CNI_ARGS value
-//! would add a key of its own), and every call runs through [`crate::child`]: output read
+//! would add a key of its own), and every call runs through `crid_child`: output read
 //! concurrently and bounded, a deadline, the plugin's process group killed past it.
+
+#![deny(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::child::{self, ChildError};
+use crid_child::{self as child, ChildError};
 
 /// Most bytes of a configuration file.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -463,6 +466,36 @@ pub fn ips(result: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// CNI networking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Directory of CNI network configurations (.conf, .conflist, .json).
+    pub cni_config_dir: PathBuf,
+    /// Directories searched for CNI plugin binaries.
+    pub cni_plugin_dirs: Vec<PathBuf>,
+    /// Seconds one CNI ADD or DEL (every plugin of the list) may take; past it the plugin is
+    /// killed with its process group and the call fails with DeadlineExceeded.
+    pub plugin_timeout_secs: u64,
+}
+
+impl NetworkConfig {
+    /// [`NetworkConfig::plugin_timeout_secs`] as a duration.
+    pub fn plugin_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.plugin_timeout_secs)
+    }
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            cni_config_dir: "/etc/cni/net.d".into(),
+            cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            plugin_timeout_secs: DEFAULT_PLUGIN_TIMEOUT.as_secs(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -471,7 +504,7 @@ mod tests {
 
     /// A network list of one fake plugin `name` (a shell script with `body`) in `dir`.
     fn fake(dir: &Path, name: &str, body: &str) -> NetworkList {
-        crate::child::test_script(dir, name, body);
+        child::test_script(dir, name, body);
         NetworkList {
             path: dir.join("fake.conflist"),
             name: "fake-net".into(),

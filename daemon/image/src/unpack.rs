@@ -5,7 +5,7 @@
 //! root), hard links must point at files of the same layer, and the unpacked size and entry
 //! count are bounded (a decompression bomb stops with an error; data of members that are not
 //! files and metadata headers count too). The tar is read by crid's own reader
-//! ([`super::tarstream`]), which bounds PAX headers and GNU long names before buffering them.
+//! (`tarstream`), which bounds PAX headers and GNU long names before buffering them.
 //! OCI whiteouts become overlay whiteouts: `.wh.<name>` a 0:0 character device, `.wh..wh..opq`
 //! the `trusted.overlay.opaque` xattr on its directory; a whiteout of `.`, `..` or nothing is
 //! refused. Owners (within `0..=u32::MAX - 1`, else refused), modes (setuid too), mtimes,

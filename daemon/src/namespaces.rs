@@ -1,13 +1,15 @@
 //! A pod's pinned namespaces: made by `crid-pinns` (a separate, single-threaded program,
-//! because unshare cannot happen in crid's threaded runtime), undone here.
+//! because unshare cannot happen in crid's threaded runtime), undone here. The crid-pinns
+//! client, as `oci_runtime` is runc's: below `state` (which records [`PodNamespaces`]) and
+//! `error` (which wraps [`NamespaceError`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::mount::MntFlags;
+use serde::{Deserialize, Serialize};
 
-use crate::child::{self, ChildError};
-use crate::state::pod::PodNamespaces;
+use crid_child::{self as child, ChildError};
 
 /// Bounds of a crid-pinns run: it prints one short JSON line and, on failure, one message;
 /// it unshares and bind-mounts a few files, which takes milliseconds. More output, or longer
@@ -47,6 +49,21 @@ impl NamespaceError {
     pub fn timed_out(&self) -> bool {
         matches!(self, NamespaceError::Run { err, .. } if err.timed_out())
     }
+}
+
+/// The namespaces of a pod that crid pinned (absent: shared with the host, or per container).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PodNamespaces {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub pid: Option<PathBuf>,
+    /// The process holding the pod's PID namespace, with its start time (in clock ticks since
+    /// boot, from /proc/<pid>/stat) so that a reused pid is never killed.
+    pub pid_holder: Option<(i32, u64)>,
+    /// The pod's own user namespace (mode POD), which owns the others.
+    #[serde(default)]
+    pub user: Option<PathBuf>,
 }
 
 /// Which namespaces a pod gets, and what is set inside them.

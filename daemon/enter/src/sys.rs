@@ -1,5 +1,6 @@
-//! The few system calls streaming needs that `nix` does not wrap: a terminal's window size,
-//! and pidfds (a process handle that can never name a reused pid).
+//! The few system calls that `nix` does not wrap, for streaming, container start and the
+//! monitor watch: a terminal's window size, and pidfds (a process handle that can never name
+//! a reused pid).
 #![allow(unsafe_code)]
 
 use std::io;

@@ -16,7 +16,7 @@ use nix::sys::ptrace;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::EnterError;
+use crate::EnterError;
 
 /// `PTRACE_SECCOMP_GET_FILTER` (linux/ptrace.h; not in the libc crate).
 const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;

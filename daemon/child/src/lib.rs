@@ -16,6 +16,8 @@
 //! Nothing runs between fork and exec but what the standard library does itself (the process
 //! group is set through `posix_spawn` attributes, not a `pre_exec` hook).
 
+#![deny(unsafe_code)]
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -266,8 +268,8 @@ pub fn run_blocking(
 /// name and installed by a separate program: a test thread forking while this process holds
 /// the file open for writing would hand that descriptor to its child until exec, and running
 /// the script meanwhile fails with ETXTBSY.
-#[cfg(test)]
-pub(crate) fn test_script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
+#[cfg(any(test, feature = "test-util"))]
+pub fn test_script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
     let source = dir.join(format!("{name}.source"));
     let path = dir.join(name);
     std::fs::write(&source, format!("#!/bin/sh\n{body}\n")).expect("write script");

@@ -1,18 +1,23 @@
 //! Images: registry pulls into a content-addressed store of unpacked layers shared between
 //! images (see `store` for the layout), and the lookups the ImageService and containers need.
 
+#![deny(unsafe_code)]
+
 pub mod auth;
 pub mod config;
 pub mod digest;
 mod fsops;
-pub mod manifest;
+#[doc(hidden)]
+pub mod fuzzing;
+mod manifest;
 pub mod overlay;
-pub mod pull;
-pub mod reference;
-pub mod registries;
+mod pull;
+mod reference;
+mod registries;
+pub mod settings;
 pub mod store;
 pub(crate) mod tarstream;
-pub mod unpack;
+mod unpack;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -21,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use digest::Digest;
 use store::{ImageRecord, StoreError, StorePaths};
 
-use crate::config::ImageConfig;
+use crate::settings::ImageConfig;
 
 /// Errors of the image service.
 #[derive(Debug, thiserror::Error)]

@@ -1,3 +1,0 @@
-//! Pod networking.
-
-pub mod cni;
