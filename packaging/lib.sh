@@ -5,7 +5,7 @@
 need_cargo() {
     local caller=${1:-packaging}
     if ! command -v cargo >/dev/null 2>&1; then
-        for dir in "$HOME/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do
+        for dir in "${HOME:-/root}/.cargo/bin" /root/.cargo/bin /usr/local/cargo/bin; do
             if [ -x "$dir/cargo" ]; then
                 export PATH="$dir:$PATH"
                 break

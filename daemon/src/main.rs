@@ -84,27 +84,6 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// Opens /dev/null onto each of fds 0–2 that crid was started without: every fd crid opens
-/// later is then 3 or above, so no child's standard-stream set-up (a dup2 onto 0–2) can
-/// overwrite one it still needs.
-fn ensure_standard_fds() -> anyhow::Result<()> {
-    use std::os::fd::IntoRawFd;
-    for fd in 0..3 {
-        if std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_err() {
-            // Not close-on-exec: a standard stream, as children would have inherited it.
-            let null = nix::fcntl::open(
-                "/dev/null",
-                nix::fcntl::OFlag::O_RDWR,
-                nix::sys::stat::Mode::empty(),
-            )
-            .context("cannot open /dev/null for a closed standard stream")?;
-            // The lowest free number: `fd` itself. Kept open for crid's lifetime.
-            let _ = null.into_raw_fd();
-        }
-    }
-    Ok(())
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -118,7 +97,9 @@ fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
-    ensure_standard_fds()?;
+    // Fds 0-2 are open here, /dev/null where crid was started without them: Rust's start-up
+    // code sees to it on Linux. Every fd crid opens is then 3 or above, which the direct
+    // exec's child relies on (the fds it uses after moving stdio onto 0-2).
     let config = load_config(&cli)?;
     crid_daemon::logging::init(&config.log_level).map_err(anyhow::Error::msg)?;
     // Files crid creates are private unless made otherwise on purpose.

@@ -117,16 +117,52 @@ fn read_traced(pid: Pid, inherited: usize) -> Result<Program, EnterError> {
     program
 }
 
+/// Inits whose filter a reader thread is reading.
+struct InFlight(std::sync::Mutex<std::collections::HashSet<i32>>);
+
+impl InFlight {
+    /// Notes `pid`; false when it already was.
+    fn insert(&self, pid: i32) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(pid)
+    }
+
+    fn remove(&self, pid: i32) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid);
+    }
+}
+
+fn in_flight() -> &'static InFlight {
+    static READERS: std::sync::OnceLock<InFlight> = std::sync::OnceLock::new();
+    READERS.get_or_init(|| InFlight(Default::default()))
+}
+
 /// The seccomp filter runc installed in the init `pid` (crid itself runs under `inherited`
 /// filters, which the init inherited too); waits at most `limit` for the init to stop.
 pub fn runc_filter(pid: i32, inherited: usize, limit: Duration) -> Result<Program, EnterError> {
+    // A reader that timed out may still be attached to the init: a second one would fail to
+    // seize it (EPERM) and have the init refused for good. Until the first one ends, the
+    // answer is "not now".
+    if !in_flight().insert(pid) {
+        return Err(EnterError::Stalled(format!(
+            "the seccomp filter of init {pid} is still being read"
+        )));
+    }
     let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("crid-seccomp".into())
         .spawn(move || {
             let _ = sender.send(read_traced(Pid::from_raw(pid), inherited));
-        })
-        .map_err(|e| EnterError::Stalled(format!("no thread to read the filter: {e}")))?;
+            in_flight().remove(pid);
+        });
+    if let Err(e) = spawned {
+        in_flight().remove(pid);
+        return Err(EnterError::Stalled(format!(
+            "no thread to read the filter: {e}"
+        )));
+    }
     receiver.recv_timeout(limit).map_err(|_| {
         EnterError::Stalled(format!(
             "init {pid} did not stop within {limit:?} for its seccomp filter to be read"

@@ -65,6 +65,21 @@ const REPORT_LIMIT: Duration = Duration::from_secs(30);
 /// `DEVPTS_SUPER_MAGIC` and `PROC_SUPER_MAGIC` (linux/magic.h).
 const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+/// File systems whose files the kernel makes (linux/magic.h): procfs, sysfs, debugfs,
+/// securityfs, cgroup, cgroup2, tracefs, bpffs, configfs, pstore, efivarfs.
+const KERNEL_FILE_SYSTEMS: [i64; 11] = [
+    PROC_SUPER_MAGIC,
+    0x6265_6572,
+    0x6462_6720,
+    0x7363_6673,
+    0x0027_e0eb,
+    0x6367_7270,
+    0x7472_6163,
+    0xcafe_4a11,
+    0x6265_6570,
+    0x6165_676c,
+    0xde5e_81e4,
+];
 /// CAP_SYS_PTRACE's bit.
 const CAP_SYS_PTRACE: u32 = 19;
 /// Containers whose set-up is kept; past this, entries of ended inits are dropped.
@@ -141,6 +156,8 @@ pub struct Request<'a> {
     pub bundle: &'a Path,
     pub cmd: &'a [String],
     pub stdio: Stdio,
+    /// The monitor binary (crimon), whose process is the init's parent.
+    pub monitor: &'a Path,
 }
 
 /// A started process.
@@ -210,26 +227,35 @@ fn start_time(pid: i32) -> Option<u64> {
 
 /// Whether the namespace `kind` of `pid` is crid's own.
 fn same_namespace(pid: i32, kind: &str) -> Result<bool, EnterError> {
+    same_file(
+        Path::new(&format!("/proc/{pid}/ns/{kind}")),
+        Path::new(&format!("/proc/thread-self/ns/{kind}")),
+    )
+}
+
+/// Whether two paths (links followed) name the same file.
+fn same_file(a: &Path, b: &Path) -> Result<bool, EnterError> {
     use std::os::unix::fs::MetadataExt;
-    let theirs = format!("/proc/{pid}/ns/{kind}");
-    let ours = format!("/proc/thread-self/ns/{kind}");
-    let a = std::fs::metadata(&theirs).map_err(EnterError::io("stat", &theirs))?;
-    let b = std::fs::metadata(&ours).map_err(EnterError::io("stat", &ours))?;
+    let a = std::fs::metadata(a).map_err(EnterError::io("stat", a))?;
+    let b = std::fs::metadata(b).map_err(EnterError::io("stat", b))?;
     Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
 }
 
 /// How many of the init's seccomp filters it inherited from the process that ran runc: its
 /// monitor's count (crimon, the subreaper `runc create` ran under, is the init's parent and
-/// never adds one). runc's filter is the next one. crid's own count is no measure: crid may
+/// never adds one; known by its executable, the very file crid runs as `monitor`). runc's filter is the next one. crid's own count is no measure: crid may
 /// have been restarted under other filters since, and an inherited filter taken for runc's
 /// would give the exec'd process a weaker one.
-fn inherited_filters(init_status: &str) -> Result<usize, EnterError> {
+fn inherited_filters(init_status: &str, monitor: &Path) -> Result<usize, EnterError> {
     let parent = spec::parent_pid(init_status)
         .ok_or_else(|| EnterError::Invalid("PPid of the container's init".into()))?;
     let status = read_text(&format!("/proc/{parent}/status"))?;
-    if spec::process_name(&status) != Some("crimon") {
+    // A monitor binary replaced since (an upgrade) declines too: only the filter count
+    // matters here, and it is read from this very process.
+    if !same_file(Path::new(&format!("/proc/{parent}/exe")), monitor).unwrap_or(false) {
         return Err(EnterError::Unsupported(format!(
-            "the init's parent {parent} is not its monitor"
+            "the init's parent {parent} is not a monitor ({})",
+            monitor.display()
         )));
     }
     spec::seccomp_filters(&status)
@@ -291,7 +317,7 @@ fn build_target(request: &Request<'_>) -> Result<Target, EnterError> {
     let (soft, hard) = spec::nofile_limits(&limits)
         .ok_or_else(|| EnterError::Invalid(format!("/proc/{pid}/limits")))?;
     let filter = if process.seccomp {
-        let inherited = inherited_filters(&init_status)?;
+        let inherited = inherited_filters(&init_status, request.monitor)?;
         Some(filter::runc_filter(pid, inherited, FILTER_READ_LIMIT)?)
     } else {
         None
@@ -392,6 +418,16 @@ fn read_in_root(root: &OwnedFd, relative: &str) -> Result<Option<String>, EnterE
     let stat = nix::sys::stat::fstat(&located).map_err(EnterError::sys("stat a container file"))?;
     if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(EnterError::Unsupported(format!("{path} is not a file")));
+    }
+    // A container that can mount may put a kernel file there (a root-only procfs or sysfs
+    // file, /proc/kmsg whose reads consume it): crid reads as the host's root, runc would
+    // have read it as the container's.
+    let fs =
+        nix::sys::statfs::fstatfs(&located).map_err(EnterError::sys("statfs a container file"))?;
+    if KERNEL_FILE_SYSTEMS.contains(&(fs.filesystem_type().0 as i64)) {
+        return Err(EnterError::Unsupported(format!(
+            "{path} is on a kernel file system"
+        )));
     }
     let file = std::fs::File::from(reopen(&located, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?);
     let mut bytes = Vec::new();

@@ -602,11 +602,6 @@ pub fn parent_pid(status: &str) -> Option<i32> {
     status_field(status, "PPid")?.parse().ok()
 }
 
-/// The `Name` (comm) of a /proc/<pid>/status text.
-pub fn process_name(status: &str) -> Option<&str> {
-    status_field(status, "Name")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -742,7 +737,6 @@ mod tests {
         assert_eq!(ignored_signals(status), Some(0x8000_1000));
         assert_eq!(seccomp_filters(status), Some(2));
         assert_eq!(parent_pid(status), Some(77));
-        assert_eq!(process_name(status), Some("crimon"));
     }
 
     #[test]

@@ -1108,13 +1108,20 @@ async fn write_pieces<W: AsyncWrite + Unpin>(
     pieces: &mut Vec<Bytes>,
 ) -> io::Result<()> {
     let mut first = 0;
-    while first < pieces.len() {
-        let slices: Vec<io::IoSlice<'_>> = pieces[first..]
-            .iter()
-            .take(MAX_IOVECS)
-            .map(|p| io::IoSlice::new(p))
-            .collect();
-        let mut written = wr.write_vectored(&slices).await?;
+    loop {
+        while pieces.get(first).is_some_and(Bytes::is_empty) {
+            first += 1;
+        }
+        if first >= pieces.len() {
+            break;
+        }
+        let mut slices = [io::IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        for (slot, piece) in slices.iter_mut().zip(&pieces[first..]) {
+            *slot = io::IoSlice::new(piece);
+            count += 1;
+        }
+        let mut written = wr.write_vectored(&slices[..count]).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -1127,9 +1134,6 @@ async fn write_pieces<W: AsyncWrite + Unpin>(
                 piece.advance(written);
                 written = 0;
             }
-        }
-        while pieces.get(first).is_some_and(Bytes::is_empty) {
-            first += 1;
         }
     }
     pieces.clear();

@@ -283,8 +283,6 @@ fn decode_control(code: u16, flags: u8, mut p: Bytes) -> Result<Frame> {
     Ok(frame)
 }
 
-/// Appends the wire form of `frame` to `dst`. Fails only if a payload exceeds the 24-bit
-/// length field.
 /// Appends the 8-byte header of a DATA frame carrying `len` bytes (the payload follows it on
 /// the wire, from wherever the caller keeps it).
 pub fn encode_data_header(stream_id: u32, fin: bool, len: usize, dst: &mut BytesMut) -> Result<()> {
@@ -295,6 +293,8 @@ pub fn encode_data_header(stream_id: u32, fin: bool, len: usize, dst: &mut Bytes
     Ok(())
 }
 
+/// Appends the wire form of `frame` to `dst`. Fails only if a payload exceeds the 24-bit
+/// length field.
 pub fn encode(frame: &Frame, dst: &mut BytesMut) -> Result<()> {
     let flag = |b: bool, f: u8| if b { f } else { 0 };
     match frame {

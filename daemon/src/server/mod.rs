@@ -51,7 +51,12 @@ pub async fn run(
     // The runtime's `features` and the id-mapping probe run once, here and off the async
     // workers; the calls that need them later (create, Status) read the cached answers.
     let probe = config.clone();
-    let _ = tokio::task::spawn_blocking(move || crate::status::handler_features(&probe)).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        // Both, whatever the first answers (handler_features stops at a kernel that can).
+        crate::container::mounts::runtime_supports_rro(&probe.runtime.runtime_path);
+        crate::status::handler_features(&probe)
+    })
+    .await;
     // Before the socket accepts: RuntimeDefault containers get crid-default where the kernel
     // has AppArmor. Not fatal: without it they run unconfined, with a warning each.
     if let Err(err) =

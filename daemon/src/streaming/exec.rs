@@ -221,6 +221,7 @@ async fn exec_direct(
     };
     let runtime_root = state.config.runtime.runtime_root.clone();
     let (id, bundle, cmd) = (container.id.clone(), container.dir.clone(), cmd.to_vec());
+    let monitor = state.config.monitor_binary().unwrap_or_default();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
         let entered = enter::enter(&enter::Request {
@@ -229,6 +230,7 @@ async fn exec_direct(
             bundle: &bundle,
             cmd: &cmd,
             stdio,
+            monitor: &monitor,
         });
         // The session is gone already: the process must not outlive it.
         if let Err(Ok(orphan)) = sender.send(entered) {

@@ -321,7 +321,17 @@ async fn forward(
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
-            if data_send.send(buf.split().freeze()).await.is_err() {
+            // A large read goes on as it is; a small one is copied, so that a pod sending
+            // small segments to a client that does not read cannot pin a whole read buffer
+            // per queued byte (the send buffer bounds bytes, not buffers): at most 4x.
+            let chunk = if buf.len() >= FORWARD_READ / 4 {
+                buf.split().freeze()
+            } else {
+                let small = bytes::Bytes::copy_from_slice(&buf);
+                buf.clear();
+                small
+            };
+            if data_send.send(chunk).await.is_err() {
                 break;
             }
         }
