@@ -11,6 +11,7 @@ pub(crate) mod error;
 pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod host;
 pub(crate) mod idmap;
 pub mod logging;
 pub mod monitor_client;

@@ -14,7 +14,7 @@ use super::spec::{self, ImageConfig, Namespaces, PidNamespace, PodFiles, SpecInp
 use super::user::{self, UserRequest};
 use crate::config::CgroupManager;
 use crate::error::DaemonError;
-use crate::monitor_client::{self, MonitorSpec};
+use crate::monitor_client::MonitorSpec;
 use crate::state::container::{Container, ContainerRecord, Phase};
 use crate::state::pod::Pod;
 use crate::state::{new_id, persist, Kind, State};
@@ -586,7 +586,7 @@ async fn setup(
     let monitor = state.config.monitor_binary().ok_or_else(|| {
         DaemonError::FailedPrecondition("crimon not found next to crid or in $PATH".into())
     })?;
-    let pid = monitor_client::create(&MonitorSpec {
+    let spec = MonitorSpec {
         monitor,
         id: container.id.clone(),
         bundle: container.dir.clone(),
@@ -601,8 +601,8 @@ async fn setup(
         stdin_once: config.stdin_once,
         delete_after_exit: true,
         systemd_cgroup: state.config.runtime.cgroup_manager == CgroupManager::Systemd,
-    })
-    .await?;
+    };
+    let pid = state.host.monitors.create(&spec).await?;
     container.update(|r| r.pid = pid)
 }
 

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use crate::config::CgroupManager;
 use crate::error::DaemonError;
 use crate::monitor_client::MonitorConnection;
 use crate::oci_runtime::OciRuntime;
@@ -16,13 +15,10 @@ const KILL_GRACE: Duration = Duration::from_secs(30);
 /// How often the exit record is looked for when the monitor cannot be asked.
 const EXIT_POLL: Duration = Duration::from_millis(20);
 
-/// The configured OCI runtime.
+/// The configured OCI runtime's command line (for `<runtime> exec`; the rest goes through
+/// `state.host.runtime`).
 pub fn runtime(state: &State) -> OciRuntime {
-    OciRuntime {
-        path: state.config.runtime.runtime_path.clone(),
-        root: state.config.runtime.runtime_root.clone(),
-        systemd_cgroup: state.config.runtime.cgroup_manager == CgroupManager::Systemd,
-    }
+    crate::host::oci_runtime(&state.config)
 }
 
 /// How long RemoveContainer waits for an exited container's monitor to finish (it deletes the
@@ -57,7 +53,7 @@ pub(super) async fn dispose(state: &State, container: &Container) -> Result<(), 
         _ => {}
     }
     let socket = crid_common::monitor_paths::control_socket(&state.paths.monitors, &container.id);
-    let rt = runtime(state);
+    let rt = state.host.runtime.clone();
     let id = container.id.clone();
     tokio::spawn(async move {
         // The monitor deletes the container from the runtime after its exit; let it finish
@@ -67,7 +63,7 @@ pub(super) async fn dispose(state: &State, container: &Container) -> Result<(), 
         while socket.exists() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if rt.root.join(&id).exists() {
+        if rt.has_state(&id) {
             if let Err(err) = rt.delete(&id).await {
                 tracing::error!(container = %id, error = %crid_common::error_chain::error_chain(&err), "deleting the container from the runtime failed");
             }
@@ -102,7 +98,7 @@ pub async fn start(state: &State, container: &Container) -> Result<(), DaemonErr
     // The process runs from within `runc start`; a container that exits at once must not
     // show a start after its finish.
     let starting = persist::now_nanos();
-    if let Err(err) = runtime(state).start(&container.id).await {
+    if let Err(err) = state.host.runtime.start(&container.id).await {
         // A process that exits at once races `runc start`'s removal of the exec fifo with
         // the monitor's delete after the exit: the start did happen when the exit is
         // recorded (the monitor writes it before it deletes).
@@ -155,7 +151,7 @@ async fn stop_locked(
     container: &Container,
     timeout_secs: i64,
 ) -> Result<(), DaemonError> {
-    let rt = runtime(state);
+    let rt = &state.host.runtime;
     if let Some(finished) = container.finished(&state.paths.exits) {
         // A container whose monitor died may still run: the runtime kills and forgets it.
         if finished.lost {
@@ -207,10 +203,11 @@ pub fn recover(state: &State) {
         if container.finished(&state.paths.exits).is_some() {
             continue;
         }
-        let socket =
-            crid_common::monitor_paths::control_socket(&state.paths.monitors, &container.id);
-        // A socket file nobody listens on is what a killed monitor leaves.
-        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        if state
+            .host
+            .monitors
+            .answers(&state.paths.monitors, &container.id)
+        {
             continue;
         }
         mark_lost(state, container.as_ref());
@@ -236,3 +233,4 @@ pub fn mark_lost(state: &State, container: &Container) -> bool {
     }
     true
 }
+

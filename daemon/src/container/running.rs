@@ -6,7 +6,6 @@ use std::time::Duration;
 use crid_proto::cri;
 
 use super::invalid;
-use super::lifecycle::runtime;
 use crate::error::DaemonError;
 use crate::monitor_client::{self, MonitorConnection};
 use crate::state::container::{Container, Phase};
@@ -83,7 +82,7 @@ pub async fn update_resources(
     let json = serde_json::to_vec(&oci)
         .map_err(|e| DaemonError::Internal(format!("encode resources: {e}")))?;
     persist::write_volatile(&file, &json)?;
-    let updated = runtime(state).update(&container.id, &file).await;
+    let updated = state.host.runtime.update(&container.id, &file).await;
     let _ = std::fs::remove_file(&file);
     updated?;
     // A field left 0 (or empty) means "not given": the runtime kept its value, so the

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crid_proto::cri;
 
-use super::{files, network, shm};
+use super::{files, shm};
 use crate::config::CgroupManager;
 use crate::error::DaemonError;
 use crate::namespaces::{self, PinRequest};
@@ -276,7 +276,7 @@ pub async fn run(
                 // Nothing can retry a pod that is forgotten: what does not need the network
                 // plugin goes anyway (the plugin's own state, such as a lease, may stay, as
                 // with CRI-O, which logs the failed DEL and removes the sandbox).
-                release_local(&pod);
+                release_local(state, &pod);
             }
             let _ = persist::remove_dir(&dir);
             state.release_name(&name, &id);
@@ -286,7 +286,11 @@ pub async fn run(
 }
 
 async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError> {
-    let namespaces = namespaces::pin(&state.paths.namespaces, &pod.id, &plan.pins).await?;
+    let namespaces = state
+        .host
+        .pinner
+        .pin(&state.paths.namespaces, &pod.id, &plan.pins)
+        .await?;
     pod.update(|r| r.namespaces = namespaces)?;
     // With a user namespace, the pod's shared files belong to container root.
     let owner = plan.pins.user.map(|m| m.host_root());
@@ -307,7 +311,11 @@ async fn setup(state: &State, pod: &Pod, plan: &Plan) -> Result<(), DaemonError>
         let netns = pod.record().namespaces.net.ok_or_else(|| {
             DaemonError::Internal(format!("pod {}: no network namespace", pod.id))
         })?;
-        let result = network::attach(&state.config.network, &pod.id, &netns, &pod.config).await?;
+        let result = state
+            .host
+            .network
+            .attach(&state.config.network, &pod.id, &netns, &pod.config)
+            .await?;
         ips = crid_cni::ips(&result);
         let kept = ips.clone();
         pod.update(|r| {
@@ -348,9 +356,9 @@ fn write_pod_file(
 
 /// Undoes what does not involve the network plugin: namespaces (the network one with
 /// whatever the plugin left in it), /dev/shm. Errors are logged.
-fn release_local(pod: &Pod) {
+fn release_local(state: &State, pod: &Pod) {
     let record = pod.record();
-    if let Err(err) = namespaces::unpin(&record.namespaces) {
+    if let Err(err) = state.host.pinner.unpin(&record.namespaces) {
         tracing::error!(pod = %pod.id, error = %crid_common::error_chain::error_chain(&err), "removing the namespaces of a failed pod failed");
     }
     if let Some(target) = &record.shm {
@@ -365,14 +373,17 @@ fn release_local(pod: &Pod) {
 pub async fn teardown(state: &State, pod: &Pod) -> Result<(), DaemonError> {
     let record = pod.record();
     if let Some(netns) = &record.namespaces.net {
-        let detached = network::detach(
-            &state.config.network,
-            &pod.id,
-            netns,
-            &pod.config,
-            record.cni_result.as_ref(),
-        )
-        .await;
+        let detached = state
+            .host
+            .network
+            .detach(
+                &state.config.network,
+                &pod.id,
+                netns,
+                &pod.config,
+                record.cni_result.as_ref(),
+            )
+            .await;
         match detached {
             Ok(()) => {}
             // No configuration, and no ADD ever ran with one: nothing was attached.
@@ -384,7 +395,7 @@ pub async fn teardown(state: &State, pod: &Pod) -> Result<(), DaemonError> {
             r.ips.clear();
         })?;
     }
-    namespaces::unpin(&record.namespaces)?;
+    state.host.pinner.unpin(&record.namespaces)?;
     pod.update(|r| r.namespaces = Default::default())?;
     if let Some(target) = &record.shm {
         shm::unmount(target).map_err(|err| DaemonError::Io {
@@ -458,3 +469,4 @@ pub fn recover(state: &State) {
         }
     }
 }
+

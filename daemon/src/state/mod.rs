@@ -16,6 +16,7 @@ pub use pod::Pod;
 
 use crate::config::Config;
 use crate::error::DaemonError;
+use crate::host::Host;
 use crid_image::ImageStore;
 
 /// Where records and runtime files live.
@@ -111,6 +112,8 @@ pub struct State {
     pub config: Arc<Config>,
     pub images: Arc<ImageStore>,
     pub paths: StatePaths,
+    /// The runtime, monitor launcher, network and namespace pinner crid drives.
+    pub host: Host,
     /// Images a CreateContainer in progress uses (id → how many creates), from image lookup
     /// until the container is recorded: RemoveImage refuses them as it refuses an image a
     /// container uses. A count per image, not a lock: a slow `runc create` holds back no
@@ -170,6 +173,16 @@ impl State {
     /// Loads every record under the root; objects whose record cannot be read are logged and
     /// left alone (never deleted: an operator may want to look).
     pub fn load(config: Arc<Config>, images: Arc<ImageStore>) -> Result<Self, DaemonError> {
+        let host = Host::real(&config);
+        State::load_with(config, images, host)
+    }
+
+    /// [`State::load`] driving `host` (fakes, in unit tests).
+    pub fn load_with(
+        config: Arc<Config>,
+        images: Arc<ImageStore>,
+        host: Host,
+    ) -> Result<Self, DaemonError> {
         let paths = StatePaths::new(&config);
         paths.create()?;
         trash::empty(&paths.trash);
@@ -217,6 +230,7 @@ impl State {
             config,
             images,
             paths,
+            host,
             images_in_creation: Mutex::default(),
             events: crate::events::EventHub::default(),
             index: Mutex::new(index),
