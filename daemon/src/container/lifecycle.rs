@@ -234,3 +234,205 @@ pub fn mark_lost(state: &State, container: &Container) -> bool {
     true
 }
 
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crid_proto::cri;
+
+    use crate::host::fake::Fakes;
+    use crate::host::OciRuntimeOps;
+    use crate::state::container::{Container, ContainerRecord, Finished, Phase};
+    use crate::state::{new_id, State};
+
+    /// A container recorded as created (or, with `started`, running), with its own PID
+    /// namespace, stopped by SIGTERM.
+    fn container(fakes: &Fakes, state: &State, started: bool) -> Arc<Container> {
+        let id = new_id();
+        let dir = state.paths.containers.join(&id);
+        std::fs::create_dir_all(&dir).expect("container dir");
+        let record = ContainerRecord {
+            id: id.clone(),
+            pod_id: "pod".into(),
+            name: format!("k8s_c_{id}"),
+            started_at: started.then_some(1),
+            pid: 4242,
+            stop_signal: libc::SIGTERM,
+            own_pid_namespace: true,
+            ..Default::default()
+        };
+        let container = Arc::new(Container::new(dir, cri::ContainerConfig::default(), record));
+        container.save_config().expect("config");
+        container.update(|_| {}).expect("record");
+        fakes.runtime.containers.lock().expect("lock").insert(id);
+        state.insert_container(container.clone());
+        container
+    }
+
+    #[tokio::test]
+    async fn a_container_that_ignores_the_stop_signal_is_killed_after_the_timeout() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        let c = container(&fakes, &state, true);
+        *fakes.runtime.exits_on.lock().expect("lock") = vec![libc::SIGKILL];
+        let begun = Instant::now();
+        super::stop(&state, &c, 1).await.expect("stop");
+        let took = begun.elapsed();
+        assert!(
+            took >= Duration::from_secs(1),
+            "SIGKILL before the timeout: {took:?}"
+        );
+        assert!(took < Duration::from_secs(10), "stop took {took:?}");
+        assert_eq!(
+            fakes.calls.of("kill"),
+            [
+                format!("kill {} {} all=false", c.id, libc::SIGTERM),
+                format!("kill {} {} all=false", c.id, libc::SIGKILL),
+            ]
+        );
+        let finished = c.finished(&state.paths.exits).expect("exited");
+        assert_eq!(finished.exit_code, 128 + libc::SIGKILL);
+        assert!(!finished.lost);
+    }
+
+    #[tokio::test]
+    async fn a_container_that_exits_on_the_stop_signal_gets_no_sigkill() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        let c = container(&fakes, &state, true);
+        let begun = Instant::now();
+        super::stop(&state, &c, 30).await.expect("stop");
+        assert!(
+            begun.elapsed() < Duration::from_secs(10),
+            "waited for the timeout"
+        );
+        assert_eq!(
+            fakes.calls.of("kill"),
+            [format!("kill {} {} all=false", c.id, libc::SIGTERM)]
+        );
+        assert_eq!(c.phase(&state.paths.exits), Phase::Exited);
+        assert_eq!(
+            c.finished(&state.paths.exits).map(|f| f.exit_code),
+            Some(128 + libc::SIGTERM)
+        );
+        // Stopping an exited container does nothing more.
+        super::stop(&state, &c, 30).await.expect("second stop");
+        assert_eq!(fakes.calls.of("kill").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_timeout_or_a_start_the_container_is_killed_at_once() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        let running = container(&fakes, &state, true);
+        super::stop(&state, &running, 0).await.expect("stop");
+        let created = container(&fakes, &state, false);
+        super::stop(&state, &created, 30).await.expect("stop");
+        assert_eq!(
+            fakes.calls.of("kill"),
+            [
+                format!("kill {} {} all=false", running.id, libc::SIGKILL),
+                format!("kill {} {} all=false", created.id, libc::SIGKILL),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn sigkill_reaches_every_process_of_a_shared_pid_namespace() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        let c = container(&fakes, &state, true);
+        c.update(|r| r.own_pid_namespace = false).expect("record");
+        *fakes.runtime.exits_on.lock().expect("lock") = vec![libc::SIGKILL];
+        super::stop(&state, &c, 1).await.expect("stop");
+        assert_eq!(
+            fakes.calls.of("kill"),
+            [
+                // The stop signal goes to the init alone, as runc kill does.
+                format!("kill {} {} all=false", c.id, libc::SIGTERM),
+                format!("kill {} {} all=true", c.id, libc::SIGKILL),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_container_is_deleted_from_the_runtime_on_stop_and_removed() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        let c = container(&fakes, &state, true);
+        assert!(super::mark_lost(&state, &c));
+        assert!(!super::mark_lost(&state, &c), "marked twice");
+        super::stop(&state, &c, 30).await.expect("stop");
+        assert!(fakes.calls.of("kill").is_empty(), "{:?}", fakes.calls.all());
+        assert_eq!(fakes.calls.of("delete"), [format!("delete {}", c.id)]);
+        super::remove(&state, &c).await.expect("remove");
+        assert!(state.container(&c.id).is_err(), "still known");
+        assert!(!c.dir.exists(), "directory left");
+        // The name is free again.
+        state
+            .reserve_name(&c.record().name, "other", crate::state::Kind::Container)
+            .expect("name released");
+    }
+
+    #[tokio::test]
+    async fn a_started_container_is_started_once() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        let c = container(&fakes, &state, false);
+        super::start(&state, &c).await.expect("start");
+        assert_eq!(c.phase(&state.paths.exits), Phase::Running);
+        let again = super::start(&state, &c).await.expect_err("second start");
+        assert!(
+            matches!(again, crate::error::DaemonError::FailedPrecondition(_)),
+            "{again:?}"
+        );
+        assert_eq!(fakes.calls.of("start"), [format!("start {}", c.id)]);
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_containers_without_monitor_or_exit_record_are_lost() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        let exited = container(&fakes, &state, true);
+        let watched = container(&fakes, &state, true);
+        let lost = container(&fakes, &state, true);
+        // The first exited while crid was down: its monitor wrote the record.
+        fakes
+            .runtime
+            .kill(&exited.id, libc::SIGTERM, false)
+            .await
+            .expect("kill");
+        fakes
+            .monitors
+            .answering
+            .lock()
+            .expect("lock")
+            .insert(watched.id.clone());
+        drop(state);
+        let state = fakes.state();
+        super::recover(&state);
+        let finished = |c: &Container| {
+            state
+                .container(&c.id)
+                .expect("known after restart")
+                .finished(&state.paths.exits)
+        };
+        let exit = finished(&exited).expect("exited");
+        assert_eq!((exit.exit_code, exit.lost), (128 + libc::SIGTERM, false));
+        assert_eq!(
+            finished(&watched),
+            None,
+            "a live monitor's container marked"
+        );
+        let Some(Finished {
+            exit_code,
+            lost: was_lost,
+            ..
+        }) = finished(&lost)
+        else {
+            panic!("the container without a monitor is not marked");
+        };
+        assert_eq!((exit_code, was_lost), (255, true));
+    }
+}

@@ -215,3 +215,6 @@ pub fn oci_runtime(config: &Config) -> OciRuntime {
         systemd_cgroup: config.runtime.cgroup_manager == CgroupManager::Systemd,
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fake;

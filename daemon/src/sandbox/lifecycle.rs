@@ -470,3 +470,192 @@ pub fn recover(state: &State) {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use crid_proto::cri;
+
+    use crate::host::fake::Fakes;
+    use crate::state::State;
+
+    /// A pod with its own network, UTS and PID namespaces and the host's IPC namespace (a
+    /// pod IPC namespace would mount a tmpfs, which needs root).
+    fn pod_config(name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                namespace: "default".into(),
+                uid: format!("uid-{name}"),
+                attempt: 0,
+            }),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        ipc: cri::NamespaceMode::Node as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Nothing of any pod is left: no record, directory, pin or network attachment, and the
+    /// name is free.
+    fn assert_nothing_left(fakes: &Fakes, state: &State) {
+        assert!(state.pods().is_empty(), "a pod is still known");
+        let dirs = crate::state::persist::subdirectories(&state.paths.pods);
+        assert!(dirs.is_empty(), "pod directories left: {dirs:?}");
+        let pinned = fakes.pinner.pinned.lock().expect("lock").clone();
+        assert!(pinned.is_empty(), "namespaces left pinned: {pinned:?}");
+        let attached = fakes.network.attached.lock().expect("lock").clone();
+        assert!(attached.is_empty(), "pods left attached: {attached:?}");
+    }
+
+    #[tokio::test]
+    async fn a_pod_whose_namespaces_cannot_be_pinned_leaves_nothing() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        fakes.pinner.fail.store(true, Ordering::SeqCst);
+        let err = super::run(&state, pod_config("p"), "")
+            .await
+            .expect_err("run fails");
+        assert!(
+            matches!(err, crate::error::DaemonError::Namespace(_)),
+            "{err:?}"
+        );
+        assert!(
+            fakes.calls.of("add").is_empty(),
+            "CNI ADD without namespaces"
+        );
+        assert!(
+            fakes.calls.of("del").is_empty(),
+            "CNI DEL without a network namespace"
+        );
+        assert_nothing_left(&fakes, &state);
+        // The name was released: the retry runs.
+        fakes.pinner.fail.store(false, Ordering::SeqCst);
+        super::run(&state, pod_config("p"), "")
+            .await
+            .expect("retry runs");
+    }
+
+    #[tokio::test]
+    async fn a_failed_cni_add_unpins_the_namespaces() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        fakes.network.fail_add.store(true, Ordering::SeqCst);
+        let err = super::run(&state, pod_config("p"), "")
+            .await
+            .expect_err("run fails");
+        assert!(matches!(err, crate::error::DaemonError::Cni(_)), "{err:?}");
+        // DEL after a failed ADD (the plugin may have made part of it), without a result.
+        let dels = fakes.calls.of("del");
+        assert_eq!(dels.len(), 1, "{dels:?}");
+        assert!(dels[0].ends_with("with_result=false"), "{dels:?}");
+        assert_eq!(fakes.calls.of("unpin").len(), 1);
+        assert_nothing_left(&fakes, &state);
+        fakes.network.fail_add.store(false, Ordering::SeqCst);
+        super::run(&state, pod_config("p"), "")
+            .await
+            .expect("retry runs");
+    }
+
+    #[tokio::test]
+    async fn a_step_after_cni_add_failing_detaches_and_unpins() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        fakes.network.break_hosts.store(true, Ordering::SeqCst);
+        let err = super::run(&state, pod_config("p"), "")
+            .await
+            .expect_err("run fails");
+        assert!(
+            matches!(err, crate::error::DaemonError::Io { .. }),
+            "{err:?}"
+        );
+        let calls = fakes.calls.all();
+        let verbs: Vec<&str> = calls.iter().filter_map(|c| c.split(' ').next()).collect();
+        // The network goes before the namespace it lives in.
+        assert_eq!(verbs, ["pin", "add", "del", "unpin"], "{calls:?}");
+        assert!(
+            calls[2].ends_with("with_result=true"),
+            "DEL without ADD's result: {calls:?}"
+        );
+        assert_nothing_left(&fakes, &state);
+    }
+
+    #[tokio::test]
+    async fn a_failed_cni_del_keeps_the_network_namespace_for_the_retry() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        let id = super::run(&state, pod_config("p"), "").await.expect("run");
+        let pod = state.pod(&id).expect("pod");
+        let record = pod.record();
+        assert!(record.ready);
+        assert_eq!(record.ips, ["10.88.0.7"]);
+        let hosts = std::fs::read_to_string(pod.dir.join("hosts")).expect("hosts");
+        assert!(hosts.contains("10.88.0.7"), "{hosts}");
+
+        fakes.network.fail_del.store(true, Ordering::SeqCst);
+        super::stop(&state, &id)
+            .await
+            .expect_err("stop fails while DEL fails");
+        let netns = record.namespaces.net.clone().expect("netns");
+        assert!(
+            netns.exists(),
+            "the network namespace went before DEL succeeded"
+        );
+        assert!(fakes.calls.of("unpin").is_empty());
+        assert!(
+            pod.record().cni_result.is_some(),
+            "the ADD result is kept for DEL"
+        );
+
+        fakes.network.fail_del.store(false, Ordering::SeqCst);
+        super::stop(&state, &id).await.expect("stop");
+        assert!(!pod.record().ready);
+        assert!(!netns.exists());
+        // Stop again, then remove: both repeat nothing harmful.
+        super::stop(&state, &id).await.expect("second stop");
+        super::remove(&state, &id).await.expect("remove");
+        super::remove(&state, &id).await.expect("second remove");
+        assert_nothing_left(&fakes, &state);
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_a_pod_whose_pins_are_gone_is_not_ready() {
+        let fakes = Fakes::new();
+        let state = fakes.state();
+        let kept = super::run(&state, pod_config("kept"), "")
+            .await
+            .expect("run");
+        let lost = super::run(&state, pod_config("lost"), "")
+            .await
+            .expect("run");
+        let uts = state
+            .pod(&lost)
+            .expect("pod")
+            .record()
+            .namespaces
+            .uts
+            .expect("uts");
+        drop(state);
+        // The host rebooted, say: the pins of one pod are gone.
+        std::fs::remove_file(&uts).expect("remove pin");
+        let state = fakes.state();
+        super::recover(&state);
+        assert!(state.pod(&kept).expect("kept").record().ready);
+        assert!(!state.pod(&lost).expect("lost").record().ready);
+        // The name stays reserved across the restart.
+        let again = super::run(&state, pod_config("lost"), "")
+            .await
+            .expect_err("name taken");
+        assert!(
+            matches!(again, crate::error::DaemonError::AlreadyExists(_)),
+            "{again:?}"
+        );
+    }
+}
