@@ -9,6 +9,8 @@ pub mod config;
 pub mod container;
 pub(crate) mod error;
 pub(crate) mod events;
+#[cfg(test)]
+mod fake_host;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod host;

@@ -241,7 +241,7 @@ mod tests {
 
     use crid_proto::cri;
 
-    use crate::host::fake::Fakes;
+    use crate::fake_host::Fakes;
     use crate::host::OciRuntimeOps;
     use crate::state::container::{Container, ContainerRecord, Finished, Phase};
     use crate::state::{new_id, State};

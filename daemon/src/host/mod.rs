@@ -4,6 +4,8 @@
 //! implementations ([`Host::real`]), which call today's code unchanged, and unit tests hand
 //! in fakes, so that pod and container lifecycles run without root (as youki's `Syscall`).
 
+mod cni;
+
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -125,7 +127,7 @@ pub trait PodNetwork: Send + Sync {
     ) -> BoxFuture<'a, Result<(), CniError>>;
 }
 
-/// The CNI plugins of the configuration (`sandbox::network`).
+/// The CNI plugins of the configuration (`host::cni`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cni;
 
@@ -137,7 +139,7 @@ impl PodNetwork for Cni {
         netns: &'a Path,
         config: &'a cri::PodSandboxConfig,
     ) -> BoxFuture<'a, Result<Value, CniError>> {
-        Box::pin(crate::sandbox::network::attach(network, id, netns, config))
+        Box::pin(cni::attach(network, id, netns, config))
     }
 
     fn detach<'a>(
@@ -148,9 +150,7 @@ impl PodNetwork for Cni {
         config: &'a cri::PodSandboxConfig,
         added: Option<&'a Value>,
     ) -> BoxFuture<'a, Result<(), CniError>> {
-        Box::pin(crate::sandbox::network::detach(
-            network, id, netns, config, added,
-        ))
+        Box::pin(cni::detach(network, id, netns, config, added))
     }
 }
 
@@ -215,6 +215,3 @@ pub fn oci_runtime(config: &Config) -> OciRuntime {
         systemd_cgroup: config.runtime.cgroup_manager == CgroupManager::Systemd,
     }
 }
-
-#[cfg(test)]
-pub(crate) mod fake;

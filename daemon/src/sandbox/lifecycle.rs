@@ -476,7 +476,7 @@ mod tests {
 
     use crid_proto::cri;
 
-    use crate::host::fake::Fakes;
+    use crate::fake_host::Fakes;
     use crate::state::State;
 
     /// A pod with its own network, UTS and PID namespaces and the host's IPC namespace (a

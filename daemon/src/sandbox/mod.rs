@@ -4,5 +4,4 @@
 
 pub mod files;
 pub mod lifecycle;
-pub mod network;
 pub mod shm;

@@ -11,8 +11,8 @@ use crid_common::exit_record::ExitRecord;
 use crid_proto::cri;
 use serde_json::{json, Value};
 
-use super::{BoxFuture, Host, MonitorLauncher, NamespacePinner, OciRuntimeOps, PodNetwork};
 use crate::config::{Config, NetworkConfig};
+use crate::host::{BoxFuture, Host, MonitorLauncher, NamespacePinner, OciRuntimeOps, PodNetwork};
 use crate::monitor_client::{MonitorClientError, MonitorSpec};
 use crate::namespaces::{NamespaceError, PinRequest, PodNamespaces};
 use crate::oci_runtime::RuntimeError;
