@@ -238,16 +238,7 @@ impl NamespacePinner for FakePinner {
     fn unpin(&self, namespaces: &PodNamespaces) -> Result<(), NamespaceError> {
         self.calls.push("unpin".into());
         let mut pinned = lock(&self.pinned);
-        for file in [
-            &namespaces.net,
-            &namespaces.ipc,
-            &namespaces.uts,
-            &namespaces.pid,
-            &namespaces.user,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for file in namespaces.files() {
             let _ = std::fs::remove_file(file);
             pinned.remove(file);
         }

@@ -66,6 +66,15 @@ pub struct PodNamespaces {
     pub user: Option<PathBuf>,
 }
 
+impl PodNamespaces {
+    /// The pinned namespace files (the user namespace's last: it owns the others).
+    pub fn files(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.net, &self.ipc, &self.uts, &self.pid, &self.user]
+            .into_iter()
+            .flatten()
+    }
+}
+
 /// Which namespaces a pod gets, and what is set inside them.
 #[derive(Debug, Clone, Default)]
 pub struct PinRequest {
@@ -177,16 +186,7 @@ pub fn unpin(namespaces: &PodNamespaces) -> Result<(), NamespaceError> {
             );
         }
     }
-    for file in [
-        &namespaces.net,
-        &namespaces.ipc,
-        &namespaces.uts,
-        &namespaces.pid,
-        &namespaces.user,
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for file in namespaces.files() {
         match nix::mount::umount2(file.as_path(), MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
             Err(err) => {
