@@ -1157,9 +1157,10 @@ async fn hundred_concurrent_exec_sessions_all_succeed() {
             .expect("warm-up"),
     );
     let mut probe = LeakProbe::start(&fx);
-    // Four waves; the first two warm up (allocator arenas, pools sized for the load), the
-    // leak check covers the last two.
-    for wave in 0..4 {
+    // Six waves; the first four warm up (allocator arenas and pools grow to the load's size
+    // over the first waves: two were not always enough on a loaded CI machine, +11.7 MiB
+    // once), the leak check covers the last two.
+    for wave in 0..6 {
         let (failures, total, slowest) = hundred_sessions(&mut fx, &id).await;
         assert!(
             failures.is_empty(),
@@ -1168,7 +1169,7 @@ async fn hundred_concurrent_exec_sessions_all_succeed() {
             failures.join("\n")
         );
         eprintln!("wave {wave}: 100 concurrent execs in {total:?}, slowest session {slowest:?}");
-        if wave == 1 {
+        if wave == 3 {
             probe.rebase(&fx);
         }
     }
