@@ -100,6 +100,23 @@ where
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// Publishes `container`'s STOPPED event unless it is out already: the exit watch, which
+/// learns of the exit from the record, may come after StopContainer has returned and the
+/// client has removed the container; a client must still see STOPPED before DELETED.
+pub fn publish_stopped(state: &State, container: &crate::state::container::Container) {
+    if !container
+        .stopped_event
+        .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        publish(
+            state,
+            cri::ContainerEventType::ContainerStoppedEvent,
+            &container.id,
+            &container.pod_id,
+        );
+    }
+}
+
 /// Watches the exit record directory and publishes a STOPPED event for each new record.
 pub fn watch_exits(state: std::sync::Arc<State>) -> std::io::Result<()> {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -124,12 +141,7 @@ pub fn watch_exits(state: std::sync::Arc<State>) -> std::io::Result<()> {
                 }
                 if let Ok(container) = state.container(name) {
                     if container.id == name {
-                        publish(
-                            &state,
-                            cri::ContainerEventType::ContainerStoppedEvent,
-                            &container.id,
-                            &container.pod_id,
-                        );
+                        publish_stopped(&state, &container);
                     }
                 }
             }

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use crid_common::proc_stat::parent as parent_of;
-use crid_proto::cri;
 
 use super::events;
 use crate::container::lifecycle;
@@ -71,11 +70,6 @@ async fn watched_pidfd(
 /// The monitor is gone: unless it recorded the exit first, the container is lost.
 fn lost(state: &State, container: &Container) {
     if lifecycle::mark_lost(state, container) {
-        events::publish(
-            state,
-            cri::ContainerEventType::ContainerStoppedEvent,
-            &container.id,
-            &container.pod_id,
-        );
+        events::publish_stopped(state, container);
     }
 }

@@ -211,6 +211,14 @@ impl RuntimeService for Runtime {
             let known = state.pod(&id).ok().map(|p| p.id.clone());
             pods::stop(&state, &id).await?;
             if let Some(id) = known {
+                // Containers that have exited get their STOPPED event now, while the pod
+                // still lists them, if the exit watch has not sent it yet.
+                for container in state.containers_of(&id) {
+                    let record = container.record();
+                    if record.started_at.is_some() && record.finished.is_some() {
+                        events::publish_stopped(&state, &container);
+                    }
+                }
                 events::publish(&state, Event::ContainerStoppedEvent, &id, &id);
             }
             Ok(())
@@ -227,20 +235,17 @@ impl RuntimeService for Runtime {
         let state = self.state.clone();
         detached(async move {
             let known = state.pod(&id).ok().map(|p| p.id.clone());
-            let containers: Vec<String> = known
+            let containers = known
                 .as_ref()
-                .map(|id| {
-                    state
-                        .containers_of(id)
-                        .iter()
-                        .map(|c| c.id.clone())
-                        .collect()
-                })
+                .map(|id| state.containers_of(id))
                 .unwrap_or_default();
             pods::remove(&state, &id).await?;
             if let Some(id) = known {
                 for container in containers {
-                    events::publish(&state, Event::ContainerDeletedEvent, &container, &id);
+                    if container.record().started_at.is_some() {
+                        events::publish_stopped(&state, &container);
+                    }
+                    events::publish(&state, Event::ContainerDeletedEvent, &container.id, &id);
                 }
                 events::publish(&state, Event::ContainerDeletedEvent, &id, &id);
             }
@@ -360,7 +365,11 @@ impl RuntimeService for Runtime {
         let state = self.state.clone();
         let result = detached(async move {
             let container = state.container(&request.container_id)?;
-            containers::stop(&state, &container, request.timeout).await
+            containers::stop(&state, &container, request.timeout).await?;
+            if container.record().finished.is_some() {
+                events::publish_stopped(&state, &container);
+            }
+            Ok(())
         });
         absent_ok(result.await)?;
         ok(cri::StopContainerResponse {})
@@ -375,6 +384,10 @@ impl RuntimeService for Runtime {
         let result = detached(async move {
             let container = state.container(&id)?;
             containers::remove(&state, &container).await?;
+            // A container that never started has no STOPPED event.
+            if container.record().started_at.is_some() {
+                events::publish_stopped(&state, &container);
+            }
             events::publish(
                 &state,
                 Event::ContainerDeletedEvent,

@@ -80,6 +80,9 @@ pub struct Container {
     pub config: cri::ContainerConfig,
     /// Serialises lifecycle operations (start, stop, remove) on this container.
     pub lifecycle: tokio::sync::Mutex<()>,
+    /// Its STOPPED event is out (or was, before a restart: the exit is on record). Set once,
+    /// by whoever sees the exit first: the exit watch, StopContainer, RemoveContainer.
+    pub stopped_event: std::sync::atomic::AtomicBool,
     record: persist::SavedRecord<ContainerRecord>,
 }
 
@@ -95,13 +98,19 @@ impl Container {
         config: cri::ContainerConfig,
         record: persist::SavedRecord<ContainerRecord>,
     ) -> Self {
-        let ContainerRecord { id, pod_id, .. } = record.get();
+        let ContainerRecord {
+            id,
+            pod_id,
+            finished,
+            ..
+        } = record.get();
         Container {
             id,
             pod_id,
             dir,
             config,
             lifecycle: tokio::sync::Mutex::new(()),
+            stopped_event: finished.is_some().into(),
             record,
         }
     }
