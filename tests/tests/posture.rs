@@ -329,3 +329,105 @@ async fn anchor_c24_the_pod_pid_1_shows_nothing_of_the_host() {
     assert_ne!(escape.exit_code, 0, "wrote through /proc/1/root");
     fx.finish().await;
 }
+
+/// The host pid of the PID 1 of `pid`'s PID namespace (found by its namespace link and its
+/// `NSpid`, so tests running pods side by side never mix them up).
+fn namespace_init(pid: i32) -> i32 {
+    let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).expect("pid namespace");
+    for entry in std::fs::read_dir("/proc").expect("/proc") {
+        let Ok(candidate) = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .parse::<i32>()
+        else {
+            continue;
+        };
+        if std::fs::read_link(format!("/proc/{candidate}/ns/pid")).ok() != Some(ns.clone()) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{candidate}/status")) else {
+            continue;
+        };
+        if field(&status, "NSpid").split_whitespace().last() == Some("1") {
+            return candidate;
+        }
+    }
+    panic!("no PID 1 in the PID namespace of {pid} ({})", ns.display());
+}
+
+/// CVE-2019-5736 (anchor "runtime self-protection": the runtime binary must not be writable
+/// from a container). The pod's PID 1 is crid-pinns' holder, and a container given
+/// CAP_SYS_PTRACE (no privilege needed) passes its non-dumpable check: it can open the holder's
+/// executable as `/proc/1/exe`, and trace it. The fd must never become a writable one — not
+/// even once the holder is gone, when ETXTBSY no longer guards the host's binary (an fd can be
+/// handed to another pod over a socket) — and code injected into the holder must find no
+/// privilege to use: no capability, no_new_privs, a seccomp filter.
+#[tokio::test]
+async fn cve_2019_5736_the_pod_pid_1_lends_neither_its_binary_nor_its_privileges() {
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("holder-image");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let ptrace = with_security(
+        fx.container_config("ptrace", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["SYS_PTRACE".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let id = fx.start_container(&pod_id, &pod, ptrace).await;
+    let status = text(&fx.exec(&id, &["cat", "/proc/1/status"], 10).await.stdout);
+    for name in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
+        assert_eq!(
+            field(&status, name),
+            format!("{:016x}", 0),
+            "holder's {name}"
+        );
+    }
+    assert_eq!(field(&status, "NoNewPrivs"), "1", "holder's no_new_privs");
+    assert_eq!(field(&status, "Seccomp"), "2", "holder's seccomp mode");
+    // The container can read its PID 1's executable (it is no secret)...
+    let read = fx
+        .exec(&id, &["sh", "-c", "head -c 4 /proc/1/exe | od -c"], 10)
+        .await;
+    assert!(
+        text(&read.stdout).contains("E   L   F"),
+        "read /proc/1/exe: {} {}",
+        text(&read.stdout),
+        text(&read.stderr)
+    );
+    // ...and an fd to it, held past the holder's end, never opens for writing.
+    let holder = namespace_init(fx.container_pid(&id).await);
+    let exe = std::fs::File::open(format!("/proc/{holder}/exe")).expect("open the holder's exe");
+    let reopen = || {
+        use std::os::fd::AsRawFd;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", exe.as_raw_fd()))
+    };
+    fx.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    let mut error = reopen().expect_err("the holder's binary opened for writing");
+    for _ in 0..100 {
+        if error.raw_os_error() != Some(libc::ETXTBSY) {
+            break;
+        }
+        // The holder's memory goes a moment after it is killed.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        error = reopen().expect_err("the holder's binary opened for writing");
+    }
+    assert_eq!(
+        error.raw_os_error(),
+        Some(libc::EROFS),
+        "reopening the holder's exe for writing: {error}"
+    );
+    drop(exe);
+    fx.finish().await;
+}

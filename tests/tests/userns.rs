@@ -627,11 +627,41 @@ fn userns_pinns_makes_the_pods_namespaces_inside_its_user_namespace() {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .collect();
     assert!(fds.iter().all(|fd| *fd <= 2), "holder fds {fds:?}");
-    // A non-dumpable process's /proc files belong to the host's root.
-    let dumpable_owner = std::fs::metadata(format!("/proc/{holder}/environ"))
-        .expect("environ")
-        .uid();
-    assert_eq!(dumpable_owner, 0, "the holder is dumpable");
+    // Not dumpable: a process of the holder's own host ids, without capabilities, may not
+    // read its environment (it could if the holder were dumpable).
+    let peek = std::process::Command::new(require::tool("setpriv"))
+        .arg(format!("--reuid={HOST_UID}"))
+        .arg(format!("--regid={HOST_GID}"))
+        .args([
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "cat",
+        ])
+        .arg(format!("/proc/{holder}/environ"))
+        .output()
+        .expect("setpriv");
+    assert!(
+        !peek.status.success() && text(&peek.stderr).contains("Permission denied"),
+        "the holder is dumpable: {peek:?}"
+    );
+    // Code injected into it (container root of this pod may trace it) finds no privilege.
+    for name in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")));
+        assert_eq!(
+            value.map(str::trim),
+            Some("0000000000000000"),
+            "holder's {name}"
+        );
+    }
+    for (name, want) in [("NoNewPrivs", "1"), ("Seccomp", "2")] {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")));
+        assert_eq!(value.map(str::trim), Some(want), "holder's {name}");
+    }
     // Its UTS and network namespaces were set up inside.
     let hostname = std::process::Command::new(require::tool("nsenter"))
         .arg(format!("--uts={}", pin("uts").display()))

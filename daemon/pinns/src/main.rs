@@ -36,7 +36,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
@@ -189,7 +189,8 @@ struct Inside<'a> {
     hostname: Option<&'a str>,
     /// (path under /proc/sys, value, key)
     sysctls: &'a [(PathBuf, String, String)],
-    pid: bool,
+    /// With a PID namespace: the holder's image (see [`holder_image`]).
+    holder_image: Option<BorrowedFd<'a>>,
 }
 
 /// Unshares the namespaces, brings up `lo`, sets the hostname and the sysctls, and forks the
@@ -211,8 +212,8 @@ fn make_inside(inside: &Inside<'_>) -> Result<Option<libc::pid_t>, String> {
     for (path, value, key) in inside.sysctls {
         std::fs::write(path, value).map_err(|e| format!("set sysctl {key}: {e}"))?;
     }
-    if inside.pid {
-        return fork_pid_holder().map(Some);
+    if let Some(image) = inside.holder_image {
+        return fork_pid_holder(image).map(Some);
     }
     Ok(None)
 }
@@ -264,12 +265,13 @@ fn run(args: &Args) -> Result<(), String> {
     if kinds.is_empty() && !args.pid && !args.user {
         return Err("no namespace requested (--net, --ipc, --uts, --pid, --user)".into());
     }
+    let image = args.pid.then(holder_image).transpose()?;
     let inside = Inside {
         flags: kinds.iter().fold(0, |acc, (_, flag)| acc | flag),
         net: args.net,
         hostname: args.hostname.as_deref(),
         sysctls: &sysctls,
-        pid: args.pid,
+        holder_image: image.as_ref().map(AsFd::as_fd),
     };
 
     let mut pinned = Pinned {
@@ -574,10 +576,62 @@ fn pin(source: &str, target: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes a new PID namespace and forks its init: a holder that sleeps until killed. Returns
-/// once the holder is set up (it holds no fd of ours then, and lives in its empty mount
-/// namespace), or fails if it could not be.
-fn fork_pid_holder() -> Result<libc::pid_t, String> {
+/// The fd on which the holder reports, across its exec: one byte, 0 once set up, or the
+/// [`HolderStep`] that failed followed by its errno (4 bytes, native order).
+const HOLDER_REPORT_FD: libc::c_int = 3;
+
+/// The argument with which crid-pinns runs as a PID namespace's holder (after its exec).
+const HOLD_ARGUMENT: &str = "--hold-pid-namespace";
+
+/// What the holder was doing when it failed (its report byte).
+#[derive(Debug, Clone, Copy)]
+#[repr(u8)]
+enum HolderStep {
+    Exec = 1,
+    MountNamespace,
+    Privileges,
+    Seccomp,
+}
+
+impl HolderStep {
+    /// What the step with report byte `byte` does.
+    fn describe(byte: u8) -> &'static str {
+        const STEPS: [(HolderStep, &str); 4] = [
+            (HolderStep::Exec, "exec its read-only image"),
+            (HolderStep::MountNamespace, "make its empty mount namespace"),
+            (HolderStep::Privileges, "drop its capabilities"),
+            (HolderStep::Seccomp, "load its seccomp filter"),
+        ];
+        STEPS
+            .iter()
+            .find(|(step, _)| *step as u8 == byte)
+            .map_or("report", |(_, what)| what)
+    }
+}
+
+/// The holder's program: this executable, through a detached read-only bind mount of it. The
+/// holder is PID 1 of the pod's PID namespace, so a container given CAP_SYS_PTRACE can open
+/// it as `/proc/1/exe`; through this mount no such open can ever write the host's binary
+/// (CVE-2019-5736's overwrite, which runc closes with a sealed copy of itself), and nothing is
+/// copied per pod. Made while this process is in the host's mount namespace.
+fn holder_image() -> Result<OwnedFd, String> {
+    let exe = Path::new("/proc/self/exe");
+    let image = crid_mount::mount_api::clone_tree(exe, false)
+        .map_err(|e| format!("clone a mount of {}: {e}", exe.display()))?;
+    let read_only = crid_mount::mount_api::Attributes {
+        read_only: true,
+        ..Default::default()
+    };
+    crid_mount::mount_api::set_attributes(&image, read_only, false)
+        .map_err(|e| format!("make the holder's image read-only: {e}"))?;
+    Ok(image)
+}
+
+/// Makes a new PID namespace and forks its init, which execs `image` (see [`holder_image`])
+/// as the holder: a process that sleeps until killed. Returns once the holder is set up (it
+/// holds no fd of ours then, has no capability, and lives in its empty mount namespace), or
+/// fails, the holder reaped, if it could not be.
+fn fork_pid_holder(image: BorrowedFd<'_>) -> Result<libc::pid_t, String> {
     // SAFETY: unshare takes flags only; this process has a single thread.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
         return Err(format!(
@@ -585,50 +639,243 @@ fn fork_pid_holder() -> Result<libc::pid_t, String> {
             std::io::Error::last_os_error()
         ));
     }
-    // Readiness: the holder closes its copy of the write end (with every other fd) once set
-    // up, so the read end sees EOF.
-    let (ready, ready_w) = pipe()?;
-    // SAFETY: single-threaded, so the child may run anything; it only makes plain syscalls.
+    let (report, report_w) = pipe()?;
+    // SAFETY: single-threaded, so the child may run anything; it only makes plain syscalls on
+    // what was made before the fork, and execs or exits.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
     }
     if pid == 0 {
-        hold();
+        // SAFETY: this is the forked child; both fds are open.
+        unsafe { exec_holder(image.as_raw_fd(), report_w.as_raw_fd()) };
     }
-    drop(ready_w);
-    let mut ready = ready;
-    while let Err(err) = std::io::Read::read(&mut ready, &mut [0u8; 1]) {
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            break;
+    drop(report_w);
+    let mut report = report;
+    let mut bytes = [0u8; 5];
+    let mut got = 0;
+    while got < bytes.len() {
+        match report.read(&mut bytes[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+        if got >= 1 && bytes[0] == 0 {
+            // Set up; the holder closed its end (or is about to): nothing more comes.
+            return Ok(pid);
         }
     }
-    let mut status = 0;
-    // SAFETY: waitpid on our own child, without blocking, writes its status if it exited.
-    if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-        return Err("the PID namespace holder could not set itself up (an empty mount namespace of its own)".into());
+    // The holder failed: it exits right after its report (or already has).
+    reap(pid);
+    if got == 0 {
+        return Err("the PID namespace holder ended before it was set up".into());
     }
-    Ok(pid)
+    let errno = i32::from_ne_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    Err(format!(
+        "the PID namespace holder could not {}: {}",
+        HolderStep::describe(bytes[0]),
+        std::io::Error::from_raw_os_error(errno)
+    ))
 }
 
-/// The holder's life: detached from crid's session, stdio and every other fd, not dumpable,
-/// in an empty mount namespace of its own, deaf to every signal that can be ignored (as PID 1
-/// of its namespace, only SIGKILL from outside ends it), never reaping.
-fn hold() -> ! {
-    // SAFETY: plain syscalls on constant arguments; no memory is shared with the parent.
+/// Reports the step that failed (and errno) on the report fd, then exits.
+///
+/// # Safety
+/// Only in the holder (forked or exec'd), where nothing else runs.
+unsafe fn holder_failed(step: HolderStep) -> ! {
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let e = errno.to_ne_bytes();
+    let bytes = [step as u8, e[0], e[1], e[2], e[3]];
+    // SAFETY: writes a local buffer; the caller's process only exits after.
+    unsafe {
+        libc::write(HOLDER_REPORT_FD, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(1)
+    }
+}
+
+/// The forked holder, before its exec: leaves crid's session, puts the report pipe on
+/// [`HOLDER_REPORT_FD`] (the only fd the exec keeps: the others are close-on-exec) and execs
+/// the read-only image. Makes system calls only: no allocation between fork and exec.
+///
+/// # Safety
+/// Only in a child just forked from this single-threaded process; `image` and `report` open.
+unsafe fn exec_holder(image: libc::c_int, report: libc::c_int) -> ! {
+    let argv = [
+        c"crid-pinns".as_ptr(),
+        c"--hold-pid-namespace".as_ptr(),
+        std::ptr::null(),
+    ];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    // SAFETY: plain syscalls on fds of this process and static NUL-terminated strings.
     unsafe {
         libc::setsid();
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        let mut image = image;
+        if image == HOLDER_REPORT_FD {
+            image = libc::fcntl(image, libc::F_DUPFD_CLOEXEC, HOLDER_REPORT_FD + 1);
+        }
+        // dup2 clears close-on-exec on the new fd; an fd already there needs it cleared.
+        let placed = if report == HOLDER_REPORT_FD {
+            libc::fcntl(report, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(report, HOLDER_REPORT_FD)
+        };
+        if image < 0 || placed < 0 {
+            // Without the report fd in place the parent sees EOF: "ended before set up".
+            libc::_exit(1);
+        }
+        libc::syscall(
+            libc::SYS_execveat,
+            image,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        holder_failed(HolderStep::Exec)
+    }
+}
+
+/// `AUDIT_ARCH_*` of this build's architecture (linux/audit.h), checked by the holder's filter.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+
+/// The only system calls the holder makes once set up: sleeping, signal returns, writing its
+/// report and closing its fds, and exiting.
+const HOLDER_SYSCALLS: &[libc::c_long] = &[
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_pause,
+    libc::SYS_ppoll,
+    libc::SYS_rt_sigsuspend,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_restart_syscall,
+    libc::SYS_write,
+    libc::SYS_close,
+    libc::SYS_close_range,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+];
+
+/// The holder's seccomp program: `HOLDER_SYSCALLS` of this architecture, anything else kills
+/// it (and with it the pod's PID namespace: code injected into it can do nothing else).
+fn holder_filter() -> Vec<libc::sock_filter> {
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump_eq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    // struct seccomp_data: int nr; __u32 arch; ...
+    let (nr_offset, arch_offset) = (0, 4);
+    let count = HOLDER_SYSCALLS.len();
+    let mut program = vec![
+        stmt(load, arch_offset),
+        jump_eq(AUDIT_ARCH, 1, 0),
+        stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
+        stmt(load, nr_offset),
+    ];
+    for (i, nr) in HOLDER_SYSCALLS.iter().enumerate() {
+        // Match: jump over the remaining checks and the kill, to the allow.
+        program.push(jump_eq(*nr as u32, (count - i) as u8, 0));
+    }
+    program.push(stmt(ret, libc::SECCOMP_RET_KILL_PROCESS));
+    program.push(stmt(ret, libc::SECCOMP_RET_ALLOW));
+    program
+}
+
+/// `struct __user_cap_header_struct` (linux/capability.h; not in the libc crate).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Takes every capability from this process for good: bounding set, ambient, then the
+/// effective, permitted and inheritable sets, and no_new_privs.
+///
+/// # Safety
+/// Only in the holder, which needs none of them after.
+unsafe fn drop_every_capability() -> libc::c_long {
+    // SAFETY: prctl and capset on integers and live locals.
+    unsafe {
+        for cap in 0..64 {
+            // EINVAL past the kernel's last capability.
+            let rc = libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+            if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                return -1;
+            }
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        let mut header = CapHeader {
+            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+            pid: 0,
+        };
+        let data = [CapData::default(); 2];
+        if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) != 0 {
+            return -1;
+        }
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into()
+    }
+}
+
+/// The holder's life after its exec (`crid-pinns --hold-pid-namespace`): PID 1 of the pod's
+/// namespace, not dumpable, detached from crid's session, stdio and every other fd, in an
+/// empty mount namespace of its own, without any capability, under a seccomp filter that
+/// allows sleeping and little else, deaf to every signal that can be ignored (as PID 1 of its
+/// namespace, only SIGKILL from outside ends it), never reaping.
+fn hold_pid_namespace() -> ! {
+    let filter = holder_filter();
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: plain syscalls on constant arguments and live locals; this process has a single
+    // thread and shares no memory.
+    unsafe {
+        // Dumpable again since the exec: not for a moment longer than needed.
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::prctl(libc::PR_SET_NAME, c"crid-pinns".as_ptr(), 0, 0, 0);
+        if libc::getpid() != 1 {
+            // Run by hand: not a holder, and nothing to report to.
+            eprintln!("crid-pinns: {HOLD_ARGUMENT} is crid-pinns' own; it runs only as PID 1");
+            libc::_exit(2);
+        }
         // Opened while the host's /dev is still in reach.
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        // A root of its own with nothing in it. The holder is PID 1 of the pod's PID
-        // namespace, so every container of the pod sees its /proc/1: any of them can read
-        // /proc/1/mountinfo, and one given CAP_SYS_PTRACE passes the non-dumpable check (its
-        // capability counts in the host's user namespace) and would reach the host's files
-        // through /proc/1/root. In a mount namespace whose only mount is an empty read-only
-        // tmpfs there is nothing to read or reach. Without it, no holder (the pod fails).
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        // A root of its own with nothing in it. Every container of the pod sees this process
+        // as its /proc/1: any of them can read /proc/1/mountinfo, and one given CAP_SYS_PTRACE
+        // passes the non-dumpable check (its capability counts in the host's user namespace)
+        // and would reach the host's files through /proc/1/root. In a mount namespace whose
+        // only mount is an empty read-only tmpfs there is nothing to read or reach.
         let none = std::ptr::null::<libc::c_char>();
-        if libc::unshare(libc::CLONE_NEWNS) != 0
+        if null < 0
+            || libc::unshare(libc::CLONE_NEWNS) != 0
             || libc::mount(
                 none,
                 c"/".as_ptr(),
@@ -648,19 +895,32 @@ fn hold() -> ! {
             || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
             || libc::chdir(c"/".as_ptr()) != 0
         {
-            libc::_exit(1);
+            holder_failed(HolderStep::MountNamespace);
         }
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
+        for fd in 0..3 {
+            libc::dup2(null, fd);
         }
-        // Every other fd, /dev/null's and the readiness pipe's included: the parent goes on.
+        libc::close(null);
+        for signal in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::signal(signal, libc::SIG_IGN);
+        }
+        // Code a container could inject (with CAP_SYS_PTRACE it may trace this process) must
+        // find nothing: no capability, no system call to speak of.
+        if drop_every_capability() != 0 {
+            holder_failed(HolderStep::Privileges);
+        }
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &program as *const libc::sock_fprog,
+            0,
+            0,
+        ) != 0
+        {
+            holder_failed(HolderStep::Seccomp);
+        }
+        libc::write(HOLDER_REPORT_FD, [0u8].as_ptr().cast(), 1);
         libc::syscall(libc::SYS_close_range, 3, libc::c_uint::MAX, 0);
-        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
         loop {
             libc::pause();
         }
@@ -668,6 +928,9 @@ fn hold() -> ! {
 }
 
 fn main() {
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(HOLD_ARGUMENT)) {
+        hold_pid_namespace();
+    }
     let args = Args::parse();
     if let Err(message) = run(&args) {
         fail(message);
