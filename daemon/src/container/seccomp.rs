@@ -8,9 +8,9 @@
 //! `localhost/<path>`) is honoured when the structured one is absent.
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::Path;
 
+use crid_common::regular_file;
 use crid_proto::cri;
 use oci_spec::runtime::LinuxSeccomp;
 use serde_json::{json, Value};
@@ -538,25 +538,12 @@ pub fn localhost(path: &str) -> Result<LinuxSeccomp, SpecError> {
     if !Path::new(path).is_absolute() {
         return Err(bad("not an absolute path".into()));
     }
-    // O_NONBLOCK: a FIFO (or a device) at the path must not hang the request in open(2);
-    // only a regular file is read, and only up to the bound.
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
+    // The path is located with O_PATH and opened for reading only once known to be a regular
+    // file: crid runs as the host's root outside any device cgroup, and a request naming
+    // /dev/watchdog (or a FIFO, or a /proc file) must not make it open that.
+    let bytes = regular_file::read_host_file(Path::new(path), MAX_PROFILE_BYTES)
         .map_err(|e| bad(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(bad("not a regular file".into()));
-    }
-    if meta.len() > MAX_PROFILE_BYTES {
-        return Err(bad(format!("larger than {MAX_PROFILE_BYTES} bytes")));
-    }
-    let mut text = String::new();
-    file.take(MAX_PROFILE_BYTES)
-        .read_to_string(&mut text)
-        .map_err(|e| bad(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
     let mut doc: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     // Docker-format profiles name architectures through an archMap; OCI wants a list.
     if doc.get("architectures").is_none() {
@@ -590,6 +577,52 @@ pub fn profile(
 
 #[cfg(test)]
 mod tests {
+
+    /// A Localhost profile path naming a FIFO or a device is refused without being opened for
+    /// reading: a writer waiting on the FIFO is not woken (the kernel wakes a waiting writer on
+    /// any reader's open, even one closed at once).
+    #[test]
+    fn a_localhost_profile_that_is_a_fifo_or_a_device_is_never_opened() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("profile.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let (opened, seen) = std::sync::mpsc::channel();
+        let writer_path = fifo.clone();
+        let writer = std::thread::spawn(move || {
+            let _fd = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&writer_path)
+                .expect("open the fifo for writing");
+            let _ = opened.send(());
+        });
+        let err = localhost(fifo.to_str().expect("utf-8")).expect_err("a fifo");
+        let woken = seen.recv_timeout(std::time::Duration::from_millis(300));
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .expect("open the fifo for reading");
+        writer.join().expect("writer");
+        assert!(woken.is_err(), "crid opened the fifo for reading");
+        assert!(
+            err.to_string().contains("not a regular file (a fifo)"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(fifo.to_str().expect("utf-8")),
+            "{err}"
+        );
+        let err = localhost("/dev/null").expect_err("a device");
+        assert!(
+            err.to_string()
+                .ends_with("\"/dev/null\": not a regular file (a character device)"),
+            "{err}"
+        );
+        let err = localhost("/proc/self/status").expect_err("procfs");
+        assert!(err.to_string().contains("kernel file system"), "{err}");
+    }
 
     #[test]
     fn a_localhost_profile_that_is_a_fifo_or_too_big_is_refused_without_hanging() {

@@ -1,14 +1,16 @@
 //! The user a container runs as: the CRI security context (run_as_user, run_as_group,
 //! run_as_username, supplemental groups) over the image's `User`, resolved against the
 //! container's own /etc/passwd and /etc/group. Those files belong to the image, so they are
-//! opened with `RESOLVE_IN_ROOT` (a symlink cannot lead out of the root filesystem) and read
-//! only up to a bound.
+//! located with `RESOLVE_IN_ROOT` (a symlink cannot lead out of the root filesystem), opened
+//! only once known to be regular files, and read only up to a bound
+//! ([`crid_common::regular_file`]). Missing, they are empty; anything else but a regular file
+//! there is an error naming it.
 
-use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::AsFd;
 use std::path::Path;
 
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use crid_common::regular_file::{self, RegularFileError};
+use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use crate::state::container::ProcessUser;
@@ -27,6 +29,8 @@ pub enum UserError {
     GroupWithoutUser,
     #[error("invalid id {0}: ids are 0..=4294967294")]
     BadId(i64),
+    #[error("the container's /{path}: {why}")]
+    Unreadable { path: &'static str, why: String },
 }
 
 /// Who the CRI config and the image say the process runs as.
@@ -67,27 +71,28 @@ fn id(value: i64) -> Result<u32, UserError> {
         .ok_or(UserError::BadId(value))
 }
 
-/// Reads a file of the root filesystem at `rootfs` (missing: empty).
-fn read_in_root(rootfs: &Path, relative: &str) -> String {
-    let open = || -> nix::Result<OwnedFd> {
-        let root = nix::fcntl::open(
-            rootfs,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
-        let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        nix::fcntl::openat2(&root, relative, how)
+/// Reads `/{relative}` of the root filesystem at `rootfs` (missing: empty). It is located with
+/// `O_PATH` and opened for reading only once known to be a regular file: the image decides
+/// what is there, and a device node (`c 10 130`, the host's watchdog) or a FIFO must never be
+/// opened by crid, which runs as the host's root outside any device cgroup.
+fn read_in_root(rootfs: &Path, relative: &'static str) -> Result<String, UserError> {
+    let unreadable = |why: RegularFileError| UserError::Unreadable {
+        path: relative,
+        why: why.to_string(),
     };
-    let mut text = String::new();
-    if let Ok(fd) = open() {
-        let file = std::fs::File::from(fd);
-        if file.metadata().is_ok_and(|m| m.is_file()) {
-            let _ = file.take(MAX_ID_FILE_BYTES).read_to_string(&mut text);
-        }
-    }
-    text
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| unreadable(RegularFileError::Open(e)))?;
+    let bytes = regular_file::read_in_root(root.as_fd(), relative, MAX_ID_FILE_BYTES)
+        .map_err(unreadable)?;
+    // Only names and numbers are taken from the lines; a GECOS field in Latin-1 must not
+    // make the whole file unreadable.
+    Ok(bytes
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default())
 }
 
 /// Resolves the process user in the root filesystem at `rootfs`.
@@ -98,8 +103,8 @@ pub fn resolve(rootfs: &Path, request: &UserRequest<'_>) -> Result<ProcessUser, 
     {
         return Err(UserError::GroupWithoutUser);
     }
-    let passwd = read_in_root(rootfs, "etc/passwd");
-    let groups = read_in_root(rootfs, "etc/group");
+    let passwd = read_in_root(rootfs, "etc/passwd")?;
+    let groups = read_in_root(rootfs, "etc/group")?;
     let (image_user, image_group) = match request.image_user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (request.image_user, None),
@@ -178,6 +183,7 @@ pub fn resolve(rootfs: &Path, request: &UserRequest<'_>) -> Result<ProcessUser, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
 
     fn rootfs() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -245,5 +251,67 @@ mod tests {
             ..Default::default()
         };
         assert!(resolve(root.path(), &request).is_err());
+    }
+
+    /// Anchor A8: an image's /etc/passwd that is a FIFO or a device node is refused with an
+    /// error naming it, and never opened for reading: a writer waiting on the FIFO is not woken
+    /// (the kernel wakes a waiting writer on any reader's open, even one closed at once).
+    #[test]
+    fn an_etc_passwd_fifo_or_device_is_refused_without_being_opened() {
+        use std::sync::mpsc;
+        let root = rootfs();
+        let passwd = root.path().join("etc/passwd");
+        std::fs::remove_file(&passwd).expect("rm");
+        nix::unistd::mkfifo(&passwd, Mode::from_bits_truncate(0o644)).expect("mkfifo");
+        let (opened, seen) = mpsc::channel();
+        let writer_path = passwd.clone();
+        let writer = std::thread::spawn(move || {
+            let _fd = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&writer_path)
+                .expect("open the fifo for writing");
+            let _ = opened.send(());
+        });
+        let request = UserRequest {
+            run_as_username: "www",
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(root.path(), &request),
+            Err(UserError::Unreadable {
+                path: "etc/passwd",
+                why: "not a regular file (a fifo)".into()
+            })
+        );
+        let woken = seen.recv_timeout(std::time::Duration::from_millis(300));
+        // Release the writer before asserting, so that a failure does not hang the test.
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&passwd)
+            .expect("open the fifo for reading");
+        writer.join().expect("writer");
+        assert!(woken.is_err(), "crid opened the fifo for reading");
+
+        // /dev/full as /etc/group: refused by its type, even for a numeric user.
+        let group = root.path().join("etc/group");
+        std::fs::remove_file(&group).expect("rm");
+        nix::sys::stat::mknod(
+            &group,
+            nix::sys::stat::SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o644),
+            nix::sys::stat::makedev(1, 7),
+        )
+        .expect("mknod");
+        std::fs::remove_file(&passwd).expect("rm");
+        let numeric = UserRequest {
+            run_as_user: Some(1000),
+            ..Default::default()
+        };
+        let err = resolve(root.path(), &numeric).expect_err("a device");
+        assert_eq!(
+            err.to_string(),
+            "the container's /etc/group: not a regular file (a character device)"
+        );
     }
 }
