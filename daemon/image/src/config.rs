@@ -7,10 +7,12 @@
 //! `encoding/json` leaves it; a value of the wrong type is an error.
 //!
 //! The working directory (the request's, else the image's) is checked where the container is
-//! created: absolute, no `..`, and not under `/proc` once the image's own symlinks are
-//! followed. A working directory of `/proc/self/fd/<n>` is how CVE-2024-21626 reached a host
-//! directory through a file descriptor the runtime leaked; crid refuses the whole class itself,
-//! whatever the runtime does (distributions backport runc's fix without changing its version).
+//! created: absolute, no `..`, and not under `/proc` or `/dev` once the image's own symlinks
+//! are followed. A working directory of `/proc/self/fd/<n>` is how CVE-2024-21626 reached a
+//! host directory through a file descriptor the runtime leaked, and `/dev/fd/<n>` reaches the
+//! same through the links the runtime makes in the /dev crid mounts; crid refuses the whole
+//! class itself, whatever the runtime does (distributions backport runc's fix without changing
+//! its version).
 
 use std::collections::VecDeque;
 use std::ffi::{CString, OsStr, OsString};
@@ -128,7 +130,8 @@ pub fn parse_pulled(json: &str, layers: usize) -> Result<PulledConfig, ConfigErr
 
 /// Checks a container's working directory: `request` (the CRI `working_dir`) when set, else
 /// `image_dir` (the image's `WorkingDir`). It must be absolute, without `..`, and must not be
-/// or resolve (through the symlinks of the root filesystem at `rootfs`) to `/proc` or below.
+/// or resolve (through the symlinks of the root filesystem at `rootfs`) to `/proc`, `/dev`
+/// or below (nor below where the image's own `/proc` or `/dev` symlink leads).
 /// The error says which value, and names `image`.
 pub fn check_working_dir(
     rootfs: &Path,
@@ -160,13 +163,42 @@ pub fn check_working_dir(
         Ok(resolved) => resolved,
         Err(why) => return refuse(why.into()),
     };
-    if resolved.first().is_some_and(|c| c == "proc") {
-        let shown: Vec<_> = resolved.iter().map(|c| c.to_string_lossy()).collect();
-        return refuse(format!(
-            "is under /proc (it resolves to /{} in the image), which CVE-2024-21626 used to \
-             reach host files through the runtime's file descriptors",
-            shown.join("/")
-        ));
+    let shown = |parts: &[OsString]| {
+        let parts: Vec<_> = parts.iter().map(|c| c.to_string_lossy()).collect();
+        format!("/{}", parts.join("/"))
+    };
+    // /proc, and /dev too: crid's spec mounts its own tmpfs on /dev, whose content the image
+    // does not decide, and the runtime makes links there into /proc (/dev/fd ->
+    // /proc/self/fd, /dev/stdin -> /proc/self/fd/0, /dev/core -> /proc/kcore): `/dev/fd/7` is
+    // CVE-2024-21626's `/proc/self/fd/7` by another name. A working directory under /dev is
+    // never legitimate. Each is taken both as written and where the image's own symlinks lead
+    // it (the runtime follows them when it mounts /dev).
+    for top in ["proc", "dev"] {
+        let written = [OsString::from(top)];
+        let image_top = resolve_in_root(rootfs, top).unwrap_or_else(|_| written.to_vec());
+        for prefix in [&written[..], &image_top[..]] {
+            if resolved.starts_with(prefix) {
+                let why = match top {
+                    "proc" => {
+                        "which CVE-2024-21626 used to reach host files through the \
+                               runtime's file descriptors"
+                    }
+                    _ => {
+                        "where crid mounts its own /dev and the runtime links /dev/fd to \
+                          /proc/self/fd (CVE-2024-21626's class)"
+                    }
+                };
+                let through = if prefix == written.as_slice() {
+                    String::new()
+                } else {
+                    format!(", and the image's /{top} resolves to {}", shown(prefix))
+                };
+                return refuse(format!(
+                    "is under /{top} (it resolves to {} in the image{through}), {why}",
+                    shown(&resolved)
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -310,13 +342,26 @@ mod tests {
     #[test]
     fn working_dirs_under_proc_relative_or_with_dotdot_are_refused() {
         let none = Path::new("/nonexistent-rootfs");
-        for ok in ["/", "/app", "/srv/proc", "/procfs", "//app/./x"] {
+        for ok in [
+            "/",
+            "/app",
+            "/srv/proc",
+            "/procfs",
+            "//app/./x",
+            "/srv/dev",
+            "/device",
+        ] {
             check(none, ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         for (bad, why) in [
             ("/proc/self/fd/7", "under /proc"),
             ("/proc", "under /proc"),
             ("//proc/./self/cwd", "under /proc"),
+            ("/dev/fd/7", "under /dev"),
+            ("/dev/./fd/7", "under /dev"),
+            ("/dev/stdin", "under /dev"),
+            ("/dev", "under /dev"),
+            ("//dev//core", "under /dev"),
             ("app", "absolute"),
             ("./proc", "absolute"),
             ("/tmp/../proc/self/fd/7", "'..'"),
@@ -330,6 +375,11 @@ mod tests {
         let err = check_working_dir(none, "/proc/1/root", "/app", "img").expect_err("request");
         assert!(err.starts_with("config.working_dir"), "{err}");
         check_working_dir(none, "/app", "/proc/self/fd/7", "img").expect("request wins");
+        let err = check_working_dir(none, "/dev/fd/7", "/app", "img").expect_err("request");
+        assert!(
+            err.starts_with("config.working_dir \"/dev/fd/7\" is under /dev"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -357,5 +407,35 @@ mod tests {
         for ok in ["/data", "/data/sub", "/srv/data", "/new/dir"] {
             check(root, ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
+    }
+
+    #[test]
+    fn working_dirs_under_dev_are_refused_through_the_images_symlinks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("srv/devices")).expect("mkdir");
+        let link = |target: &str, name: &str| {
+            std::os::unix::fs::symlink(target, root.join(name)).expect("symlink")
+        };
+        link("/dev/fd/7", "w");
+        link("dev", "d");
+        link("../../dev/stdin", "srv/in");
+        for bad in ["/w", "/d/fd/3", "/srv/in", "/dev/fd/7"] {
+            let err = check(root, bad).expect_err(bad);
+            assert!(err.contains("under /dev"), "{bad}: {err}");
+        }
+        check(root, "/srv/devices").expect("a directory named like /dev elsewhere");
+        // The runtime mounts crid's /dev where the image's /dev symlink leads: that place
+        // is refused too.
+        link("/srv/devices", "dev");
+        for bad in ["/srv/devices/fd/7", "/srv/devices", "/dev/fd/7"] {
+            let err = check(root, bad).expect_err(bad);
+            assert!(
+                err.contains("it resolves to /srv/devices")
+                    && err.contains("the image's /dev resolves to /srv/devices"),
+                "{bad}: {err}"
+            );
+        }
+        check(root, "/srv/data").expect("elsewhere");
     }
 }

@@ -486,8 +486,8 @@ async fn setup(
         }
         None => overlay::mount_rootfs(&state.images.paths, layers, &upper, &work, &record.rootfs)?,
     }
-    // CVE-2024-21626's class: no working directory under /proc, through the image's
-    // symlinks too, whatever the runtime does.
+    // CVE-2024-21626's class: no working directory under /proc or /dev (whose /dev/fd links
+    // to /proc/self/fd), through the image's symlinks too, whatever the runtime does.
     let image_name = config.image.as_ref().map_or("", |i| i.image.as_str());
     crid_image::config::check_working_dir(
         &record.rootfs,
