@@ -946,3 +946,85 @@ async fn anchor_c21_pid_1_ignoring_sigterm_is_killed_after_the_timeout() {
     }
     fx.finish().await;
 }
+
+/// Anchor A8 (crid runs as the host's root outside any device cgroup): a Localhost seccomp
+/// profile path naming a FIFO or a device node (`/dev/watchdog` would reboot some hosts when
+/// opened and closed) is refused with INVALID_ARGUMENT naming it, without crid ever opening it
+/// for reading: it is located with O_PATH and checked first. A writer waiting on the FIFO sees
+/// whether a reader ever opened it (the kernel wakes a waiting writer on any reader's open,
+/// even one closed at once); the old code opened it O_RDONLY|O_NONBLOCK and then checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn anchor_a8_a_localhost_seccomp_profile_that_is_a_fifo_or_a_device_is_never_opened() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut fx = PodFixture::start("").await;
+    let pod = fx.pod_config("seccompfifo");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let fifo = fx.work.path().join("profile.json");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let (opened, seen) = std::sync::mpsc::channel();
+    let writer_path = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        let _fd = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&writer_path)
+            .expect("open the fifo for writing");
+        let _ = opened.send(());
+    });
+    let localhost = |name: &str, path: &str| {
+        let mut config = fx.container_config(name, &["sleep", "1000"]);
+        config.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                    localhost_ref: path.to_owned(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        config
+    };
+    let fifo_path = fifo.to_str().expect("utf-8").to_owned();
+    let cases = [
+        ("fifo", fifo_path.as_str(), "not a regular file (a fifo)"),
+        (
+            "device",
+            "/dev/full",
+            "not a regular file (a character device)",
+        ),
+        ("procfs", "/proc/self/status", "on a kernel file system"),
+    ];
+    let configs: Vec<_> = cases
+        .iter()
+        .map(|(name, path, _)| localhost(name, path))
+        .collect();
+    let mut refused = Vec::new();
+    for ((name, path, why), config) in cases.into_iter().zip(configs) {
+        let started = Instant::now();
+        let err = fx.create_container_err(&pod_id, &pod, config).await;
+        assert!(started.elapsed() < Duration::from_secs(10), "{name}: slow");
+        refused.push((name, path, why, err));
+    }
+    let woken = seen.recv_timeout(Duration::from_millis(500));
+    // Release the writer before asserting, so that a failure does not leave it blocked.
+    let _reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .expect("open the fifo for reading");
+    writer.join().expect("writer");
+    assert!(
+        woken.is_err(),
+        "crid opened the fifo named as a seccomp profile for reading"
+    );
+    for (name, path, why, err) in refused {
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+        assert!(
+            err.message().contains(path),
+            "{name}: names the path: {err:?}"
+        );
+        assert!(err.message().contains(why), "{name}: {err:?}");
+    }
+    assert_responsive(&mut fx).await;
+    fx.finish().await;
+}
