@@ -1265,3 +1265,343 @@ async fn cve_2024_21626_working_dirs_under_proc_are_refused_at_create() {
     f.start_container(&pod, &pod_config, config).await;
     f.finish().await;
 }
+
+/// CVE-2024-21626's class through /dev: crid mounts its own tmpfs on /dev, where the runtime
+/// links `/dev/fd -> /proc/self/fd`, `/dev/stdin -> /proc/self/fd/0` and `/dev/core ->
+/// /proc/kcore`, so `/dev/fd/7` is `/proc/self/fd/7` by another name. A working directory
+/// under /dev — written so, with `.` components, through a symlink in the image, or where the
+/// image's own /dev symlink leads (the runtime mounts /dev through it) — and the request's
+/// `working_dir` under /dev are refused at CreateContainer with INVALID_ARGUMENT naming it.
+#[tokio::test]
+async fn cve_2024_21626_working_dirs_under_dev_are_refused_at_create() {
+    let mut f = PodFixture::start("").await;
+    let layout = f.work.path().join("hostile-layout");
+    build_oci_busybox(&layout, "base", &["sleep", "3600"]);
+    let image = |tag: &str| format!("{}:{tag}", layout.display());
+    let staging = f.work.path().join("link");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::os::unix::fs::symlink("/dev/fd/7", staging.join("w")).expect("symlink");
+    let moved = f.work.path().join("moved");
+    std::fs::create_dir_all(moved.join("srv/devices")).expect("mkdir");
+    std::os::unix::fs::symlink("/srv/devices", moved.join("dev")).expect("symlink");
+    let cases = [
+        ("fd", "/dev/fd/7", "under /dev"),
+        ("dot", "/dev/./fd/7", "under /dev"),
+        ("stdin", "/dev/stdin", "under /dev"),
+        ("link", "/w", "under /dev"),
+        (
+            "moved",
+            "/srv/devices/fd/7",
+            "the image's /dev resolves to /srv/devices",
+        ),
+    ];
+    for (tag, dir, _) in cases {
+        umoci(&["tag", "--image", &image("base"), tag]);
+        // "moved": a layer whose `dev` is a symlink, over the base's /dev directory.
+        let insert = match tag {
+            "link" => Some(&staging),
+            "moved" => Some(&moved),
+            _ => None,
+        };
+        if let Some(insert) = insert {
+            umoci(&[
+                "insert",
+                "--image",
+                &image(tag),
+                &insert.display().to_string(),
+                "/",
+            ]);
+        }
+        umoci(&["config", "--image", &image(tag), "--config.workingdir", dir]);
+        f.registry.push_layout(&layout, tag, "hostile/devdir");
+    }
+    let pod_config = f.pod_config("devdir");
+    let pod = f.run_pod(pod_config.clone()).await;
+    let mut images = f.crid.images().await;
+    for (tag, dir, why) in cases {
+        let reference = format!("{}/hostile/devdir:{tag}", f.registry.addr);
+        pull(&mut images, &reference)
+            .await
+            .unwrap_or_else(|e| panic!("pull {reference}: {e:?}"));
+        let mut config = f.container_config(&format!("c-{tag}"), &[]);
+        config.image = Some(cri::ImageSpec {
+            image: reference.clone(),
+            ..Default::default()
+        });
+        let err = f.create_container_err(&pod, &pod_config, config).await;
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{tag} {dir}: {err:?}"
+        );
+        assert!(
+            err.message().contains(&reference),
+            "names the image: {err:?}"
+        );
+        assert!(err.message().contains(dir), "names the directory: {err:?}");
+        assert!(err.message().contains(why), "{tag}: {err:?}");
+    }
+    // The request's working_dir is checked the same way.
+    for dir in ["/dev/fd/3", "/dev/stderr"] {
+        let mut config = f.container_config("c-request", &["sleep", "3600"]);
+        config.working_dir = dir.into();
+        let err = f.create_container_err(&pod, &pod_config, config).await;
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{dir}: {err:?}");
+        assert!(
+            err.message()
+                .contains(&format!("config.working_dir {dir:?} is under /dev")),
+            "{err:?}"
+        );
+    }
+    // A directory merely named like /dev elsewhere still works.
+    let mut config = f.container_config("c-ok", &["sleep", "3600"]);
+    config.working_dir = "/srv/dev".into();
+    f.start_container(&pod, &pod_config, config).await;
+    f.finish().await;
+}
+
+/// Anchor D33 (containerd's `integration/image_pull_timeout_test.go`, CRI-O's "pull progress
+/// timeout should trigger"): a registry that stops sending, or drips too slowly to matter,
+/// cannot hold a download slot for ever. With `pull_progress_timeout_secs = 2` and a single
+/// slot, both pulls fail with DEADLINE_EXCEEDED naming the image and the layer, leave no
+/// temporary directory, and a good image pulls at once afterwards (the slot is free).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anchor_d33_a_stalling_registry_is_cut_off_and_releases_its_permit() {
+    static DATA: [u8; 1 << 20] = [0; 1 << 20];
+    let s = setup("pull_progress_timeout_secs = 2\nmax_concurrent_downloads = 1\n");
+    let tar = tar_of(&[Member::file("data", 0o644, 0, 0, &DATA)]);
+    let layer = Layer::plain(&tar);
+    let config = config_json(std::slice::from_ref(&layer.diff_id), serde_json::json!({}));
+    // One KiB, then nothing for a minute (past crid's 60 s read timeout); and a KiB every
+    // 100 ms (10 KiB/s: progress by containerd's any-byte rule, a drip by crid's).
+    for (repo, pause) in [
+        ("stall/silent", Duration::from_secs(70)),
+        ("stall/drip", Duration::from_millis(100)),
+    ] {
+        let image = serve_image(
+            &s.registry,
+            repo,
+            "latest",
+            std::slice::from_ref(&layer),
+            &config,
+            |_| {},
+        );
+        s.registry.put_blob(
+            repo,
+            &sha256(&layer.blob),
+            Body::Trickle {
+                bytes: layer.blob.clone(),
+                pause,
+            },
+        );
+        let mut images = s.crid.images().await;
+        let started = Instant::now();
+        let err = pull(&mut images, &image)
+            .await
+            .expect_err("a stalling registry is cut off");
+        assert_eq!(
+            err.code(),
+            tonic::Code::DeadlineExceeded,
+            "{image}: {err:?}"
+        );
+        assert!(err.message().contains(&image), "names the image: {err:?}");
+        assert!(
+            err.message().contains(&sha256(&layer.blob)),
+            "names the layer: {err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{image}: cut off after {:?}",
+            started.elapsed()
+        );
+        let tmp = s.root().join("tmp");
+        let gone = crid_tests::harness::wait_for(Duration::from_secs(5), || {
+            (std::fs::read_dir(&tmp).ok()?.count() == 0).then_some(())
+        });
+        assert!(gone.is_some(), "{image}: tmp left: {:?}", entries(&tmp));
+        s.assert_clean(&mut images).await;
+    }
+    // The only download slot is free: a good image pulls.
+    let good = Layer::plain(&small_tar());
+    let config = config_json(std::slice::from_ref(&good.diff_id), serde_json::json!({}));
+    let image = serve_image(
+        &s.registry,
+        "good/image",
+        "latest",
+        std::slice::from_ref(&good),
+        &config,
+        |_| {},
+    );
+    let mut images = s.crid.images().await;
+    let started = Instant::now();
+    pull(&mut images, &image)
+        .await
+        .unwrap_or_else(|e| panic!("{image} after the stalls: {e:?}"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files of the image crid reads itself.
+
+/// strace attached to every thread of `pid`, tracing opens and closes into a file.
+struct Strace {
+    child: std::process::Child,
+    output: PathBuf,
+}
+
+impl Strace {
+    fn attach(pid: u32, dir: &Path) -> Strace {
+        let strace = crid_tests::harness::require::tool("strace");
+        let output = dir.join("strace.out");
+        let log = dir.join("strace.err");
+        let child = std::process::Command::new(strace)
+            .args(["-f", "-e", "trace=open,openat,openat2,close", "-o"])
+            .arg(&output)
+            .args(["-p", &pid.to_string()])
+            .stderr(std::fs::File::create(&log).expect("strace log"))
+            .spawn()
+            .expect("run strace");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("attached")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "strace did not attach to crid: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Strace { child, output }
+    }
+
+    /// Detaches and returns the trace.
+    fn finish(mut self) -> String {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("stop strace");
+        self.child.wait().expect("wait for strace");
+        std::fs::read_to_string(&self.output).expect("strace output")
+    }
+}
+
+/// Checks a trace for `name` (a path crid resolves in a container's root): crid looked it up
+/// (at least once, so the trace is not empty by mistake), only ever with O_PATH, and never
+/// reopened such a handle (`/proc/self/fd/N`) before closing it.
+fn assert_only_located(trace: &str, name: &str) {
+    let quoted = format!("\"{name}\"");
+    let lines: Vec<(&str, &str)> = trace.lines().filter_map(|l| l.split_once(' ')).collect();
+    let mut located = 0;
+    for (i, (tid, call)) in lines.iter().enumerate() {
+        if !call.contains(&quoted) {
+            continue;
+        }
+        located += 1;
+        assert!(
+            call.contains("O_PATH"),
+            "crid opened {name} for real: {tid} {call}"
+        );
+        // The handle's number: on this line, or on the line resuming it.
+        let result = if call.contains("<unfinished") {
+            lines[i + 1..]
+                .iter()
+                .find(|(t, c)| t == tid && c.contains("resumed>"))
+                .map(|(_, c)| *c)
+                .unwrap_or_default()
+        } else {
+            call
+        };
+        let Some(fd) = result
+            .rsplit_once(") = ")
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .and_then(|r| r.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let reopen = format!("\"/proc/self/fd/{fd}\"");
+        for (t, c) in lines[i + 1..].iter().filter(|(t, _)| t == tid) {
+            if c.starts_with(&format!("close({fd})")) {
+                break;
+            }
+            assert!(
+                !c.contains(&reopen),
+                "crid reopened its handle on {name}: {t} {c}"
+            );
+        }
+    }
+    assert!(located > 0, "the trace shows no lookup of {name}:\n{trace}");
+}
+
+/// Anchor A8 (crid reads an image's files as the host's root, outside any device cgroup): an
+/// image whose /etc/passwd is a FIFO or a device node (`c 10 130` would be the host's
+/// watchdog, which reboots some hosts when opened and closed; here `c 1 7`, /dev/full) makes
+/// CreateContainer with run_as_username answer at once with INVALID_ARGUMENT naming the file
+/// and its type, and crid never opens it: a trace of crid's opens shows it located with O_PATH
+/// only (the old code opened it O_RDONLY|O_NONBLOCK, then checked its type).
+#[tokio::test]
+async fn anchor_a8_an_etc_passwd_device_node_is_never_opened() {
+    use tar::EntryType::{Char, Directory, Fifo};
+    let mut f = PodFixture::start("").await;
+    let layout = f.work.path().join("hostile-layout");
+    build_oci_busybox(&layout, "base", &["sleep", "3600"]);
+    let mut full = Member::other("etc/passwd", Char, 0o644, "");
+    full.device = (1, 7);
+    let images_of = [
+        (
+            "fifo",
+            Member::other("etc/passwd", Fifo, 0o644, ""),
+            "a fifo",
+        ),
+        ("device", full, "a character device"),
+    ];
+    let mut cases = Vec::new();
+    for (tag, passwd, kind) in images_of {
+        let tar = tar_of(&[
+            Member::other("etc/", Directory, 0o755, ""),
+            passwd,
+            Member::file("etc/group", 0o644, 0, 0, b"root:x:0:\n"),
+        ]);
+        crid_tests::harness::image::add_single_layer_image(&layout, tag, &tar);
+        f.registry.push_layout(&layout, tag, "hostile/passwd");
+        cases.push((tag, kind));
+    }
+    let pod_config = f.pod_config("passwd");
+    let pod = f.run_pod(pod_config.clone()).await;
+    let mut images = f.crid.images().await;
+    let crid_pid = f.crid.child.as_ref().expect("crid runs").id();
+    for (tag, kind) in cases {
+        let reference = format!("{}/hostile/passwd:{tag}", f.registry.addr);
+        pull(&mut images, &reference)
+            .await
+            .unwrap_or_else(|e| panic!("pull {reference}: {e:?}"));
+        let mut config = f.container_config(&format!("c-{tag}"), &["sh"]);
+        config.image = Some(cri::ImageSpec {
+            image: reference.clone(),
+            ..Default::default()
+        });
+        config.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                run_as_username: "tester".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let trace_dir = f.work.path().join(format!("trace-{tag}"));
+        std::fs::create_dir_all(&trace_dir).expect("mkdir");
+        let strace = Strace::attach(crid_pid, &trace_dir);
+        let started = Instant::now();
+        let err = f.create_container_err(&pod, &pod_config, config).await;
+        let took = started.elapsed();
+        let trace = strace.finish();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{tag}: {err:?}");
+        assert!(
+            err.message().contains(&format!(
+                "the container's /etc/passwd: not a regular file ({kind})"
+            )),
+            "{tag}: {err:?}"
+        );
+        assert!(took < Duration::from_secs(20), "{tag}: took {took:?}");
+        assert_only_located(&trace, "etc/passwd");
+    }
+    f.finish().await;
+}
