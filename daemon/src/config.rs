@@ -293,6 +293,9 @@ max_concurrent_downloads = {max_concurrent_downloads}
 max_layer_bytes = {max_layer_bytes}
 # Most entries one layer may hold.
 max_layer_entries = {max_layer_entries}
+# Seconds a pull may wait on its registry while receiving less than 64 KiB before it fails
+# with DeadlineExceeded (containerd's image_pull_progress_timeout); 0: never.
+pull_progress_timeout_secs = {pull_progress_timeout_secs}
 
 [streaming]
 # The server behind Exec, Attach and PortForward URLs (SPDY/3.1 and WebSocket), host:port;
@@ -333,6 +336,7 @@ exec_direct = {exec_direct}
             max_concurrent_downloads = d.image.max_concurrent_downloads,
             max_layer_bytes = d.image.max_layer_bytes,
             max_layer_entries = d.image.max_layer_entries,
+            pull_progress_timeout_secs = d.image.pull_progress_timeout_secs,
             stream_address = d.streaming.address,
             tls_cert_file = q(&d.streaming.tls_cert_file),
             tls_key_file = q(&d.streaming.tls_key_file),

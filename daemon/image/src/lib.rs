@@ -53,6 +53,17 @@ pub enum ImageError {
     },
     #[error("invalid image: {0}")]
     Invalid(String),
+    /// The registry sent less than [`pull::MIN_PULL_PROGRESS_BYTES`] in a whole progress
+    /// window while the pull waited on it.
+    #[error(
+        "pulling {reference}: the registry sent less than {min} bytes in {secs} s while crid waited for {waiting} (pull_progress_timeout_secs)",
+        min = pull::MIN_PULL_PROGRESS_BYTES
+    )]
+    Stalled {
+        reference: String,
+        waiting: String,
+        secs: u64,
+    },
     #[error(transparent)]
     Unpack(Box<LayerRefused>),
     #[error("layer i/o failed")]

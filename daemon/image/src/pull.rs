@@ -6,11 +6,18 @@
 //! descriptor's size (one byte more is an error), a config at its descriptor's size and
 //! [`MAX_CONFIG_BYTES`], a layer at `max_layer_bytes` (compressed and unpacked), and what
 //! follows the end of a layer's tar at [`MAX_TAIL_BYTES`].
+//!
+//! Time is bounded too: a pull that waits on its registry and receives less than
+//! [`MIN_PULL_PROGRESS_BYTES`] in a whole window of `pull_progress_timeout_secs` is cut off
+//! (containerd's `image_pull_progress_timeout`), which releases its download slots and
+//! removes its temporary directories.
 
 use std::cell::Cell;
 use std::io::Read;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
@@ -24,6 +31,78 @@ use super::registries::Endpoint;
 use super::store::{ImageRecord, LayerMeta};
 use super::unpack::{self, UnpackLimits};
 use super::{ImageError, ImageStore, LayerRefused};
+
+/// Bytes a pull must receive in each window of `pull_progress_timeout_secs` while it waits
+/// on its registry. containerd asks for one byte (any progress), which a registry dripping a
+/// byte a minute satisfies for ever; 64 KiB per window (218 bytes/s at the default five
+/// minutes) is far below any working registry and makes a drip cost the registry something.
+pub(crate) const MIN_PULL_PROGRESS_BYTES: u64 = 64 << 10;
+
+/// Longest time between two checks of a pull's progress (containerd's report interval);
+/// shorter windows are checked twice per window.
+const PROGRESS_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What one pull attempt received from its registry, and what it is waiting for from it now
+/// (nothing while it waits for a download slot or for another pull of the same layer).
+#[derive(Default)]
+struct Progress {
+    bytes: AtomicU64,
+    waiting: std::sync::Mutex<Vec<String>>,
+}
+
+/// Marks a wait on the registry for as long as it lives.
+struct Waiting {
+    progress: Arc<Progress>,
+    what: String,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut waiting = self.progress.lock();
+        if let Some(i) = waiting.iter().position(|w| *w == self.what) {
+            waiting.swap_remove(i);
+        }
+    }
+}
+
+impl Progress {
+    fn received(&self, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn waiting_for(self: &Arc<Self>, what: String) -> Waiting {
+        self.lock().push(what.clone());
+        Waiting {
+            progress: self.clone(),
+            what,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resolves when the pull received less than [`MIN_PULL_PROGRESS_BYTES`] over a whole
+    /// `window` during which it was waiting on the registry, with what it was waiting for.
+    async fn stalled(&self, window: Duration) -> Vec<String> {
+        let check = (window / 2).clamp(Duration::from_millis(100), PROGRESS_CHECK_INTERVAL);
+        let mut ticks = tokio::time::interval(check);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut seen, mut since) = (self.bytes.load(Ordering::Relaxed), Instant::now());
+        loop {
+            ticks.tick().await;
+            let bytes = self.bytes.load(Ordering::Relaxed);
+            let waiting = self.lock().clone();
+            if waiting.is_empty() || bytes.saturating_sub(seen) >= MIN_PULL_PROGRESS_BYTES {
+                (seen, since) = (bytes, Instant::now());
+                continue;
+            }
+            if since.elapsed() >= window {
+                return waiting;
+            }
+        }
+    }
+}
 
 /// Largest image config accepted.
 const MAX_CONFIG_BYTES: u64 = 8 << 20;
@@ -173,6 +252,9 @@ struct Unpacking {
 struct AbandonOnDrop {
     state: Arc<std::sync::Mutex<Unpacking>>,
     dir: std::path::PathBuf,
+    /// Ends the blob stream: a thread blocked on a registry that sends nothing wakes at once
+    /// (sees the end of the stream) instead of at the next byte or the read timeout.
+    stream: futures_util::stream::AbortHandle,
     armed: bool,
 }
 
@@ -183,10 +265,19 @@ impl Drop for AbandonOnDrop {
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.abandoned = true;
+        self.stream.abort();
         if !state.running {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// What a layer's download reports to and is stopped by.
+struct Fetch {
+    /// Counts the blob's bytes.
+    progress: Arc<Progress>,
+    /// Ends the blob's stream when the pull is abandoned ([`AbandonOnDrop::stream`]).
+    registration: futures_util::stream::AbortRegistration,
 }
 
 /// A blob stream that fails once its pull is abandoned.
@@ -381,13 +472,37 @@ impl ImageStore {
             });
             let (client, http) = self.clients_for(endpoint)?;
             let scheme = if endpoint.insecure { "http" } else { "https" };
-            let attempt = match Session::open(&client, http, scheme, &target, &auth).await {
-                Ok(session) => self.pull_from(&session, &target, &reference).await,
-                Err(FetchError::Registry(err)) => Err(ImageError::Registry {
-                    reference: target.whole(),
-                    err,
-                }),
-                Err(FetchError::Content(err)) => Err(err),
+            let progress = Arc::new(Progress::default());
+            let attempt = async {
+                let waiting = progress.waiting_for(format!("registry {}", endpoint.host));
+                let session = Session::open(&client, http, scheme, &target, &auth).await;
+                drop(waiting);
+                match session {
+                    Ok(session) => {
+                        self.pull_from(&session, &target, &reference, &progress)
+                            .await
+                    }
+                    Err(FetchError::Registry(err)) => Err(ImageError::Registry {
+                        reference: target.whole(),
+                        err,
+                    }),
+                    Err(FetchError::Content(err)) => Err(err),
+                }
+            };
+            // Cut off when the registry stalls: the attempt's future is dropped, which
+            // releases its download slots and removes its temporary directories.
+            let attempt = match self.config.pull_progress_timeout_secs {
+                0 => attempt.await,
+                secs => tokio::select! {
+                    result = attempt => result,
+                    waiting = progress.stalled(Duration::from_secs(secs)) => {
+                        Err(ImageError::Stalled {
+                            reference: reference.whole(),
+                            waiting: waiting.join(", "),
+                            secs,
+                        })
+                    }
+                },
             };
             match attempt {
                 Ok(id) => return Ok(id),
@@ -436,6 +551,7 @@ impl ImageStore {
         session: &Session,
         target: &Reference,
         requested: &Reference,
+        progress: &Arc<Progress>,
     ) -> Result<String, ImageError> {
         let registry = |err| ImageError::Registry {
             reference: target.whole(),
@@ -443,11 +559,13 @@ impl ImageStore {
         };
         let image = requested.whole();
         let invalid = |why: String| ImageError::Invalid(format!("image {image}: {why}"));
+        let waiting = progress.waiting_for(format!("the manifest of {}", target.whole()));
         let fetched = match session.manifest(target).await {
             Ok(fetched) => fetched,
             Err(FetchError::Registry(err)) => return Err(registry(err)),
             Err(FetchError::Content(err)) => return Err(err),
         };
+        drop(waiting);
         let (manifest, manifest_digest) = (fetched.manifest, fetched.digest);
         // Every descriptor is checked before anything is fetched by it.
         let config_blob = Blob::check(&manifest.config, &image, "config descriptor")?;
@@ -474,9 +592,11 @@ impl ImageStore {
             )));
         }
         let mut config_bytes = Vec::new();
+        let waiting = progress.waiting_for(format!("config {}", config_blob.digest));
         let mut stream = Box::pin(session.blob(&config_blob.digest).await.map_err(registry)?);
         while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
             let chunk = chunk.map_err(|e| registry(OciDistributionError::IoError(e)))?;
+            progress.received(chunk.len());
             if (config_bytes.len() + chunk.len()) as u64 > config_blob.size {
                 return Err(invalid(format!(
                     "image config {} is longer than its descriptor's {} bytes",
@@ -485,6 +605,7 @@ impl ImageStore {
             }
             config_bytes.extend_from_slice(&chunk);
         }
+        drop(waiting);
         let config_digest = Digest::of(&config_bytes);
         if config_digest != config_blob.digest {
             return Err(invalid(format!(
@@ -502,7 +623,7 @@ impl ImageStore {
         let hold = self.hold_layers(&chains);
         let mut tasks = Vec::new();
         for ((layer, diff_id), chain) in layers.iter().zip(&pulled.diff_ids).zip(&chains) {
-            tasks.push(self.ensure_layer(session, target, &image, layer, diff_id, chain));
+            tasks.push(self.ensure_layer(session, target, &image, layer, diff_id, chain, progress));
         }
         let mut failure = None;
         for result in futures_util::future::join_all(tasks).await {
@@ -545,6 +666,7 @@ impl ImageStore {
     }
 
     /// Makes sure one layer is present, downloading and unpacking it at most once at a time.
+    #[allow(clippy::too_many_arguments)]
     async fn ensure_layer(
         &self,
         session: &Session,
@@ -553,6 +675,7 @@ impl ImageStore {
         layer: &Blob,
         diff_id: &Digest,
         chain: &Digest,
+        progress: &Arc<Progress>,
     ) -> Result<(), ImageError> {
         if self.paths.has_layer(chain) {
             return Ok(());
@@ -568,14 +691,24 @@ impl ImageStore {
             .await
             .map_err(|_| ImageError::Invalid("store is closing".into()))?;
         let tmp = self.paths.new_temp_dir("layer")?;
+        let (stream, registration) = futures_util::stream::AbortHandle::new_pair();
         let mut abandon = AbandonOnDrop {
             state: Arc::default(),
             dir: tmp.clone(),
+            stream,
             armed: true,
         };
+        let waiting = progress.waiting_for(format!("layer {}", layer.digest));
+        let fetch = Fetch {
+            progress: progress.clone(),
+            registration,
+        };
         let result = self
-            .fetch_layer(session, target, image, layer, diff_id, &abandon)
+            .fetch_layer(session, target, image, layer, diff_id, &abandon, fetch)
             .await;
+        // Committing is crid's own disk work, not a wait on the registry: however slow (a
+        // slow fsync), it is not a stall.
+        drop(waiting);
         abandon.armed = false;
         let committed = result.and_then(|meta| {
             self.paths
@@ -590,6 +723,7 @@ impl ImageStore {
 
     /// Downloads and unpacks a layer into `<tmp>/diff` (`tmp` is `abandon.dir`) and verifies
     /// it.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch_layer(
         &self,
         session: &Session,
@@ -598,6 +732,7 @@ impl ImageStore {
         layer: &Blob,
         diff_id: &Digest,
         abandon: &AbandonOnDrop,
+        fetch: Fetch,
     ) -> Result<LayerMeta, ImageError> {
         let diff_dir = abandon.dir.join("diff");
         std::fs::create_dir(&diff_dir).map_err(ImageError::layer_io)?;
@@ -615,6 +750,16 @@ impl ImageStore {
                 reference: target.whole(),
                 err,
             })?;
+        let Fetch {
+            progress,
+            registration,
+        } = fetch;
+        let stream = futures_util::StreamExt::inspect(stream, move |chunk| {
+            if let Ok(chunk) = chunk {
+                progress.received(chunk.len());
+            }
+        });
+        let stream = futures_util::stream::Abortable::new(stream, registration);
         let reader = tokio_util::io::StreamReader::new(Box::pin(stream));
         let bridge = tokio_util::io::SyncIoBridge::new(reader);
         let limits = UnpackLimits {
@@ -853,6 +998,66 @@ mod tests {
         let ok = unpack_stream(&padded[..], PLAIN, padded.len() as u64, dir.path(), LIMITS)
             .expect("padding");
         assert_eq!(ok.diff_id, Digest::of(&padded));
+    }
+
+    /// Anchor D33 (containerd's `image_pull_progress_timeout`): a pull waiting on its
+    /// registry is cut off when a whole window brings no bytes, or a drip of fewer than
+    /// MIN_PULL_PROGRESS_BYTES; a pull that waits on nothing (a download slot, another
+    /// pull of the same layer) or that streams is never cut off.
+    #[tokio::test]
+    async fn anchor_d33_progress_is_whole_window_bytes_while_waiting_on_the_registry() {
+        let window = Duration::from_millis(400);
+        let cut_off = Duration::from_millis(1500);
+        // Waiting on nothing: never stalled.
+        let idle = Arc::new(Progress::default());
+        assert!(tokio::time::timeout(cut_off, idle.stalled(window))
+            .await
+            .is_err());
+        // Waiting, nothing arrives: stalled after about a window, naming the wait.
+        let silent = Arc::new(Progress::default());
+        let _waiting = silent.waiting_for("layer sha256:aa".into());
+        let started = Instant::now();
+        let what = tokio::time::timeout(cut_off, silent.stalled(window))
+            .await
+            .expect("a silent registry is cut off");
+        assert_eq!(what, ["layer sha256:aa"]);
+        assert!(started.elapsed() >= window);
+        // A drip: a KiB every 50 ms is less than MIN_PULL_PROGRESS_BYTES per window.
+        let drip = Arc::new(Progress::default());
+        let _waiting = drip.waiting_for("config sha256:bb".into());
+        let dripper = {
+            let drip = drip.clone();
+            tokio::spawn(async move {
+                loop {
+                    drip.received(1024);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        let what = tokio::time::timeout(cut_off, drip.stalled(window))
+            .await
+            .expect("a dripping registry is cut off");
+        assert_eq!(what, ["config sha256:bb"]);
+        dripper.abort();
+        // Streaming: MIN_PULL_PROGRESS_BYTES every 50 ms keeps it going.
+        let streaming = Arc::new(Progress::default());
+        let _waiting = streaming.waiting_for("layer sha256:cc".into());
+        let streamer = {
+            let streaming = streaming.clone();
+            tokio::spawn(async move {
+                loop {
+                    streaming.received(MIN_PULL_PROGRESS_BYTES as usize);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        assert!(tokio::time::timeout(cut_off, streaming.stalled(window))
+            .await
+            .is_err());
+        streamer.abort();
+        // The wait ended (the guard dropped): not waiting any more.
+        drop(_waiting);
+        assert!(streaming.lock().is_empty());
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub struct ImageConfig {
     pub max_layer_bytes: u64,
     /// Most entries one layer may hold.
     pub max_layer_entries: u64,
+    /// Seconds a pull may wait on its registry while receiving less than 64 KiB before it is
+    /// cut off with DeadlineExceeded (containerd's `image_pull_progress_timeout`, also five
+    /// minutes by default; 0: never). A registry that drips a byte now and then would
+    /// otherwise hold a download slot for ever: kubelet sets no deadline on PullImage.
+    pub pull_progress_timeout_secs: u64,
 }
 
 impl Default for ImageConfig {
@@ -35,6 +40,7 @@ impl Default for ImageConfig {
             max_concurrent_downloads: 3,
             max_layer_bytes: 64 << 30,
             max_layer_entries: 4_000_000,
+            pull_progress_timeout_secs: 300,
         }
     }
 }

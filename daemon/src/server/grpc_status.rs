@@ -61,6 +61,8 @@ impl From<DaemonError> for tonic::Status {
                     E::Unauthorized { .. } => tonic::Status::unauthenticated(message),
                     E::Blocked { .. } => tonic::Status::permission_denied(message),
                     E::Unavailable(_) => tonic::Status::unavailable(message),
+                    // The registry stopped sending: like the other deadlines crid enforces.
+                    E::Stalled { .. } => tonic::Status::deadline_exceeded(message),
                     E::Registries(_) => tonic::Status::failed_precondition(message),
                     // The image itself is unacceptable: bad digests, hostile layers.
                     E::Invalid(_) | E::Unpack(_) => tonic::Status::failed_precondition(message),
