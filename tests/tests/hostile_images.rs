@@ -1605,3 +1605,83 @@ async fn anchor_a8_an_etc_passwd_device_node_is_never_opened() {
     }
     f.finish().await;
 }
+
+/// Anchor D33 (containerd's `integration/image_pull_timeout_test.go`, CRI-O's "pull progress
+/// timeout should trigger"): a registry that stops sending, or drips too slowly to matter,
+/// cannot hold a download slot for ever. With `pull_progress_timeout_secs = 2` and a single
+/// slot, both pulls fail with DEADLINE_EXCEEDED naming the image and the layer, leave no
+/// temporary directory, and a good image pulls at once afterwards (the slot is free).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anchor_d33_a_stalling_registry_is_cut_off_and_releases_its_permit() {
+    static DATA: [u8; 1 << 20] = [0; 1 << 20];
+    let s = setup("pull_progress_timeout_secs = 2\nmax_concurrent_downloads = 1\n");
+    let tar = tar_of(&[Member::file("data", 0o644, 0, 0, &DATA)]);
+    let layer = Layer::plain(&tar);
+    let config = config_json(std::slice::from_ref(&layer.diff_id), serde_json::json!({}));
+    // One KiB, then nothing for a minute (past crid's 60 s read timeout); and a KiB every
+    // 100 ms (10 KiB/s: progress by containerd's any-byte rule, a drip by crid's).
+    for (repo, pause) in [
+        ("stall/silent", Duration::from_secs(70)),
+        ("stall/drip", Duration::from_millis(100)),
+    ] {
+        let image = serve_image(
+            &s.registry,
+            repo,
+            "latest",
+            std::slice::from_ref(&layer),
+            &config,
+            |_| {},
+        );
+        s.registry.put_blob(
+            repo,
+            &sha256(&layer.blob),
+            Body::Trickle {
+                bytes: layer.blob.clone(),
+                pause,
+            },
+        );
+        let mut images = s.crid.images().await;
+        let started = Instant::now();
+        let err = pull(&mut images, &image)
+            .await
+            .expect_err("a stalling registry is cut off");
+        assert_eq!(
+            err.code(),
+            tonic::Code::DeadlineExceeded,
+            "{image}: {err:?}"
+        );
+        assert!(err.message().contains(&image), "names the image: {err:?}");
+        assert!(
+            err.message().contains(&sha256(&layer.blob)),
+            "names the layer: {err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{image}: cut off after {:?}",
+            started.elapsed()
+        );
+        let tmp = s.root().join("tmp");
+        let gone = crid_tests::harness::wait_for(Duration::from_secs(5), || {
+            (std::fs::read_dir(&tmp).ok()?.count() == 0).then_some(())
+        });
+        assert!(gone.is_some(), "{image}: tmp left: {:?}", entries(&tmp));
+        s.assert_clean(&mut images).await;
+    }
+    // The only download slot is free: a good image pulls.
+    let good = Layer::plain(&small_tar());
+    let config = config_json(std::slice::from_ref(&good.diff_id), serde_json::json!({}));
+    let image = serve_image(
+        &s.registry,
+        "good/image",
+        "latest",
+        std::slice::from_ref(&good),
+        &config,
+        |_| {},
+    );
+    let mut images = s.crid.images().await;
+    let started = Instant::now();
+    pull(&mut images, &image)
+        .await
+        .unwrap_or_else(|e| panic!("{image} after the stalls: {e:?}"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
