@@ -26,7 +26,7 @@ RUN_PACKAGES=(runc containernetworking-plugins iptables iproute2 ca-certificates
 # Packages the tests and benchmarks need besides: the peers (crun, conmon, containerd), the
 # registry and image tools, busybox for test images, apparmor_parser (to compile crid's
 # AppArmor profile; this host's kernel need not have AppArmor).
-TEST_PACKAGES=(crun conmon containerd docker-registry skopeo umoci busybox-static procps openssl apache2-utils python3-grpcio apparmor)
+TEST_PACKAGES=(crun conmon containerd docker-registry skopeo umoci busybox-static procps openssl apache2-utils python3-grpcio apparmor strace)
 # Packages the conformance run needs besides: the pause process, the real ipcs and pgrep its
 # busybox image holds, ldd and dpkg-deb to assemble images, and the libraries of the nginx it
 # fetches with apt-get download (never installs).
