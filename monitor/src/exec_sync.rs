@@ -147,8 +147,11 @@ pub fn run(shared: &Shared, req: &ExecSyncRequest) -> Result<ExecSyncResponse> {
     };
     drop(cmd); // closes our copies of the pipes' write ends
 
-    let deadline =
-        (req.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(req.timeout_ms));
+    // Any client may ask (crimon's socket is for operators too): a deadline past what the
+    // clock holds is none at all, never a panic.
+    let deadline = (req.timeout_ms > 0)
+        .then(|| Instant::now().checked_add(Duration::from_millis(req.timeout_ms)))
+        .flatten();
     // The runtime's own errors (no such binary...) arrive on the pipes meanwhile.
     let started = pump(&mut out, &mut err, runtime_pidfd.as_ref(), deadline, false);
     if matches!(started, Pump::TimedOut) {

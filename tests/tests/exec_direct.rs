@@ -820,3 +820,117 @@ async fn direct_terminal_is_runc_terminal() {
     direct.finish().await;
     relayed.finish().await;
 }
+
+/// CVE-2024-21626 through the direct exec: a container replaces its working directory with a
+/// symlink to `/proc/self/fd/N` and waits for an exec. The entering process is a fork of crid
+/// (here: of this test, which calls crid-enter itself so that it can hold the fd that matters):
+/// a directory fd of the forking process at N would make the exec'd command start in a host
+/// directory (and `..` from there is the host's root). The exec must be refused, the host
+/// directory never listed, and through crid the client gets the refusal, not a `runc exec`.
+#[tokio::test]
+async fn cve_2024_21626_direct_exec_cwd_symlinked_to_proc_self_fd_stays_in_the_container() {
+    use std::os::fd::AsRawFd;
+    let mut fx = PodFixture::start("").await;
+    let mut pod = fx.pod_config("cwd-trap");
+    let own_pid = cri::NamespaceOption {
+        pid: cri::NamespaceMode::Container as i32,
+        ..Default::default()
+    };
+    pod.linux.as_mut().expect("linux").security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(own_pid.clone()),
+        ..Default::default()
+    });
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let mut trap = with_security(
+        fx.container_config("trap", &["sleep", "100000"]),
+        cri::LinuxContainerSecurityContext {
+            namespace_options: Some(own_pid),
+            ..Default::default()
+        },
+    );
+    trap.working_dir = "/app".into();
+    let id = fx.start_container(&pod_id, &pod, trap).await;
+
+    // A host directory the forking process holds open, with something to find in it.
+    let canary = tempfile::tempdir().expect("canary dir");
+    std::fs::write(canary.path().join("host-canary"), b"x").expect("canary");
+    let held = std::fs::File::open(canary.path()).expect("open the canary dir");
+    let fd = held.as_raw_fd();
+
+    // The container's working directory becomes the trap (made through the host's view of
+    // its root filesystem, as the container's own root would make it).
+    let state = runc(&fx).args(["state", &id]).output().expect("runc state");
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).expect("state JSON");
+    let bundle = std::path::PathBuf::from(state["bundle"].as_str().expect("bundle"));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).expect("config"))
+            .expect("config JSON");
+    let root = std::path::PathBuf::from(config["root"]["path"].as_str().expect("root"));
+    let root = if root.is_absolute() {
+        root
+    } else {
+        bundle.join(root)
+    };
+    let app = root.join("app");
+    let _ = std::fs::remove_dir_all(&app);
+    std::os::unix::fs::symlink(format!("/proc/self/fd/{fd}"), &app).expect("plant the trap");
+
+    let runtime_root = fx.crid.dir.path().join("run/runc");
+    let monitor = crid_tests::harness::workspace_binary("crimon");
+    let cmd = vec!["ls".to_owned(), "-a".to_owned()];
+    let entered = tokio::task::spawn_blocking(move || {
+        crid_enter::enter(&crid_enter::Request {
+            runtime_root: &runtime_root,
+            container_id: &id,
+            bundle: &bundle,
+            cmd: &cmd,
+            stdio: crid_enter::Stdio::Pipes,
+            monitor: &monitor,
+        })
+        .map(|entered| {
+            let mut listing = String::new();
+            if let Some(stdout) = entered.stdout {
+                let _ =
+                    std::io::Read::read_to_string(&mut std::fs::File::from(stdout), &mut listing);
+            }
+            listing
+        })
+    })
+    .await
+    .expect("enter");
+    match entered {
+        Err(crid_enter::EnterError::Refused(why)) => {
+            assert!(why.contains("working directory"), "{why}")
+        }
+        Err(other) => panic!("refused for another reason: {other:?}"),
+        Ok(listing) => panic!("the exec ran in the host's directory: it listed {listing:?}"),
+    }
+    drop(held);
+
+    // Through crid (whatever fds it holds): the client is told, runc exec is not tried.
+    let id = fx
+        .runtime
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .containers
+        .into_iter()
+        .find(|c| c.metadata.as_ref().is_some_and(|m| m.name == "trap"))
+        .expect("the trap container")
+        .id;
+    let url = exec_url(&mut fx, &id, &["ls", "-a"], false).await;
+    let out = exec_spdy(&url, &ExecOptions::default())
+        .await
+        .expect("exec session");
+    let status = text(&out.status_json);
+    assert!(
+        status.contains("working directory") && status.contains("Failure"),
+        "status {status}, stdout {}, stderr {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stdout).contains("host-canary"));
+    assert_eq!(fallbacks(&fx, &id), 0, "{}", fx.crid.stderr());
+    fx.finish().await;
+}

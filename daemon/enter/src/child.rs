@@ -59,10 +59,12 @@ pub enum Step {
     AppArmor,
     Lookup,
     Exec,
+    /// The working directory is not inside the container's root (CVE-2024-21626).
+    CwdOutside,
 }
 
 impl Step {
-    const ALL: [Step; 26] = [
+    const ALL: [Step; 27] = [
         Step::OomScoreAdj,
         Step::Dumpable,
         Step::Setns,
@@ -89,6 +91,7 @@ impl Step {
         Step::AppArmor,
         Step::Lookup,
         Step::Exec,
+        Step::CwdOutside,
     ];
 
     pub fn from_raw(raw: i32) -> Option<Step> {
@@ -311,6 +314,103 @@ fn own_stdio(plan: &Plan<'_>) {
     }
 }
 
+/// Closes every fd from 3 up but those of `keep` (-1: none).
+fn close_all_but(plan: &Plan<'_>, mut keep: [RawFd; 2]) {
+    keep.sort_unstable();
+    let mut next: RawFd = 3;
+    for fd in keep {
+        if fd < next {
+            continue;
+        }
+        if fd > next {
+            close_range(plan, next as u32, (fd - 1) as u32);
+        }
+        next = fd + 1;
+    }
+    close_range(plan, next as u32, u32::MAX);
+}
+
+fn close_range(plan: &Plan<'_>, first: u32, last: u32) {
+    // SAFETY: closes fds of this process only; nothing in it uses them after.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    check(plan, Step::CloseOnExec, rc);
+}
+
+/// AppArmor: the profile the exec switches to (new attribute path first), written as root
+/// through the host's /proc (the label stays across the user change).
+fn set_apparmor_exec_label(plan: &Plan<'_>, value: &[u8]) {
+    // SAFETY: fstatat fills a zeroed local; openat, write and close act on fds of this
+    // process and static NUL-terminated paths.
+    unsafe {
+        // "thread-self" of the host's procfs: this process has a pid there too.
+        let mut path = c"thread-self/attr/apparmor/exec";
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstatat(plan.host_proc, path.as_ptr(), &mut st, 0) < 0 && errno() == libc::ENOENT {
+            path = c"thread-self/attr/exec";
+        }
+        let fd = check(
+            plan,
+            Step::AppArmor,
+            libc::openat(
+                plan.host_proc,
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            )
+            .into(),
+        ) as c_int;
+        if libc::write(fd, value.as_ptr().cast(), value.len()) != value.len() as isize {
+            fail(plan, Step::AppArmor);
+        }
+        libc::close(fd);
+    }
+}
+
+/// Changes to the working directory without following a magic link (`/proc/self/fd/N`,
+/// `/proc/<pid>/cwd`, ...: a container may make its working directory one). The path is
+/// absolute and resolved from this process's root, the container's, which `..` cannot leave.
+/// Returns -1 with errno set on failure.
+fn enter_working_directory(plan: &Plan<'_>) -> c_int {
+    // SAFETY: open_how is plain integers, for which zero is valid.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: openat2 reads the NUL-terminated path and the open_how whose size is passed;
+    // fchdir and close act on the fd it returned.
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            plan.cwd.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        );
+        if fd < 0 {
+            return -1;
+        }
+        let rc = libc::fchdir(fd as c_int);
+        let saved = errno();
+        libc::close(fd as c_int);
+        *libc::__errno_location() = saved;
+        rc
+    }
+}
+
+/// runc's check after its CVE-2024-21626 fix: the working directory must be reachable from
+/// the root (the kernel's getcwd says "(unreachable)" otherwise).
+fn check_working_directory(plan: &Plan<'_>) {
+    let mut buffer = [0u8; 4096];
+    // SAFETY: getcwd writes at most `buffer.len()` bytes into the local buffer.
+    let rc = unsafe { libc::syscall(libc::SYS_getcwd, buffer.as_mut_ptr(), buffer.len()) };
+    if rc < 0 {
+        fail(plan, Step::CwdOutside);
+    }
+    if buffer[0] != b'/' {
+        // SAFETY: sets this thread's errno, for the report.
+        unsafe { *libc::__errno_location() = libc::EXDEV };
+        fail(plan, Step::CwdOutside);
+    }
+}
+
 /// Loads the seccomp filter the way runc does when the spec names no flags.
 fn load_seccomp(plan: &Plan<'_>) {
     if let Some(program) = plan.seccomp {
@@ -422,17 +522,22 @@ unsafe fn final_process(plan: &Plan<'_>) -> ! {
             );
         }
         // finalizeNamespace's first step (done before the filter: close_range need not be
-        // in the container's allowlist); exec closes everything but stdio.
-        check(
-            plan,
-            Step::CloseOnExec,
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ),
-        );
+        // in the container's allowlist). Not only close-on-exec, as runc marks them: every
+        // fd of crid this process was forked with is closed now, before anything is resolved
+        // in the container, so that no `/proc/self/fd/N` there (a working directory a
+        // container made a symlink to one, CVE-2024-21626) can lead to one of crid's files.
+        // What remains: stdio, the report pipe, and the host's /proc while the AppArmor
+        // label is still to be written.
+        let host_proc = if plan.apparmor.is_some() {
+            plan.host_proc
+        } else {
+            -1
+        };
+        close_all_but(plan, [plan.report, host_proc]);
+        if let Some(value) = plan.apparmor {
+            set_apparmor_exec_label(plan, value);
+            libc::close(plan.host_proc);
+        }
         if plan.no_new_privs {
             check(
                 plan,
@@ -447,7 +552,7 @@ unsafe fn final_process(plan: &Plan<'_>) -> ! {
 
         // finalizeNamespace: chdir as root first (EACCES: again as the user).
         let mut chdir_later = false;
-        if libc::chdir(plan.cwd.as_ptr()) < 0 {
+        if enter_working_directory(plan) < 0 {
             if errno() != libc::EACCES {
                 fail(plan, Step::Chdir);
             }
@@ -486,8 +591,9 @@ unsafe fn final_process(plan: &Plan<'_>) -> ! {
             libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0).into(),
         );
         if chdir_later {
-            check(plan, Step::Chdir, libc::chdir(plan.cwd.as_ptr()).into());
+            check(plan, Step::Chdir, enter_working_directory(plan).into());
         }
+        check_working_directory(plan);
         check(
             plan,
             Step::ClearKeepCaps,
@@ -531,32 +637,6 @@ unsafe fn final_process(plan: &Plan<'_>) -> ! {
                 0,
                 0,
             );
-        }
-
-        // AppArmor: the profile the exec switches to (new attribute path first).
-        if let Some(value) = plan.apparmor {
-            // "thread-self" of the host's procfs: this process has a pid there too.
-            let mut path = c"thread-self/attr/apparmor/exec";
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::fstatat(plan.host_proc, path.as_ptr(), &mut st, 0) < 0
-                && errno() == libc::ENOENT
-            {
-                path = c"thread-self/attr/exec";
-            }
-            let fd = check(
-                plan,
-                Step::AppArmor,
-                libc::openat(
-                    plan.host_proc,
-                    path.as_ptr(),
-                    libc::O_WRONLY | libc::O_CLOEXEC,
-                )
-                .into(),
-            ) as c_int;
-            if libc::write(fd, value.as_ptr().cast(), value.len()) != value.len() as isize {
-                fail(plan, Step::AppArmor);
-            }
-            libc::close(fd);
         }
 
         // exec.LookPath (Go 1.19): the first candidate that exists, is not a directory and

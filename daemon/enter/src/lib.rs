@@ -117,6 +117,10 @@ pub enum EnterError {
     Stalled(String),
     #[error("the init {0} of the container is gone or was replaced")]
     InitGone(i32),
+    /// The container laid a trap the runtime must not walk into either (a working directory
+    /// that leads out of its root, CVE-2024-21626): no exec at all.
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("the new process failed at {step:?}")]
     Child {
         step: Step,
@@ -530,6 +534,18 @@ fn read_report(pipe: &mut std::fs::File) -> Result<Option<(i32, i32)>, EnterErro
 
 fn child_failure(step: i32, errno: i32) -> EnterError {
     match Step::from_raw(step) {
+        Some(Step::CwdOutside) => EnterError::Refused(
+            "the working directory is not inside the container's root".into(),
+        ),
+        // runc exec would fail to enter it too, or (a trap: a symlink to /proc/self/fd/N,
+        // which is gone here since crid's fds are closed first) enter something of its own.
+        Some(Step::Chdir) => EnterError::Refused(match errno {
+            libc::ELOOP => "the working directory leads through a magic link (/proc/<pid>/fd, cwd, root) or a symlink loop".into(),
+            _ => format!(
+                "the working directory cannot be entered: {}",
+                Errno::from_raw(errno).desc()
+            ),
+        }),
         Some(step) => EnterError::Child {
             step,
             err: Errno::from_raw(errno),

@@ -136,20 +136,60 @@ async fn wait_exit(state: &State, container: &Container, limit: Duration) -> boo
 }
 
 /// Stops a container: its stop signal, then SIGKILL after `timeout_secs` (at once when 0 or
-/// when it never started). An exited container is fine.
+/// when it never started). An exited container is fine. A stop already under way (holding
+/// the lifecycle lock, waiting out its own timeout) is hastened to this one's deadline.
 pub async fn stop(
     state: &State,
     container: &Container,
     timeout_secs: i64,
 ) -> Result<(), DaemonError> {
+    let limit = super::request_timeout(timeout_secs).unwrap_or(Duration::ZERO);
+    let deadline = tokio::time::Instant::now() + limit;
+    hasten_stop(container, deadline);
     let _guard = container.lifecycle.lock().await;
-    stop_locked(state, container, timeout_secs).await
+    let stopped = stop_locked(state, container, deadline).await;
+    container.stop_deadline.send_replace(None);
+    stopped
+}
+
+/// Asks the stop under way, if any, to send SIGKILL by `deadline` at the latest.
+fn hasten_stop(container: &Container, deadline: tokio::time::Instant) {
+    container
+        .stop_deadline
+        .send_modify(|earliest| *earliest = Some(earliest.map_or(deadline, |d| d.min(deadline))));
+}
+
+/// Waits for the container's exit until `deadline`, or the earlier one a later stop asks
+/// for; true once it has exited.
+async fn wait_exit_until(
+    state: &State,
+    container: &Container,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let mut hastened = container.stop_deadline.subscribe();
+    loop {
+        let until = hastened
+            .borrow_and_update()
+            .map_or(deadline, |d| d.min(deadline));
+        let now = tokio::time::Instant::now();
+        if until <= now {
+            return container.finished(&state.paths.exits).is_some();
+        }
+        tokio::select! {
+            exited = wait_exit(state, container, until - now) => {
+                if exited {
+                    return true;
+                }
+            }
+            _ = hastened.changed() => {}
+        }
+    }
 }
 
 async fn stop_locked(
     state: &State,
     container: &Container,
-    timeout_secs: i64,
+    deadline: tokio::time::Instant,
 ) -> Result<(), DaemonError> {
     let rt = &state.host.runtime;
     if let Some(finished) = container.finished(&state.paths.exits) {
@@ -168,13 +208,15 @@ async fn stop_locked(
         Err(_) if container.finished(&state.paths.exits).is_some() => Ok(()),
         other => other,
     };
-    if record.started_at.is_some() && timeout_secs > 0 && record.stop_signal != libc::SIGKILL {
+    if record.started_at.is_some()
+        && deadline > tokio::time::Instant::now()
+        && record.stop_signal != libc::SIGKILL
+    {
         exited(rt.kill(&container.id, record.stop_signal, false).await)?;
-        let limit = Duration::from_secs(timeout_secs.unsigned_abs());
-        if wait_exit(state, container, limit).await {
+        if wait_exit_until(state, container, deadline).await {
             return Ok(());
         }
-        tracing::info!(container = %container.id, timeout_secs, "stop signal did not end the container; sending SIGKILL");
+        tracing::info!(container = %container.id, "stop signal did not end the container in time; sending SIGKILL");
     }
     exited(rt.kill(&container.id, libc::SIGKILL, all).await)?;
     if wait_exit(state, container, KILL_GRACE).await {
@@ -188,8 +230,12 @@ async fn stop_locked(
 
 /// Removes a container, killing it first if it runs.
 pub async fn remove(state: &State, container: &Container) -> Result<(), DaemonError> {
+    let now = tokio::time::Instant::now();
+    hasten_stop(container, now);
     let _guard = container.lifecycle.lock().await;
-    stop_locked(state, container, 0).await?;
+    let stopped = stop_locked(state, container, now).await;
+    container.stop_deadline.send_replace(None);
+    stopped?;
     dispose(state, container).await?;
     state.forget_container(&container.id);
     Ok(())

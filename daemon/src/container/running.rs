@@ -1,8 +1,6 @@
 //! What is done to a running container through its monitor or the runtime: ExecSync,
 //! ReopenContainerLog, UpdateContainerResources.
 
-use std::time::Duration;
-
 use crid_proto::cri;
 
 use super::invalid;
@@ -38,7 +36,7 @@ pub async fn exec_sync(
     }
     require_running(state, container)?;
     let conn = MonitorConnection::connect(&state.paths.monitors, &container.id).await?;
-    let timeout = (timeout_secs > 0).then(|| Duration::from_secs(timeout_secs.unsigned_abs()));
+    let timeout = super::request_timeout(timeout_secs);
     let output = conn.exec_sync(cmd, timeout).await?;
     if output.timed_out {
         return Err(DaemonError::DeadlineExceeded(format!(

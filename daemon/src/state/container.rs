@@ -83,6 +83,10 @@ pub struct Container {
     /// Its STOPPED event is out (or was, before a restart: the exit is on record). Set once,
     /// by whoever sees the exit first: the exit watch, StopContainer, RemoveContainer.
     pub stopped_event: std::sync::atomic::AtomicBool,
+    /// The earliest deadline a StopContainer or removal waiting for the lifecycle lock asks
+    /// for: the stop under way sends SIGKILL by then (a long grace period is cut short by a
+    /// later, shorter stop, as kubelet's force delete expects).
+    pub stop_deadline: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
     record: persist::SavedRecord<ContainerRecord>,
 }
 
@@ -111,6 +115,7 @@ impl Container {
             config,
             lifecycle: tokio::sync::Mutex::new(()),
             stopped_event: finished.is_some().into(),
+            stop_deadline: tokio::sync::watch::Sender::new(None),
             record,
         }
     }

@@ -190,6 +190,13 @@ pub async fn exec(
     let io = if state.config.streaming.exec_direct {
         match exec_direct(state, &container, cmd, tty, io).await {
             Ok(code) => return code,
+            Err((_, EnterError::Refused(why))) => {
+                tracing::warn!(id = %container.id, %why, "exec refused");
+                return Err(DaemonError::FailedPrecondition(format!(
+                    "exec in container {}: {why}",
+                    container.id
+                )));
+            }
             Err((io, reason)) => {
                 tracing::debug!(
                     id = %container.id,
