@@ -44,8 +44,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crid_common::regular_file::{self, RegularFileError};
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
@@ -65,21 +66,6 @@ const REPORT_LIMIT: Duration = Duration::from_secs(30);
 /// `DEVPTS_SUPER_MAGIC` and `PROC_SUPER_MAGIC` (linux/magic.h).
 const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-/// File systems whose files the kernel makes (linux/magic.h): procfs, sysfs, debugfs,
-/// securityfs, cgroup, cgroup2, tracefs, bpffs, configfs, pstore, efivarfs.
-const KERNEL_FILE_SYSTEMS: [i64; 11] = [
-    PROC_SUPER_MAGIC,
-    0x6265_6572,
-    0x6462_6720,
-    0x7363_6673,
-    0x0027_e0eb,
-    0x6367_7270,
-    0x7472_6163,
-    0xcafe_4a11,
-    0x6265_6570,
-    0x6165_676c,
-    0xde5e_81e4,
-];
 /// CAP_SYS_PTRACE's bit.
 const CAP_SYS_PTRACE: u32 = 19;
 /// Containers whose set-up is kept; past this, entries of ended inits are dropped.
@@ -413,65 +399,22 @@ fn init_of(request: &Request<'_>) -> Option<(i32, u64)> {
 }
 
 /// A file of the container's root filesystem, resolved inside it as runc would from within
-/// (`None`: it does not exist, which runc treats as an empty file).
+/// (`None`: it does not exist, which runc treats as an empty file). Located with `O_PATH` and
+/// read only once known to be a regular file not of the kernel's (crid reads as the host's
+/// root, outside the container's device cgroup; runc would have read it as the container's).
 fn read_in_root(root: &OwnedFd, relative: &str) -> Result<Option<String>, EnterError> {
     let path = format!("the container's /{relative}");
-    let Some(located) = locate_in_root(root, relative)? else {
-        return Ok(None);
+    let refused = |e: RegularFileError| EnterError::Unsupported(format!("{path}: {e}"));
+    let located = match regular_file::locate_in_root(root.as_fd(), relative) {
+        Ok(Some(located)) => located,
+        // runc, as the container's user, would not see it either.
+        Ok(None) | Err(RegularFileError::Open(Errno::EACCES)) => return Ok(None),
+        Err(e) => return Err(refused(e)),
     };
-    let stat = nix::sys::stat::fstat(&located).map_err(EnterError::sys("stat a container file"))?;
-    if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(EnterError::Unsupported(format!("{path} is not a file")));
-    }
-    // A container that can mount may put a kernel file there (a root-only procfs or sysfs
-    // file, /proc/kmsg whose reads consume it): crid reads as the host's root, runc would
-    // have read it as the container's.
-    let fs =
-        nix::sys::statfs::fstatfs(&located).map_err(EnterError::sys("statfs a container file"))?;
-    if KERNEL_FILE_SYSTEMS.contains(&(fs.filesystem_type().0 as i64)) {
-        return Err(EnterError::Unsupported(format!(
-            "{path} is on a kernel file system"
-        )));
-    }
-    let file = std::fs::File::from(reopen(&located, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?);
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(EnterError::io("read", &path))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(EnterError::Unsupported(format!("{path} is too large")));
-    }
+    let bytes = regular_file::read_located(located.as_fd(), MAX_FILE_BYTES).map_err(refused)?;
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|_| EnterError::Unsupported(format!("{path} is not UTF-8")))
-}
-
-/// An `O_PATH` handle on `relative` inside the container's root (`None`: not there). Opening
-/// it for real waits for a type check: crid is outside the container's device cgroup, and a
-/// device node the container made there must not be opened by crid.
-fn locate_in_root(root: &OwnedFd, relative: &str) -> Result<Option<OwnedFd>, EnterError> {
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    match nix::fcntl::openat2(root, relative, how) {
-        Ok(fd) => Ok(Some(fd)),
-        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::EACCES) => Ok(None),
-        Err(e) => Err(EnterError::Unsupported(format!(
-            "the container's /{relative}: {e}"
-        ))),
-    }
-}
-
-/// Opens, with `flags`, the very file an `O_PATH` handle names (through its /proc/self/fd
-/// link, which cannot be swapped for another file).
-fn reopen(located: &OwnedFd, flags: OFlag) -> Result<OwnedFd, EnterError> {
-    let link = format!("/proc/self/fd/{}", located.as_raw_fd());
-    nix::fcntl::open(
-        link.as_str(),
-        flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
-        Mode::empty(),
-    )
-    .map_err(|e| EnterError::Unsupported(format!("reopen a container file: {e}")))
 }
 
 /// The host's /proc, for the new process to write its AppArmor label through after it entered

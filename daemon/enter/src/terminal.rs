@@ -7,6 +7,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
+use crid_common::regular_file;
 use nix::fcntl::OFlag;
 use nix::sys::termios::{self, OutputFlags, SetArg};
 
@@ -24,7 +25,8 @@ pub fn open_in(root: &OwnedFd) -> Result<(OwnedFd, OwnedFd), EnterError> {
     };
     // Located first, opened once known to be a devpts multiplexer: crid is outside the
     // container's device cgroup, and a device node the container made must not be opened.
-    let located = super::locate_in_root(root, "dev/ptmx")?
+    let located = regular_file::locate_in_root(root.as_fd(), "dev/ptmx")
+        .map_err(|e| EnterError::Unsupported(format!("the container's /dev/ptmx: {e}")))?
         .ok_or_else(|| EnterError::Unsupported("the container has no /dev/ptmx".into()))?;
     let stat = nix::sys::stat::fstat(&located).map_err(|e| failed("stat", e))?;
     let fs = nix::sys::statfs::fstatfs(&located).map_err(|e| failed("statfs", e))?;
@@ -36,7 +38,8 @@ pub fn open_in(root: &OwnedFd) -> Result<(OwnedFd, OwnedFd), EnterError> {
             "the container's /dev/ptmx is not a devpts ptmx".into(),
         ));
     }
-    let master = super::reopen(&located, OFlag::O_RDWR)?;
+    let master = regular_file::reopen(located.as_fd(), OFlag::O_RDWR)
+        .map_err(|e| EnterError::Unsupported(format!("the container's /dev/ptmx: {e}")))?;
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads one int from the pointer, which points at `unlock`.
     let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) };
