@@ -718,3 +718,71 @@ fn userns_pinns_makes_the_pods_namespaces_inside_its_user_namespace() {
     }
     assert!(!dir.path().join("user/pod3").exists());
 }
+
+/// `setpriv`'s arguments to run as host `uid`/`gid` without any capability.
+fn as_host_user(uid: u32, gid: u32) -> std::process::Command {
+    let mut command = std::process::Command::new(require::tool("setpriv"));
+    command
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args(["--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]);
+    command
+}
+
+/// containerd's CVE-2021-41103: a user-namespaced container's root filesystem must be reachable
+/// by its container root (an unprivileged host user), but by no other host user: else any
+/// local user could read the container's files and run its setuid programs as the container's
+/// ids. crid's root and containers directories are only searchable (0711), the container's
+/// own directory belongs to container root's host ids with mode 0700, and the other
+/// containers' directories and the layer store stay 0700.
+#[tokio::test(flavor = "multi_thread")]
+async fn cve_2021_41103_a_userns_container_is_closed_to_other_host_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fx = PodFixture::start("").await;
+    let options = cri::NamespaceOption {
+        userns_options: Some(pod_userns()),
+        ..Default::default()
+    };
+    let pod = with_namespaces(fx.pod_config("closed"), options.clone());
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let config =
+        container_with_namespaces(fx.container_config("c", &["sleep", "1000"]), Some(options));
+    let id = fx.start_container(&pod_id, &pod, config).await;
+    assert_eq!(run(&mut fx, &id, &["id", "-u"]).await.trim(), "0");
+    let plain_pod = fx.pod_config("plain");
+    let plain_pod_id = fx.run_pod(plain_pod.clone()).await;
+    let plain_config = fx.container_config("p", &["sleep", "1000"]);
+    let plain = fx
+        .start_container(&plain_pod_id, &plain_pod, plain_config)
+        .await;
+
+    let root = fx.crid.dir.path().join("root");
+    let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777;
+    let dir = root.join("containers").join(&id);
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    let owner = std::fs::metadata(&dir).expect("stat");
+    assert_eq!((owner.uid(), owner.gid()), (HOST_UID, HOST_GID));
+    assert_eq!(mode(&root.join("containers").join(&plain)), 0o700);
+    assert_eq!(mode(&root.join("layers")), 0o700);
+    let shell = dir.join("rootfs/bin/sh");
+    // Container root's host ids reach the root filesystem; nobody else does.
+    let owner_sees = as_host_user(HOST_UID, HOST_GID)
+        .arg("stat")
+        .arg(&shell)
+        .output()
+        .expect("setpriv");
+    assert!(owner_sees.status.success(), "{owner_sees:?}");
+    for (uid, gid) in [(65534, 65534), (HOST_UID + 1, HOST_GID + 1), (1000, 1000)] {
+        let other = as_host_user(uid, gid)
+            .arg("stat")
+            .arg(&shell)
+            .output()
+            .expect("setpriv");
+        assert!(
+            !other.status.success() && text(&other.stderr).contains("Permission denied"),
+            "host user {uid} reached {}: {other:?}",
+            shell.display()
+        );
+    }
+    fx.finish().await;
+}

@@ -473,7 +473,7 @@ async fn setup(
     let userns = super::userns::of_pod(pod, config)?;
     match &userns {
         Some(userns) => {
-            super::userns::make_rootfs_reachable(state, &container.dir, &record.rootfs)?;
+            super::userns::make_rootfs_reachable(state, userns, &container.dir, &record.rootfs)?;
             super::userns::mount_rootfs(
                 state,
                 userns,

@@ -24,6 +24,9 @@ use crid_image::overlay;
 /// by every user (container root is one), listable by root only (containerd's state
 /// directories have the same mode).
 const SEARCHABLE_DIR_MODE: u32 = 0o711;
+/// Mode of a user-namespaced container's own directory (it belongs to container root's host
+/// ids): nobody else may enter it.
+const CONTAINER_DIR_MODE: u32 = 0o700;
 
 /// The pod's user namespace, open, for a container that joins it.
 pub(super) struct PodUserns {
@@ -81,18 +84,21 @@ pub(super) fn of_pod(
     Ok(Some(PodUserns { mappings, path, fd }))
 }
 
-/// Lets container root (an unprivileged host user) reach `rootfs`: crid's root, containers
-/// and container directories become searchable; every other directory above must already
-/// be.
+/// Lets container root (an unprivileged host user) reach `rootfs`, and nobody else: crid's
+/// root and containers directories become searchable (not listable), and the container's own
+/// directory belongs to container root's host ids, mode 0700. Were it searchable by every
+/// user (as these two are), any host user could reach the container's files and run its
+/// setuid programs as the container's ids (containerd's CVE-2021-41103). Every other
+/// directory above must already be searchable.
 pub(super) fn make_rootfs_reachable(
     state: &State,
+    userns: &PodUserns,
     container_dir: &Path,
     rootfs: &Path,
 ) -> Result<(), DaemonError> {
     for dir in [
         state.config.root.as_path(),
         state.paths.containers.as_path(),
-        container_dir,
     ] {
         let mode = std::fs::metadata(dir)
             .map_err(|err| DaemonError::Io {
@@ -114,7 +120,27 @@ pub(super) fn make_rootfs_reachable(
             })?;
         }
     }
+    let (uid, gid) = userns.mappings.host_root();
+    std::os::unix::fs::chown(container_dir, Some(uid), Some(gid)).map_err(|err| {
+        DaemonError::Io {
+            what: "chown",
+            path: container_dir.to_path_buf(),
+            err,
+        }
+    })?;
+    std::fs::set_permissions(
+        container_dir,
+        std::fs::Permissions::from_mode(CONTAINER_DIR_MODE),
+    )
+    .map_err(|err| DaemonError::Io {
+        what: "chmod",
+        path: container_dir.to_path_buf(),
+        err,
+    })?;
     for dir in rootfs.ancestors().skip(1) {
+        if dir == container_dir {
+            continue;
+        }
         let searchable = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
         if !searchable {
             return Err(DaemonError::FailedPrecondition(format!(
