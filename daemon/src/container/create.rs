@@ -603,12 +603,110 @@ async fn setup(
         systemd_cgroup: state.config.runtime.cgroup_manager == CgroupManager::Systemd,
     };
     let pid = state.host.monitors.create(&spec).await?;
-    container.update(|r| r.pid = pid)
+    container.update(|r| r.pid = pid)?;
+    let id = container.id.clone();
+    tokio::task::spawn_blocking(move || check_init_working_directory(&id, pid))
+        .await
+        .map_err(|e| DaemonError::Internal(format!("the working directory check ended: {e}")))?
+}
+
+/// Most steps up from a working directory to its root (deeper is refused).
+const MAX_WORKING_DIRECTORY_DEPTH: usize = 4096;
+
+/// The created init's working directory must be inside its root filesystem: runc's own check
+/// since CVE-2024-21626, made again by crid whatever the runtime (distributions backport
+/// runc's fixes without changing its version). crid refuses a working directory under /proc
+/// or /dev when it checks the image, but one under a volume may be a symlink another
+/// container planted (to `/proc/self/fd/N`: an fd the runtime leaked). Walks `..` up from the
+/// init's working directory, in its own mount tree, until its root (inside) or the top of
+/// the tree (outside).
+fn check_init_working_directory(id: &str, pid: i32) -> Result<(), DaemonError> {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::{fstat, Mode};
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let failed = |what: &'static str, path: String| {
+        move |e: nix::errno::Errno| DaemonError::Io {
+            what,
+            path: path.into(),
+            err: e.into(),
+        }
+    };
+    let root_path = format!("/proc/{pid}/root");
+    let root = open(root_path.as_str(), flags, Mode::empty())
+        .map_err(failed("open", root_path.clone()))?;
+    let root = fstat(&root).map_err(failed("stat", root_path))?;
+    let cwd_path = format!("/proc/{pid}/cwd");
+    let mut dir =
+        open(cwd_path.as_str(), flags, Mode::empty()).map_err(failed("open", cwd_path.clone()))?;
+    for _ in 0..MAX_WORKING_DIRECTORY_DEPTH {
+        let here = fstat(&dir).map_err(failed("stat", cwd_path.clone()))?;
+        if (here.st_dev, here.st_ino) == (root.st_dev, root.st_ino) {
+            return Ok(());
+        }
+        let parent = openat(&dir, "..", flags, Mode::empty())
+            .map_err(failed("open a parent of", cwd_path.clone()))?;
+        let up = fstat(&parent).map_err(failed("stat", cwd_path.clone()))?;
+        if (up.st_dev, up.st_ino) == (here.st_dev, here.st_ino) {
+            break;
+        }
+        dir = parent;
+    }
+    Err(invalid(format!(
+        "container {id}: its working directory is outside its root filesystem (a symlink to /proc/self/fd or another magic link on the way, CVE-2024-21626)"
+    )))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process whose root is a chroot: with its working directory left outside (refused),
+    /// and inside.
+    #[test]
+    fn cve_2024_21626_an_init_working_directory_outside_its_root_is_refused() {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        let euid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1));
+        assert_eq!(
+            euid,
+            Some("0"),
+            "this test needs root (it chroots a process)"
+        );
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(root.path().join("sub")).expect("mkdir");
+        let chrooted = |then: &str| {
+            let script = format!(
+                "import os, sys, time\nos.chroot(sys.argv[1])\n{then}\nprint('ready', flush=True)\ntime.sleep(30)"
+            );
+            let mut child = std::process::Command::new("/usr/bin/python3")
+                .args(["-c", &script])
+                .arg(root.path())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("python3 (install python3)");
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+                &mut line,
+            )
+            .expect("ready");
+            assert_eq!(line.trim(), "ready");
+            child
+        };
+        for (then, inside) in [
+            ("pass", false),
+            ("os.chdir('/')", true),
+            ("os.chdir('/sub')", true),
+        ] {
+            let mut child = chrooted(then);
+            let checked = check_init_working_directory("c", child.id() as i32);
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(checked.is_ok(), inside, "{then}: {checked:?}");
+        }
+    }
 
     #[test]
     fn a_process_is_placed_in_a_container_by_a_whole_cgroup_component() {
