@@ -45,3 +45,25 @@ pub const ALL_CAPABILITIES: &[&str] = &[
     "CAP_BPF",
     "CAP_CHECKPOINT_RESTORE",
 ];
+
+/// `_LINUX_CAPABILITY_VERSION_3` (linux/capability.h): 64-bit sets in two [`CapData`].
+pub const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct __user_cap_header_struct` (linux/capability.h; the libc crate has none), the
+/// first argument of `capget`/`capset`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct CapHeader {
+    pub version: u32,
+    /// 0: the calling thread.
+    pub pid: i32,
+}
+
+/// `struct __user_cap_data_struct`: 32 bits of each set (two of them with version 3).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CapData {
+    pub effective: u32,
+    pub permitted: u32,
+    pub inheritable: u32,
+}

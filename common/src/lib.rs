@@ -18,4 +18,6 @@ pub mod monitor_paths;
 pub mod proc_stat;
 pub mod regular_file;
 pub mod sysctl;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 pub mod timestamp;

@@ -955,21 +955,11 @@ async fn anchor_c21_pid_1_ignoring_sigterm_is_killed_after_the_timeout() {
 /// even one closed at once); the old code opened it O_RDONLY|O_NONBLOCK and then checked.
 #[tokio::test(flavor = "multi_thread")]
 async fn anchor_a8_a_localhost_seccomp_profile_that_is_a_fifo_or_a_device_is_never_opened() {
-    use std::os::unix::fs::OpenOptionsExt;
     let mut fx = PodFixture::start("").await;
     let pod = fx.pod_config("seccompfifo");
     let pod_id = fx.run_pod(pod.clone()).await;
     let fifo = fx.work.path().join("profile.json");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
-    let (opened, seen) = std::sync::mpsc::channel();
-    let writer_path = fifo.clone();
-    let writer = std::thread::spawn(move || {
-        let _fd = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&writer_path)
-            .expect("open the fifo for writing");
-        let _ = opened.send(());
-    });
+    let probe = crid_common::test_util::FifoProbe::new(&fifo);
     let localhost = |name: &str, path: &str| {
         let mut config = fx.container_config(name, &["sleep", "1000"]);
         config.linux = Some(cri::LinuxContainerConfig {
@@ -1005,16 +995,8 @@ async fn anchor_a8_a_localhost_seccomp_profile_that_is_a_fifo_or_a_device_is_nev
         assert!(started.elapsed() < Duration::from_secs(10), "{name}: slow");
         refused.push((name, path, why, err));
     }
-    let woken = seen.recv_timeout(Duration::from_millis(500));
-    // Release the writer before asserting, so that a failure does not leave it blocked.
-    let _reader = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&fifo)
-        .expect("open the fifo for reading");
-    writer.join().expect("writer");
     assert!(
-        woken.is_err(),
+        !probe.was_opened(Duration::from_millis(500)),
         "crid opened the fifo named as a seccomp profile for reading"
     );
     for (name, path, why, err) in refused {

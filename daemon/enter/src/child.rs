@@ -17,6 +17,7 @@
 //!   which closes on a successful exec.
 #![allow(unsafe_code)]
 
+use crid_common::capabilities::{CapData, CapHeader, LINUX_CAPABILITY_VERSION_3};
 use std::ffi::{c_char, c_int, c_long, CStr};
 use std::os::fd::RawFd;
 
@@ -25,7 +26,6 @@ pub const REPORT_PID: i32 = 0;
 /// Bytes of one report (two native `i32`s; one write, atomic on a pipe).
 pub const REPORT_LEN: usize = 8;
 
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const KEYCTL_JOIN_SESSION_KEYRING: c_long = 1;
 const CAP_SETPCAP: u32 = 8;
 
@@ -239,20 +239,6 @@ unsafe fn intermediate(plan: &Plan<'_>) -> ! {
     report(plan.report, REPORT_PID, pid as i32);
     // SAFETY: _exit ends the process at once.
     unsafe { libc::_exit(0) }
-}
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
 }
 
 /// Whether CAP_SETPCAP is in the effective set (gocapability drops bounding capabilities only

@@ -40,6 +40,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use crid_common::capabilities::{CapData, CapHeader, LINUX_CAPABILITY_VERSION_3};
 
 #[derive(Debug, Parser)]
 #[command(name = "crid-pinns", version)]
@@ -794,22 +795,6 @@ fn holder_filter() -> Vec<libc::sock_filter> {
     program
 }
 
-/// `struct __user_cap_header_struct` (linux/capability.h; not in the libc crate).
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-/// `struct __user_cap_data_struct`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
 /// Takes every capability from this process for good: bounding set, ambient, then the
 /// effective, permitted and inheritable sets, and no_new_privs.
 ///
@@ -833,7 +818,7 @@ unsafe fn drop_every_capability() -> libc::c_long {
             0,
         );
         let mut header = CapHeader {
-            version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+            version: LINUX_CAPABILITY_VERSION_3,
             pid: 0,
         };
         let data = [CapData::default(); 2];

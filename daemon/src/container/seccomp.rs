@@ -583,29 +583,14 @@ mod tests {
     /// any reader's open, even one closed at once).
     #[test]
     fn a_localhost_profile_that_is_a_fifo_or_a_device_is_never_opened() {
-        use std::os::unix::fs::OpenOptionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let fifo = dir.path().join("profile.json");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .expect("mkfifo");
-        let (opened, seen) = std::sync::mpsc::channel();
-        let writer_path = fifo.clone();
-        let writer = std::thread::spawn(move || {
-            let _fd = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&writer_path)
-                .expect("open the fifo for writing");
-            let _ = opened.send(());
-        });
+        let probe = crid_common::test_util::FifoProbe::new(&fifo);
         let err = localhost(fifo.to_str().expect("utf-8")).expect_err("a fifo");
-        let woken = seen.recv_timeout(std::time::Duration::from_millis(300));
-        let _reader = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&fifo)
-            .expect("open the fifo for reading");
-        writer.join().expect("writer");
-        assert!(woken.is_err(), "crid opened the fifo for reading");
+        assert!(
+            !probe.was_opened(std::time::Duration::from_millis(300)),
+            "crid opened the fifo for reading"
+        );
         assert!(
             err.to_string().contains("not a regular file (a fifo)"),
             "{err}"

@@ -183,7 +183,6 @@ pub fn resolve(rootfs: &Path, request: &UserRequest<'_>) -> Result<ProcessUser, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::OpenOptionsExt;
 
     fn rootfs() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -258,20 +257,10 @@ mod tests {
     /// (the kernel wakes a waiting writer on any reader's open, even one closed at once).
     #[test]
     fn an_etc_passwd_fifo_or_device_is_refused_without_being_opened() {
-        use std::sync::mpsc;
         let root = rootfs();
         let passwd = root.path().join("etc/passwd");
         std::fs::remove_file(&passwd).expect("rm");
-        nix::unistd::mkfifo(&passwd, Mode::from_bits_truncate(0o644)).expect("mkfifo");
-        let (opened, seen) = mpsc::channel();
-        let writer_path = passwd.clone();
-        let writer = std::thread::spawn(move || {
-            let _fd = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&writer_path)
-                .expect("open the fifo for writing");
-            let _ = opened.send(());
-        });
+        let probe = crid_common::test_util::FifoProbe::new(&passwd);
         let request = UserRequest {
             run_as_username: "www",
             ..Default::default()
@@ -283,15 +272,10 @@ mod tests {
                 why: "not a regular file (a fifo)".into()
             })
         );
-        let woken = seen.recv_timeout(std::time::Duration::from_millis(300));
-        // Release the writer before asserting, so that a failure does not hang the test.
-        let _reader = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&passwd)
-            .expect("open the fifo for reading");
-        writer.join().expect("writer");
-        assert!(woken.is_err(), "crid opened the fifo for reading");
+        assert!(
+            !probe.was_opened(std::time::Duration::from_millis(300)),
+            "crid opened the fifo for reading"
+        );
 
         // /dev/full as /etc/group: refused by its type, even for a numeric user.
         let group = root.path().join("etc/group");
