@@ -524,6 +524,17 @@ unsafe fn final_process(plan: &Plan<'_>) -> ! {
             set_apparmor_exec_label(plan, value);
             libc::close(plan.host_proc);
         }
+        // finalizeNamespace: chdir as root first (EACCES: again as the user). Before the
+        // container's seccomp filter, unlike runc: a profile without openat2 (older ones) must
+        // not make the exec fail; a profile that forbids chdir, which runc would fail on, is
+        // no reason to.
+        let mut chdir_later = false;
+        if enter_working_directory(plan) < 0 {
+            if errno() != libc::EACCES {
+                fail(plan, Step::Chdir);
+            }
+            chdir_later = true;
+        }
         if plan.no_new_privs {
             check(
                 plan,
@@ -536,14 +547,6 @@ unsafe fn final_process(plan: &Plan<'_>) -> ! {
             load_seccomp(plan);
         }
 
-        // finalizeNamespace: chdir as root first (EACCES: again as the user).
-        let mut chdir_later = false;
-        if enter_working_directory(plan) < 0 {
-            if errno() != libc::EACCES {
-                fail(plan, Step::Chdir);
-            }
-            chdir_later = true;
-        }
         drop_bounding(plan, plan.bounding);
         check(
             plan,

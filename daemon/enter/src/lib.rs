@@ -480,15 +480,20 @@ fn child_failure(step: i32, errno: i32) -> EnterError {
         Some(Step::CwdOutside) => EnterError::Refused(
             "the working directory is not inside the container's root".into(),
         ),
-        // runc exec would fail to enter it too, or (a trap: a symlink to /proc/self/fd/N,
-        // which is gone here since crid's fds are closed first) enter something of its own.
-        Some(Step::Chdir) => EnterError::Refused(match errno {
-            libc::ELOOP => "the working directory leads through a magic link (/proc/<pid>/fd, cwd, root) or a symlink loop".into(),
-            _ => format!(
-                "the working directory cannot be entered: {}",
-                Errno::from_raw(errno).desc()
-            ),
-        }),
+        // A magic link on the way, or a working directory that is missing or not a
+        // directory: runc exec would fail to enter it too, or (a trap: a symlink to
+        // /proc/self/fd/N, which is gone here since crid's fds are closed first) enter
+        // something of its own. Other errors (a seccomp filter that refuses openat2 to the
+        // user's second attempt, EPERM or ENOSYS) are left to runc exec.
+        Some(Step::Chdir) if [libc::ELOOP, libc::ENOENT, libc::ENOTDIR].contains(&errno) => {
+            EnterError::Refused(match errno {
+                libc::ELOOP => "the working directory leads through a magic link (/proc/<pid>/fd, cwd, root) or a symlink loop".into(),
+                _ => format!(
+                    "the working directory cannot be entered: {}",
+                    Errno::from_raw(errno).desc()
+                ),
+            })
+        }
         Some(step) => EnterError::Child {
             step,
             err: Errno::from_raw(errno),

@@ -128,6 +128,10 @@ pub fn parse_pulled(json: &str, layers: usize) -> Result<PulledConfig, ConfigErr
     })
 }
 
+/// The links a runtime makes in a container's /dev that lead into /proc (runc's and crun's
+/// default symlinks).
+const RUNTIME_PROC_LINKS_IN_DEV: [&str; 5] = ["fd", "stdin", "stdout", "stderr", "core"];
+
 /// Checks a container's working directory: `request` (the CRI `working_dir`) when set, else
 /// `image_dir` (the image's `WorkingDir`). It must be absolute, without `..`, and must not be
 /// or resolve (through the symlinks of the root filesystem at `rootfs`) to `/proc`, `/dev`
@@ -167,25 +171,35 @@ pub fn check_working_dir(
         let parts: Vec<_> = parts.iter().map(|c| c.to_string_lossy()).collect();
         format!("/{}", parts.join("/"))
     };
-    // /proc, and /dev too: crid's spec mounts its own tmpfs on /dev, whose content the image
-    // does not decide, and the runtime makes links there into /proc (/dev/fd ->
-    // /proc/self/fd, /dev/stdin -> /proc/self/fd/0, /dev/core -> /proc/kcore): `/dev/fd/7` is
-    // CVE-2024-21626's `/proc/self/fd/7` by another name. A working directory under /dev is
-    // never legitimate. Each is taken both as written and where the image's own symlinks lead
-    // it (the runtime follows them when it mounts /dev).
+    // /proc, and the links the runtime makes in the /dev crid mounts (its own tmpfs, whose
+    // content the image does not decide) into /proc: /dev/fd -> /proc/self/fd, /dev/stdin,
+    // stdout, stderr -> /proc/self/fd/0..2, /dev/core -> /proc/kcore. `/dev/fd/7` is
+    // CVE-2024-21626's `/proc/self/fd/7` by another name. The rest of /dev (/dev/shm, often a
+    // memory-backed emptyDir, /dev/mqueue) is a working directory like any other. Each is
+    // taken both as written and where the image's own symlinks lead it (the runtime follows
+    // them when it mounts /dev).
     for top in ["proc", "dev"] {
         let written = [OsString::from(top)];
         let image_top = resolve_in_root(rootfs, top).unwrap_or_else(|_| written.to_vec());
         for prefix in [&written[..], &image_top[..]] {
-            if resolved.starts_with(prefix) {
+            let into_proc = match top {
+                "proc" => resolved.starts_with(prefix),
+                _ => {
+                    resolved.starts_with(prefix)
+                        && resolved.get(prefix.len()).is_some_and(|name| {
+                            RUNTIME_PROC_LINKS_IN_DEV.iter().any(|link| name == *link)
+                        })
+                }
+            };
+            if into_proc {
                 let why = match top {
                     "proc" => {
                         "which CVE-2024-21626 used to reach host files through the \
                                runtime's file descriptors"
                     }
                     _ => {
-                        "where crid mounts its own /dev and the runtime links /dev/fd to \
-                          /proc/self/fd (CVE-2024-21626's class)"
+                        "where the runtime links into /proc (/dev/fd to /proc/self/fd: \
+                          CVE-2024-21626's class)"
                     }
                 };
                 let through = if prefix == written.as_slice() {
@@ -350,6 +364,10 @@ mod tests {
             "//app/./x",
             "/srv/dev",
             "/device",
+            "/dev",
+            "/dev/shm",
+            "/dev/mqueue/q",
+            "/dev/fdx",
         ] {
             check(none, ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
@@ -360,7 +378,7 @@ mod tests {
             ("/dev/fd/7", "under /dev"),
             ("/dev/./fd/7", "under /dev"),
             ("/dev/stdin", "under /dev"),
-            ("/dev", "under /dev"),
+            ("/dev/stderr/x", "under /dev"),
             ("//dev//core", "under /dev"),
             ("app", "absolute"),
             ("./proc", "absolute"),
@@ -428,7 +446,8 @@ mod tests {
         // The runtime mounts crid's /dev where the image's /dev symlink leads: that place
         // is refused too.
         link("/srv/devices", "dev");
-        for bad in ["/srv/devices/fd/7", "/srv/devices", "/dev/fd/7"] {
+        check(root, "/srv/devices").expect("crid's /dev itself");
+        for bad in ["/srv/devices/fd/7", "/srv/devices/stdout", "/dev/fd/7"] {
             let err = check(root, bad).expect_err(bad);
             assert!(
                 err.contains("it resolves to /srv/devices")

@@ -610,6 +610,16 @@ async fn setup(
         .map_err(|e| DaemonError::Internal(format!("the working directory check ended: {e}")))?
 }
 
+/// The id of the mount an open file is on (`mnt_id` of its /proc/self/fdinfo entry).
+fn mount_id(fd: &OwnedFd) -> Result<u64, nix::errno::Errno> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(nix::errno::Errno::EINVAL)
+}
+
 /// Most steps up from a working directory to its root (deeper is refused).
 const MAX_WORKING_DIRECTORY_DEPTH: usize = 4096;
 
@@ -619,7 +629,9 @@ const MAX_WORKING_DIRECTORY_DEPTH: usize = 4096;
 /// or /dev when it checks the image, but one under a volume may be a symlink another
 /// container planted (to `/proc/self/fd/N`: an fd the runtime leaked). Walks `..` up from the
 /// init's working directory, in its own mount tree, until its root (inside) or the top of
-/// the tree (outside).
+/// the tree (outside). Directories are compared with their mount too: the host's own mount of
+/// the container's root filesystem has the same device and inode as the container's root,
+/// and `..` from it leads to the host's directories.
 fn check_init_working_directory(id: &str, pid: i32) -> Result<(), DaemonError> {
     use nix::fcntl::{open, openat, OFlag};
     use nix::sys::stat::{fstat, Mode};
@@ -634,13 +646,17 @@ fn check_init_working_directory(id: &str, pid: i32) -> Result<(), DaemonError> {
     let root_path = format!("/proc/{pid}/root");
     let root = open(root_path.as_str(), flags, Mode::empty())
         .map_err(failed("open", root_path.clone()))?;
-    let root = fstat(&root).map_err(failed("stat", root_path))?;
+    let root = (
+        mount_id(&root).map_err(failed("read the mount of", root_path.clone()))?,
+        fstat(&root).map_err(failed("stat", root_path))?,
+    );
     let cwd_path = format!("/proc/{pid}/cwd");
     let mut dir =
         open(cwd_path.as_str(), flags, Mode::empty()).map_err(failed("open", cwd_path.clone()))?;
     for _ in 0..MAX_WORKING_DIRECTORY_DEPTH {
         let here = fstat(&dir).map_err(failed("stat", cwd_path.clone()))?;
-        if (here.st_dev, here.st_ino) == (root.st_dev, root.st_ino) {
+        let mount = mount_id(&dir).map_err(failed("read the mount of", cwd_path.clone()))?;
+        if (mount, here.st_dev, here.st_ino) == (root.0, root.1.st_dev, root.1.st_ino) {
             return Ok(());
         }
         let parent = openat(&dir, "..", flags, Mode::empty())
@@ -676,9 +692,9 @@ mod tests {
         );
         let root = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(root.path().join("sub")).expect("mkdir");
-        let chrooted = |then: &str| {
+        let chrooted = |before: &str, then: &str| {
             let script = format!(
-                "import os, sys, time\nos.chroot(sys.argv[1])\n{then}\nprint('ready', flush=True)\ntime.sleep(30)"
+                "import os, sys, time\n{before}\nos.chroot(sys.argv[1])\n{then}\nprint('ready', flush=True)\ntime.sleep(30)"
             );
             let mut child = std::process::Command::new("/usr/bin/python3")
                 .args(["-c", &script])
@@ -700,12 +716,35 @@ mod tests {
             ("os.chdir('/')", true),
             ("os.chdir('/sub')", true),
         ] {
-            let mut child = chrooted(then);
+            let mut child = chrooted("", then);
             let checked = check_init_working_directory("c", child.id() as i32);
             let _ = child.kill();
             let _ = child.wait();
             assert_eq!(checked.is_ok(), inside, "{then}: {checked:?}");
         }
+        // A working directory on another mount of the same directory (the host's mount of a
+        // container's root filesystem): same device and inode as the root, yet `..` leaves.
+        let other = tempfile::tempdir().expect("tempdir");
+        let bind = |args: &[&std::ffi::OsStr]| {
+            let status = std::process::Command::new("mount")
+                .args(args)
+                .status()
+                .expect("mount");
+            assert!(status.success(), "mount {args:?}");
+        };
+        bind(&[
+            "--bind".as_ref(),
+            root.path().as_os_str(),
+            other.path().as_os_str(),
+        ]);
+        let mut child = chrooted(&format!("os.chdir({:?})", other.path()), "pass");
+        let checked = check_init_working_directory("c", child.id() as i32);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::process::Command::new("umount")
+            .arg(other.path())
+            .status();
+        assert!(checked.is_err(), "another mount of the root passed");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::error::DaemonError;
 use crate::monitor_client::MonitorConnection;
 use crate::oci_runtime::OciRuntime;
-use crate::state::container::{Container, Finished, Phase};
+use crate::state::container::{Container, Finished, Phase, StopTicket};
 use crate::state::{persist, State};
 
 /// How long a SIGKILLed container may take to be reaped before StopContainer gives up.
@@ -144,32 +144,30 @@ pub async fn stop(
     timeout_secs: i64,
 ) -> Result<(), DaemonError> {
     let limit = super::request_timeout(timeout_secs).unwrap_or(Duration::ZERO);
-    let deadline = tokio::time::Instant::now() + limit;
-    hasten_stop(container, deadline);
+    // Seen at once by a stop under way, which sends SIGKILL by then at the latest.
+    let ticket = container
+        .stop_requests
+        .register(tokio::time::Instant::now() + limit);
     let _guard = container.lifecycle.lock().await;
-    let stopped = stop_locked(state, container, deadline).await;
-    container.stop_deadline.send_replace(None);
-    stopped
+    // The grace period counts from here: the wait for the lock is not the container's time.
+    let deadline = tokio::time::Instant::now() + limit;
+    stop_locked(state, container, &ticket, deadline).await
 }
 
-/// Asks the stop under way, if any, to send SIGKILL by `deadline` at the latest.
-fn hasten_stop(container: &Container, deadline: tokio::time::Instant) {
-    container
-        .stop_deadline
-        .send_modify(|earliest| *earliest = Some(earliest.map_or(deadline, |d| d.min(deadline))));
-}
-
-/// Waits for the container's exit until `deadline`, or the earlier one a later stop asks
-/// for; true once it has exited.
+/// Waits for the container's exit until `deadline`, or the earlier one another stop or a
+/// removal asks for; true once it has exited.
 async fn wait_exit_until(
     state: &State,
     container: &Container,
+    ticket: &StopTicket<'_>,
     deadline: tokio::time::Instant,
 ) -> bool {
-    let mut hastened = container.stop_deadline.subscribe();
+    let mut hastened = container.stop_requests.subscribe();
     loop {
-        let until = hastened
-            .borrow_and_update()
+        hastened.borrow_and_update();
+        let until = container
+            .stop_requests
+            .earliest_but(ticket)
             .map_or(deadline, |d| d.min(deadline));
         let now = tokio::time::Instant::now();
         if until <= now {
@@ -189,6 +187,7 @@ async fn wait_exit_until(
 async fn stop_locked(
     state: &State,
     container: &Container,
+    ticket: &StopTicket<'_>,
     deadline: tokio::time::Instant,
 ) -> Result<(), DaemonError> {
     let rt = &state.host.runtime;
@@ -213,7 +212,7 @@ async fn stop_locked(
         && record.stop_signal != libc::SIGKILL
     {
         exited(rt.kill(&container.id, record.stop_signal, false).await)?;
-        if wait_exit_until(state, container, deadline).await {
+        if wait_exit_until(state, container, ticket, deadline).await {
             return Ok(());
         }
         tracing::info!(container = %container.id, "stop signal did not end the container in time; sending SIGKILL");
@@ -230,12 +229,11 @@ async fn stop_locked(
 
 /// Removes a container, killing it first if it runs.
 pub async fn remove(state: &State, container: &Container) -> Result<(), DaemonError> {
-    let now = tokio::time::Instant::now();
-    hasten_stop(container, now);
+    let ticket = container
+        .stop_requests
+        .register(tokio::time::Instant::now());
     let _guard = container.lifecycle.lock().await;
-    let stopped = stop_locked(state, container, now).await;
-    container.stop_deadline.send_replace(None);
-    stopped?;
+    stop_locked(state, container, &ticket, tokio::time::Instant::now()).await?;
     dispose(state, container).await?;
     state.forget_container(&container.id);
     Ok(())

@@ -15,8 +15,9 @@ use nix::sys::stat::Mode;
 
 use crate::state::container::ProcessUser;
 
-/// Most bytes read of /etc/passwd or /etc/group.
-const MAX_ID_FILE_BYTES: u64 = 4 << 20;
+/// Most bytes of the image's /etc/passwd or /etc/group crid reads (as crid-enter does: an
+/// image with a large directory dump still starts; more is an error, never a silent cut).
+const MAX_ID_FILE_BYTES: u64 = 16 << 20;
 
 /// Why a user could not be resolved.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -72,6 +72,64 @@ pub enum Phase {
     Exited,
 }
 
+/// The deadlines of a container's stops and removals, one entry per request while it lasts.
+pub struct StopRequests {
+    next: std::sync::atomic::AtomicU64,
+    deadlines: std::sync::Mutex<std::collections::BTreeMap<u64, tokio::time::Instant>>,
+    changed: tokio::sync::watch::Sender<()>,
+}
+
+/// A request's entry in [`StopRequests`], removed when dropped.
+pub struct StopTicket<'a> {
+    requests: &'a StopRequests,
+    id: u64,
+}
+
+impl StopRequests {
+    fn new() -> StopRequests {
+        StopRequests {
+            next: 0.into(),
+            deadlines: Default::default(),
+            changed: tokio::sync::watch::Sender::new(()),
+        }
+    }
+
+    fn deadlines(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, tokio::time::Instant>> {
+        self.deadlines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enters a request that wants the container stopped by `deadline`.
+    pub fn register(&self, deadline: tokio::time::Instant) -> StopTicket<'_> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.deadlines().insert(id, deadline);
+        self.changed.send_replace(());
+        StopTicket { requests: self, id }
+    }
+
+    /// The earliest deadline of the requests other than `ticket`'s.
+    pub fn earliest_but(&self, ticket: &StopTicket<'_>) -> Option<tokio::time::Instant> {
+        self.deadlines()
+            .iter()
+            .filter(|(id, _)| **id != ticket.id)
+            .map(|(_, deadline)| *deadline)
+            .min()
+    }
+
+    /// Wakes when a request comes or goes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+}
+
+impl Drop for StopTicket<'_> {
+    fn drop(&mut self) {
+        self.requests.deadlines().remove(&self.id);
+        self.requests.changed.send_replace(());
+    }
+}
+
 /// A container.
 pub struct Container {
     pub id: String,
@@ -83,10 +141,10 @@ pub struct Container {
     /// Its STOPPED event is out (or was, before a restart: the exit is on record). Set once,
     /// by whoever sees the exit first: the exit watch, StopContainer, RemoveContainer.
     pub stopped_event: std::sync::atomic::AtomicBool,
-    /// The earliest deadline a StopContainer or removal waiting for the lifecycle lock asks
-    /// for: the stop under way sends SIGKILL by then (a long grace period is cut short by a
-    /// later, shorter stop, as kubelet's force delete expects).
-    pub stop_deadline: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+    /// The deadlines of the stops and removals under way or waiting for the lifecycle lock:
+    /// the one under way sends SIGKILL by the earliest of the others' too (a long grace
+    /// period is cut short by a later, shorter stop, as kubelet's force delete expects).
+    pub stop_requests: StopRequests,
     record: persist::SavedRecord<ContainerRecord>,
 }
 
@@ -115,7 +173,7 @@ impl Container {
             config,
             lifecycle: tokio::sync::Mutex::new(()),
             stopped_event: finished.is_some().into(),
-            stop_deadline: tokio::sync::watch::Sender::new(None),
+            stop_requests: StopRequests::new(),
             record,
         }
     }
