@@ -16,18 +16,38 @@ pub struct FifoProbe {
 }
 
 impl FifoProbe {
-    /// Makes the FIFO at `path` and starts its writer.
+    /// Makes the FIFO at `path` and starts its writer; returns once the writer waits in
+    /// open(2) (the kernel wakes only writers already waiting).
     pub fn new(path: &Path) -> FifoProbe {
         nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
         let (sender, opened) = mpsc::channel();
+        let (tid_sender, tid) = mpsc::channel();
         let writer_path = path.to_owned();
         let writer = std::thread::spawn(move || {
+            // "<pid>/task/<tid>"
+            let tid = std::fs::read_link("/proc/thread-self")
+                .ok()
+                .and_then(|link| link.file_name().map(|n| n.to_string_lossy().into_owned()));
+            let _ = tid_sender.send(tid.expect("this thread's id"));
             let _fd = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&writer_path)
                 .expect("open the fifo for writing");
             let _ = sender.send(());
         });
+        let tid = tid.recv().expect("the writer's thread id");
+        // /proc/self/task/<tid>/syscall starts with the number of the call it waits in.
+        let waiting = format!("{} ", libc::SYS_openat);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+            .is_ok_and(|call| call.starts_with(&waiting))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fifo's writer never waited in open"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         FifoProbe {
             path: path.to_owned(),
             opened,

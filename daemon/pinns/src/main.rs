@@ -617,14 +617,20 @@ impl HolderStep {
 /// copied per pod. Made while this process is in the host's mount namespace.
 fn holder_image() -> Result<OwnedFd, String> {
     let exe = Path::new("/proc/self/exe");
+    let needs = |e: std::io::Error| match e.raw_os_error() {
+        Some(libc::ENOSYS) => format!(
+            "{e}: a pod-level PID namespace needs Linux 5.12 or later (open_tree and mount_setattr)"
+        ),
+        _ => e.to_string(),
+    };
     let image = crid_mount::mount_api::clone_tree(exe, false)
-        .map_err(|e| format!("clone a mount of {}: {e}", exe.display()))?;
+        .map_err(|e| format!("clone a mount of {}: {}", exe.display(), needs(e)))?;
     let read_only = crid_mount::mount_api::Attributes {
         read_only: true,
         ..Default::default()
     };
     crid_mount::mount_api::set_attributes(&image, read_only, false)
-        .map_err(|e| format!("make the holder's image read-only: {e}"))?;
+        .map_err(|e| format!("make the holder's image read-only: {}", needs(e)))?;
     Ok(image)
 }
 

@@ -605,9 +605,14 @@ async fn setup(
     let pid = state.host.monitors.create(&spec).await?;
     container.update(|r| r.pid = pid)?;
     let id = container.id.clone();
-    tokio::task::spawn_blocking(move || check_init_working_directory(&id, pid))
+    let checked = tokio::task::spawn_blocking(move || check_init_working_directory(&id, pid))
         .await
-        .map_err(|e| DaemonError::Internal(format!("the working directory check ended: {e}")))?
+        .map_err(|e| DaemonError::Internal(format!("the working directory check ended: {e}")))
+        .and_then(|checked| checked);
+    if checked.is_err() {
+        super::lifecycle::end_created(state, container).await;
+    }
+    checked
 }
 
 /// The id of the mount an open file is on (`mnt_id` of its /proc/self/fdinfo entry).

@@ -77,6 +77,23 @@ pub(super) async fn dispose(state: &State, container: &Container) -> Result<(), 
     Ok(())
 }
 
+/// Ends a created container that is not to be kept (a check after the runtime's create
+/// failed): SIGKILL, then the monitor's exit record, so that [`dispose`] removes the record
+/// rather than race the monitor writing it for a container crid has forgotten.
+pub(super) async fn end_created(state: &State, container: &Container) {
+    if let Err(err) = state
+        .host
+        .runtime
+        .kill(&container.id, libc::SIGKILL, true)
+        .await
+    {
+        tracing::debug!(container = %container.id, error = %crid_common::error_chain::error_chain(&err), "kill of a refused container");
+    }
+    if !wait_exit(state, container, KILL_GRACE).await {
+        tracing::warn!(container = %container.id, "a refused container did not exit within {KILL_GRACE:?} of SIGKILL");
+    }
+}
+
 /// Starts a created container.
 pub async fn start(state: &State, container: &Container) -> Result<(), DaemonError> {
     let _guard = container.lifecycle.lock().await;
