@@ -4,7 +4,7 @@
 //! per container and pod.
 
 use std::collections::HashMap;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io::{BufRead, Read};
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -24,16 +24,28 @@ use crate::state::{persist, State};
 
 /// Most directory entries walked to measure one writable layer.
 const MAX_LAYER_WALK: u64 = 1_000_000;
-/// Longest one writable layer's walk may take; past it the walk reports what it counted.
-/// A container decides how big and how slow its upper directory is (slow storage, millions
-/// of entries): a stats call must not hold a blocking thread for it.
-const LAYER_WALK_TIME_BUDGET: Duration = Duration::from_secs(2);
-/// Deepest directory level the walk descends to: the walk holds one open directory per
-/// level, and a container can nest directories without limit (each `mkdir` relative to the
-/// last). Deeper entries are not counted.
-const MAX_LAYER_WALK_DEPTH: usize = 128;
+/// Longest one writable layer's walk may take. The walk never leaves the upper directory's
+/// own file system (crid's root: local storage, not a network mount that can hang), so this
+/// only stops a layer too big for the disk: generous, for an honest big layer on a slow disk
+/// must not be under-reported. A walk cut short is not taken for the layer's size (see
+/// [`LayerEntry`]).
+const LAYER_WALK_TIME_BUDGET: Duration = Duration::from_secs(30);
+/// Deepest directory level below the upper directory the walk enters. The walk keeps a few
+/// bytes per level (and at most [`LAYER_WALK_OPEN_DIRS`] directories open, whatever the
+/// depth); a container can nest directories without limit (each `mkdir` relative to the
+/// last), so the levels are bounded too, far beyond what PATH_MAX lets a path name.
+const MAX_LAYER_WALK_DEPTH: usize = 4096;
+/// Most directories the walk holds open (two descriptors each): the upper directory and the
+/// deepest levels walked. A directory further up is read to its end and closed, the
+/// subdirectories it still holds remembered by name; the walk opens it again through `..`
+/// when it comes back up (checking it is the same directory).
+const LAYER_WALK_OPEN_DIRS: usize = 32;
+/// Most bytes of subdirectory names the walk remembers for the directories it closed.
+const MAX_LAYER_WALK_PENDING_BYTES: usize = 16 << 20;
 /// How long a stats call waits for a walk another call started when there is no earlier
-/// measurement to report: a little longer than the walk's budget.
+/// measurement to report; past it the call reports no writable-layer usage (the walk goes
+/// on, and later calls report its result). Shorter than a walk may take: a stats call must
+/// not hold its blocking thread for another call's walk.
 const LAYER_WALK_WAIT: Duration = Duration::from_secs(3);
 /// How old a writable layer's measurement may be before a stats call measures it again. A
 /// walk of a big layer costs seconds of disk I/O; kubelet asks for every container's stats
@@ -80,13 +92,110 @@ struct Measurement {
     inodes: u64,
 }
 
+impl Measurement {
+    const ZERO: Measurement = Measurement {
+        bytes: 0,
+        inodes: 0,
+    };
+
+    /// The larger of each count.
+    fn max(self, other: Measurement) -> Measurement {
+        Measurement {
+            bytes: self.bytes.max(other.bytes),
+            inodes: self.inodes.max(other.inodes),
+        }
+    }
+}
+
+/// Why a walk did not count the whole layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// [`MAX_LAYER_WALK`] entries counted: the walk stopped.
+    Entries,
+    /// Out of time: the walk stopped.
+    Time,
+    /// The names of subdirectories left to walk outgrew [`MAX_LAYER_WALK_PENDING_BYTES`]:
+    /// the walk stopped.
+    Pending,
+    /// A directory past the depth bound was counted, not entered.
+    Depth,
+    /// A directory was moved while the walk was below it: what the walk had not read of the
+    /// directories above it was left.
+    Moved,
+}
+
+impl Cut {
+    /// Whether the walk stops there (rather than leaving one part of the layer).
+    fn stops(self) -> bool {
+        matches!(self, Cut::Entries | Cut::Time | Cut::Pending)
+    }
+}
+
+/// What one walk counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Walked {
+    m: Measurement,
+    /// Why the count is not the whole layer's; None when it is.
+    cut: Option<Cut>,
+}
+
+/// What a stats call reports for a writable layer, and whether later calls may too.
+#[derive(Debug, Clone, Copy)]
+struct Reported {
+    m: Measurement,
+    at: Instant,
+    /// A complete walk's count (or one backed by an earlier complete walk): calls report it
+    /// for [`LAYER_USAGE_MAX_AGE`]. A cut-short count with nothing better is reported by the
+    /// call that made it, and the next call walks again.
+    reusable: bool,
+}
+
 /// What is known of one container's writable layer.
 #[derive(Default)]
 struct LayerEntry {
-    /// The last measurement and when it was made.
-    last: Option<(Measurement, Instant)>,
+    /// What calls report, and when it was measured. After a walk cut short (a bound hit,
+    /// a directory moved under it), the larger of its count and the last complete walk's:
+    /// the partial count is what the layer holds at least, and a container must not make
+    /// its reported usage smaller by making walks of its layer stop early.
+    last: Option<Reported>,
+    /// The last complete walk's count.
+    complete: Option<Measurement>,
     /// A walk is running: no other call starts one.
     walking: bool,
+    /// A walk cut short has been logged at info for this container (later ones at debug).
+    cut_logged: bool,
+}
+
+impl LayerEntry {
+    /// Records a walk that just ended; returns why it was cut short and whether that is the
+    /// first time for this container.
+    fn record(&mut self, walked: Walked) -> Option<(Cut, bool)> {
+        let at = Instant::now();
+        let Some(cut) = walked.cut else {
+            self.complete = Some(walked.m);
+            self.last = Some(Reported {
+                m: walked.m,
+                at,
+                reusable: true,
+            });
+            return None;
+        };
+        self.last = Some(match self.complete {
+            Some(complete) => Reported {
+                m: complete.max(walked.m),
+                at,
+                reusable: true,
+            },
+            None => Reported {
+                m: walked.m,
+                at,
+                reusable: false,
+            },
+        });
+        let first = !self.cut_logged;
+        self.cut_logged = true;
+        Some((cut, first))
+    }
 }
 
 /// Writable-layer measurements by container id, at most one walk per container at a time.
@@ -101,21 +210,33 @@ pub struct LayerUsage {
 struct WalkDone<'a> {
     usage: &'a LayerUsage,
     id: &'a str,
-    result: Option<Measurement>,
+    result: Option<Walked>,
 }
 
 impl Drop for WalkDone<'_> {
     fn drop(&mut self) {
         let mut entries = self.usage.lock();
+        let mut cut = None;
         // A container forgotten (removed) while it was walked stays forgotten.
         if let Some(entry) = entries.get_mut(self.id) {
             entry.walking = false;
-            if let Some(m) = self.result {
-                entry.last = Some((m, Instant::now()));
+            if let Some(walked) = self.result {
+                cut = entry.record(walked);
             }
         }
         drop(entries);
         self.usage.walked.notify_all();
+        match cut {
+            Some((cut, true)) => tracing::info!(
+                container = %self.id,
+                ?cut,
+                "writable layer walk cut short: reporting the last complete measurement, or at least what it counted"
+            ),
+            Some((cut, false)) => {
+                tracing::debug!(container = %self.id, ?cut, "writable layer walk cut short")
+            }
+            None => {}
+        }
     }
 }
 
@@ -130,22 +251,21 @@ impl LayerUsage {
 
     /// The measurement of `id`, fresh, or made by `walk` when no other call is walking it;
     /// while one is, its previous measurement (or, when there is none, the running walk's).
-    fn measure(&self, id: &str, walk: impl FnOnce() -> Measurement) -> Option<Measurement> {
+    fn measure(&self, id: &str, walk: impl FnOnce() -> Walked) -> Option<Measurement> {
         let waited_since = Instant::now();
         let mut entries = self.lock();
         loop {
             let entry = entries.entry(id.to_owned()).or_default();
-            if let Some((m, at)) = entry.last {
-                if at.elapsed() < LAYER_USAGE_MAX_AGE || entry.walking {
-                    return Some(m);
+            if let Some(last) = entry.last {
+                if entry.walking || (last.reusable && last.at.elapsed() < LAYER_USAGE_MAX_AGE) {
+                    return Some(last.m);
                 }
             }
             if !entry.walking {
                 entry.walking = true;
                 break;
             }
-            // The first walk is running: wait for it, not forever (it may be stuck in
-            // a syscall on slow storage).
+            // The first walk is running: wait for it, not as long as it may take.
             let left = LAYER_WALK_WAIT.checked_sub(waited_since.elapsed())?;
             entries = self
                 .walked
@@ -160,9 +280,17 @@ impl LayerUsage {
             id,
             result: None,
         };
-        let m = walk();
-        done.result = Some(m);
-        Some(m)
+        let walked = walk();
+        done.result = Some(walked);
+        drop(done);
+        // What the entry now reports (the walk's count, or the last complete one when the
+        // walk was cut short), unless the container was forgotten meanwhile.
+        Some(
+            self.lock()
+                .get(id)
+                .and_then(|e| e.last)
+                .map_or(walked.m, |last| last.m),
+        )
     }
 
     /// Forgets the containers that are gone.
@@ -211,95 +339,277 @@ fn walk_flags() -> OFlag {
     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
 }
 
-/// Bytes and inodes of the writable layer at `upper`, bounded by [`MAX_LAYER_WALK`] entries
-/// and [`LAYER_WALK_TIME_BUDGET`].
-fn disk_usage(upper: &Path) -> Measurement {
+/// The bounds of one walk.
+#[derive(Debug, Clone, Copy)]
+struct WalkBounds {
+    deadline: Instant,
+    max_entries: u64,
+    max_depth: usize,
+}
+
+/// Bytes and inodes of the writable layer at `upper`, bounded by [`MAX_LAYER_WALK`] entries,
+/// [`MAX_LAYER_WALK_DEPTH`] levels and [`LAYER_WALK_TIME_BUDGET`].
+fn disk_usage(upper: &Path) -> Walked {
     disk_usage_bounded(
         upper,
-        Instant::now() + LAYER_WALK_TIME_BUDGET,
-        MAX_LAYER_WALK,
+        WalkBounds {
+            deadline: Instant::now() + LAYER_WALK_TIME_BUDGET,
+            max_entries: MAX_LAYER_WALK,
+            max_depth: MAX_LAYER_WALK_DEPTH,
+        },
     )
 }
 
-/// Bytes and inodes under `upper`, walked by file descriptor: the container owns every name
-/// below `upper` and can swap a directory for a symlink (`ln -s / dir`) at any moment, so
-/// each directory is opened relative to its parent's descriptor with O_NOFOLLOW, its entries
-/// read from that descriptor and stat'ed without following, and no path is resolved again.
-/// The walk stays on `upper`'s file system (a mount point below it is counted, never
-/// entered) and stops at `max_entries` entries or at `deadline`, reporting what it counted.
-fn disk_usage_bounded(upper: &Path, deadline: Instant, max_entries: u64) -> Measurement {
-    let mut m = Measurement {
-        bytes: 0,
-        inodes: 0,
-    };
-    let Ok(root) = nix::fcntl::open(upper, walk_flags(), Mode::empty()) else {
-        return m;
-    };
-    let Ok(device) = fstat(&root).map(|st| st.st_dev) else {
-        return m;
-    };
-    // One open directory per level, read as the walk goes.
-    let mut levels: Vec<Level> = Level::new(root).into_iter().collect();
-    loop {
-        let depth = levels.len();
-        let Some(level) = levels.last_mut() else {
-            break;
+/// Bytes and inodes under `upper`, walked by file descriptor (see [`LayerWalk`]). Nothing
+/// when `upper` is not there (the container is being removed).
+fn disk_usage_bounded(upper: &Path, bounds: WalkBounds) -> Walked {
+    let Some(mut walk) = LayerWalk::start(upper, bounds) else {
+        return Walked {
+            m: Measurement::ZERO,
+            cut: None,
         };
-        let entry = match level.entries.next() {
-            Some(Ok(entry)) => entry,
-            // The end of this directory, or it cannot be read further.
-            _ => {
-                levels.pop();
-                continue;
-            }
-        };
-        let name = entry.file_name();
-        if name == c"." || name == c".." {
-            continue;
-        }
-        if m.inodes >= max_entries || Instant::now() >= deadline {
-            break;
-        }
-        let Ok(st) = fstatat(&level.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
-            continue;
-        };
-        m.inodes += 1;
-        m.bytes = m.bytes.saturating_add((st.st_blocks.max(0) as u64) * 512);
-        let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
-        if !is_dir || st.st_dev != device || depth >= MAX_LAYER_WALK_DEPTH {
-            continue;
-        }
-        if let Some(child) = open_subdir(&level.fd, name, device) {
-            levels.push(child);
-        }
-    }
-    m
+    };
+    while walk.step() {}
+    walk.finish()
 }
 
-/// One directory being walked: its descriptor, for the `*at` calls, and a stream of its
-/// entries (read through a duplicate of the descriptor, which `nix`'s `Dir` owns).
-struct Level {
-    fd: OwnedFd,
-    entries: nix::dir::OwningIter,
+/// A walk of a writable layer by file descriptor: the container owns every name below
+/// `upper` and can swap a directory for a symlink (`ln -s / dir`) or move it at any moment,
+/// so each directory is opened relative to its parent's descriptor with O_NOFOLLOW, its
+/// entries read from that descriptor and stat'ed without following, and no path is resolved
+/// again. The walk stays on `upper`'s file system (a mount point below it is counted, never
+/// entered) and stops at its entry, time and name bounds.
+///
+/// However deep the layer, at most [`LAYER_WALK_OPEN_DIRS`] directories are open: the upper
+/// directory and the deepest ones walked. Going deeper closes the highest open one (but the
+/// upper directory) after reading the rest of it: its entries are counted and its
+/// subdirectories remembered by name. Coming back up to a closed directory opens it again
+/// as `..` of the directory just walked, and goes on only if it is the very directory
+/// entered before (same device and inode): a directory the container moved meanwhile leads
+/// elsewhere, and what is left of the closed directories above it is abandoned (the walk
+/// goes on from the upper directory and is marked cut short).
+struct LayerWalk {
+    device: u64,
+    bounds: WalkBounds,
+    m: Measurement,
+    /// The directories from the upper directory (first) down to the one being walked.
+    stack: Vec<Frame>,
+    /// How many directories at the end of `stack` are open, the upper directory (always
+    /// open) not counted: the open ones are the upper directory and this tail.
+    open_tail: usize,
+    /// Bytes of the names in the frames' `pending` lists.
+    pending_bytes: usize,
+    cut: Option<Cut>,
 }
 
-impl Level {
-    fn new(fd: OwnedFd) -> Option<Level> {
+/// One directory on the walk's stack.
+struct Frame {
+    /// Its device and inode when it was entered.
+    id: (u64, u64),
+    /// Its descriptor, for the `*at` calls, while it is open.
+    fd: Option<OwnedFd>,
+    /// A stream of its entries not read yet (through a duplicate of the descriptor, which
+    /// `nix`'s `Dir` owns); None once read to its end.
+    entries: Option<nix::dir::OwningIter>,
+    /// Subdirectories counted but not walked yet, read before the directory was closed.
+    pending: Vec<CString>,
+}
+
+impl Frame {
+    fn open(fd: OwnedFd, id: (u64, u64)) -> Option<Frame> {
         let entries = Dir::from_fd(fd.try_clone().ok()?).ok()?.into_iter();
-        Some(Level { fd, entries })
+        Some(Frame {
+            id,
+            fd: Some(fd),
+            entries: Some(entries),
+            pending: Vec::new(),
+        })
     }
 }
 
-/// The directory `name` in `parent`, when it still is a directory on `device`: between the
-/// fstatat and the open it may have been swapped for a symlink (O_NOFOLLOW refuses it) or
-/// for another directory.
-fn open_subdir(parent: &OwnedFd, name: &CStr, device: u64) -> Option<Level> {
-    let child = nix::fcntl::openat(parent, name, walk_flags(), Mode::empty()).ok()?;
-    let st = fstat(&child).ok()?;
-    if st.st_dev != device {
-        return None;
+impl LayerWalk {
+    /// A walk of `upper`; None when it cannot be opened as a directory (not there, or a
+    /// symlink).
+    fn start(upper: &Path, bounds: WalkBounds) -> Option<LayerWalk> {
+        let root = nix::fcntl::open(upper, walk_flags(), Mode::empty()).ok()?;
+        let st = fstat(&root).ok()?;
+        Some(LayerWalk {
+            device: st.st_dev,
+            bounds,
+            m: Measurement::ZERO,
+            stack: vec![Frame::open(root, (st.st_dev, st.st_ino))?],
+            open_tail: 0,
+            pending_bytes: 0,
+            cut: None,
+        })
     }
-    Level::new(child)
+
+    /// One step: counts one entry, or enters or leaves one directory. False once the walk
+    /// is over (all walked, or a bound hit).
+    fn step(&mut self) -> bool {
+        if self.cut.is_some_and(Cut::stops) {
+            return false;
+        }
+        let Some(top) = self.stack.last_mut() else {
+            return false;
+        };
+        if let Some(entries) = top.entries.as_mut() {
+            match entries.next() {
+                Some(Ok(entry)) => {
+                    let name = entry.file_name();
+                    if name != c"." && name != c".." && self.count(self.stack.len() - 1, name) {
+                        self.enter(name);
+                    }
+                }
+                // The end of the directory, or it cannot be read further.
+                _ => top.entries = None,
+            }
+        } else if let Some(name) = top.pending.pop() {
+            // A subdirectory counted before the directory was closed.
+            self.pending_bytes -= name.as_bytes_with_nul().len();
+            self.enter(&name);
+        } else {
+            self.leave();
+        }
+        true
+    }
+
+    /// What the walk counted, and why it is not the whole layer when it is not.
+    fn finish(self) -> Walked {
+        Walked {
+            m: self.m,
+            cut: self.cut,
+        }
+    }
+
+    fn note(&mut self, cut: Cut) {
+        if self.cut.is_none() || cut.stops() {
+            self.cut = Some(cut);
+        }
+    }
+
+    /// Counts the entry `name` of the open directory `stack[at]`; true when it is a
+    /// directory on the upper directory's file system (to be walked).
+    fn count(&mut self, at: usize, name: &CStr) -> bool {
+        if self.m.inodes >= self.bounds.max_entries {
+            self.note(Cut::Entries);
+            return false;
+        }
+        if Instant::now() >= self.bounds.deadline {
+            self.note(Cut::Time);
+            return false;
+        }
+        let Some(fd) = self.stack[at].fd.as_ref() else {
+            return false;
+        };
+        let Ok(st) = fstatat(fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            return false;
+        };
+        self.m.inodes += 1;
+        self.m.bytes = self
+            .m
+            .bytes
+            .saturating_add((st.st_blocks.max(0) as u64) * 512);
+        let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        is_dir && st.st_dev == self.device
+    }
+
+    /// Enters the directory `name` of the directory walked, when it still is a directory on
+    /// the upper directory's file system: between the fstatat and the open it may have been
+    /// swapped for a symlink (O_NOFOLLOW refuses it) or for another directory.
+    fn enter(&mut self, name: &CStr) {
+        if self.stack.len() > self.bounds.max_depth {
+            self.note(Cut::Depth);
+            return;
+        }
+        let Some(parent) = self.stack.last().and_then(|f| f.fd.as_ref()) else {
+            return;
+        };
+        let Ok(fd) = nix::fcntl::openat(parent, name, walk_flags(), Mode::empty()) else {
+            return;
+        };
+        let Ok(st) = fstat(&fd) else {
+            return;
+        };
+        if st.st_dev != self.device {
+            return;
+        }
+        let Some(frame) = Frame::open(fd, (st.st_dev, st.st_ino)) else {
+            return;
+        };
+        self.stack.push(frame);
+        self.open_tail += 1;
+        if self.open_tail >= LAYER_WALK_OPEN_DIRS {
+            self.close(self.stack.len() - self.open_tail);
+            self.open_tail -= 1;
+        }
+    }
+
+    /// Closes `stack[at]` after reading the rest of it: its entries are counted now, its
+    /// subdirectories kept by name for when the walk comes back up.
+    fn close(&mut self, at: usize) {
+        if let Some(entries) = self.stack[at].entries.take() {
+            for entry in entries {
+                let Ok(entry) = entry else {
+                    break;
+                };
+                let name = entry.file_name();
+                if name == c"." || name == c".." || !self.count(at, name) {
+                    if self.cut.is_some_and(Cut::stops) {
+                        break;
+                    }
+                    continue;
+                }
+                let name = name.to_owned();
+                self.pending_bytes += name.as_bytes_with_nul().len();
+                self.stack[at].pending.push(name);
+                if self.pending_bytes > MAX_LAYER_WALK_PENDING_BYTES {
+                    self.note(Cut::Pending);
+                    break;
+                }
+            }
+        }
+        self.stack[at].fd = None;
+    }
+
+    /// Leaves the directory walked, all of it walked; opens its parent again when it was
+    /// closed.
+    fn leave(&mut self) {
+        let Some(done) = self.stack.pop() else {
+            return;
+        };
+        let Some(parent) = self.stack.last_mut() else {
+            return;
+        };
+        self.open_tail = self.open_tail.saturating_sub(1);
+        if parent.fd.is_some() {
+            return;
+        }
+        let reopened = done
+            .fd
+            .as_ref()
+            .and_then(|fd| nix::fcntl::openat(fd, c"..", walk_flags(), Mode::empty()).ok())
+            .filter(|fd| fstat(fd).is_ok_and(|st| (st.st_dev, st.st_ino) == parent.id));
+        if let Some(fd) = reopened {
+            parent.fd = Some(fd);
+            self.open_tail = 1;
+            return;
+        }
+        // `done` was moved out of its parent while the walk was below it: the closed
+        // directories above it cannot be found again from here. What is left of them is
+        // abandoned; the walk goes on in the upper directory, always open.
+        self.note(Cut::Moved);
+        while self.stack.len() > 1 && self.stack.last().is_some_and(|f| f.fd.is_none()) {
+            if let Some(abandoned) = self.stack.pop() {
+                self.pending_bytes -= abandoned
+                    .pending
+                    .iter()
+                    .map(|n| n.as_bytes_with_nul().len())
+                    .sum::<usize>();
+            }
+        }
+        self.open_tail = 0;
+    }
 }
 
 /// A container's stats. Reads cgroup files and may walk the writable layer: call it off the
@@ -498,12 +808,30 @@ mod tests {
         }
     }
 
+    fn bounds() -> WalkBounds {
+        WalkBounds {
+            deadline: Instant::now() + Duration::from_secs(30),
+            max_entries: MAX_LAYER_WALK,
+            max_depth: MAX_LAYER_WALK_DEPTH,
+        }
+    }
+
     fn walk(upper: &Path) -> Measurement {
-        disk_usage_bounded(
-            upper,
-            Instant::now() + Duration::from_secs(30),
-            MAX_LAYER_WALK,
-        )
+        disk_usage_bounded(upper, bounds()).m
+    }
+
+    fn measured(n: u64) -> Measurement {
+        Measurement {
+            bytes: n,
+            inodes: n,
+        }
+    }
+
+    fn complete(n: u64) -> Walked {
+        Walked {
+            m: measured(n),
+            cut: None,
+        }
     }
 
     #[test]
@@ -617,23 +945,172 @@ mod tests {
         for i in 0..100 {
             std::fs::write(l.upper.join(format!("f{i}")), b"z").expect("write");
         }
-        let far = Instant::now() + Duration::from_secs(30);
-        assert_eq!(disk_usage_bounded(&l.upper, far, 10).inodes, 10);
-        // Out of time: reports what it counted (nothing yet).
-        assert_eq!(disk_usage_bounded(&l.upper, Instant::now(), 1000).inodes, 0);
-        // Nested past the depth bound: the walk holds one descriptor per level, so it
-        // stops descending there.
+        let whole = disk_usage_bounded(&l.upper, bounds());
+        assert_eq!((whole.m.inodes, whole.cut), (103, None));
+        let few = disk_usage_bounded(
+            &l.upper,
+            WalkBounds {
+                max_entries: 10,
+                ..bounds()
+            },
+        );
+        assert_eq!((few.m.inodes, few.cut), (10, Some(Cut::Entries)));
+        // Out of time: what it counted (nothing yet), marked as cut short.
+        let late = disk_usage_bounded(
+            &l.upper,
+            WalkBounds {
+                deadline: Instant::now(),
+                ..bounds()
+            },
+        );
+        assert_eq!((late.m.inodes, late.cut), (0, Some(Cut::Time)));
+        // Nested past the depth bound: the deepest directory entered is counted with its
+        // entries, nothing below them.
         let deep_root = l.upper.with_file_name("deep");
         let mut dir = deep_root.clone();
-        for _ in 0..MAX_LAYER_WALK_DEPTH + 20 {
+        for _ in 0..70 {
             dir.push("d");
         }
         std::fs::create_dir_all(&dir).expect("mkdir deep");
-        assert_eq!(
-            walk(&deep_root).inodes,
-            MAX_LAYER_WALK_DEPTH as u64,
-            "one entry per level walked"
+        let shallow = disk_usage_bounded(
+            &deep_root,
+            WalkBounds {
+                max_depth: 50,
+                ..bounds()
+            },
         );
+        assert_eq!((shallow.m.inodes, shallow.cut), (51, Some(Cut::Depth)));
+        let whole = disk_usage_bounded(&deep_root, bounds());
+        assert_eq!((whole.m.inodes, whole.cut), (70, None));
+    }
+
+    /// The names of the empty directories beside the `d` of `level`.
+    fn siblings(level: usize) -> [String; 3] {
+        [0, 1, 2].map(|k| format!("s{level}-{k}"))
+    }
+
+    /// `levels` directories `d` nested under `top`, each directory from `top` down holding
+    /// three empty directories (named by level, so that the `d`s are not read at the same
+    /// place in every directory) and a one-byte file `f`. Returns the deepest `d`.
+    fn nest(top: &Path, levels: usize) -> PathBuf {
+        let mut dir = top.to_owned();
+        for level in 0..levels {
+            for s in siblings(level) {
+                std::fs::create_dir(dir.join(s)).expect("mkdir sibling");
+            }
+            std::fs::write(dir.join("f"), b"f").expect("write");
+            dir.push("d");
+            std::fs::create_dir(&dir).expect("mkdir d");
+        }
+        dir
+    }
+
+    fn open_dirs(walk: &LayerWalk) -> usize {
+        walk.stack.iter().filter(|f| f.fd.is_some()).count()
+    }
+
+    /// A file 200 levels down (`mkdir -p $(printf 'd/%.0s' $(seq 200))`) is counted, and the
+    /// walk never holds more than its few directories open to get there.
+    #[test]
+    fn anchor_c_stats_walk_counts_a_file_200_levels_deep_with_few_directories_open() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let upper = tmp.path().join("upper");
+        std::fs::create_dir(&upper).expect("mkdir");
+        let bottom = nest(&upper, 200);
+        std::fs::write(bottom.join("big"), vec![3u8; 1 << 20]).expect("write");
+        let mut walk = LayerWalk::start(&upper, bounds()).expect("walk");
+        let (mut most_open, mut deepest) = (0, 0);
+        while walk.step() {
+            most_open = most_open.max(open_dirs(&walk));
+            deepest = deepest.max(walk.stack.len());
+        }
+        assert!(most_open <= LAYER_WALK_OPEN_DIRS, "{most_open} open");
+        assert_eq!(deepest, 201, "the upper dir and 200 levels");
+        assert_eq!(walk.pending_bytes, 0);
+        let walked = walk.finish();
+        assert_eq!(walked.cut, None);
+        // 200 levels of d, s0, s1, s2 and f, and the big file.
+        assert_eq!(walked.m.inodes, 200 * 5 + 1);
+        assert!(walked.m.bytes >= 1 << 20, "{walked:?}");
+    }
+
+    /// While the walk is below a directory it closed, the directory under it is moved into
+    /// a host directory holding names like the closed one's: coming back up through `..`
+    /// leads there, and the walk abandons what it had left rather than count it.
+    #[test]
+    fn anchor_c_stats_walk_abandons_what_a_directory_moved_under_it_leads_to() {
+        let l = layout();
+        nest(&l.upper, 200);
+        // What the closed directories' remaining names would find in the host directory.
+        for s in (0..200).flat_map(siblings) {
+            std::fs::create_dir(l.canary.join(&s)).expect("mkdir");
+            std::fs::hard_link(l.canary.join("deep/big"), l.canary.join(&s).join("big"))
+                .expect("link");
+        }
+        let mut walk = LayerWalk::start(&l.upper, bounds()).expect("walk");
+        // Below a closed directory that still has subdirectories to walk, with the highest
+        // open directory under it (not the upper dir) one of the `d`s.
+        let moved = loop {
+            assert!(walk.step(), "the walk ended before it was deep enough");
+            let lowest = walk.stack.len() - walk.open_tail;
+            if walk.open_tail < 2 || lowest < 2 || walk.stack[lowest - 1].pending.is_empty() {
+                continue;
+            }
+            let path = (0..lowest).fold(l.upper.clone(), |p, _| p.join("d"));
+            let st = nix::sys::stat::lstat(&path).expect("lstat");
+            if (st.st_dev, st.st_ino) == walk.stack[lowest].id {
+                break path;
+            }
+        };
+        std::fs::rename(&moved, l.canary.join("moved")).expect("move");
+        while walk.step() {}
+        let walked = walk.finish();
+        assert!(
+            walked.m.bytes < CANARY_BYTES as u64,
+            "counted the host directory: {walked:?}"
+        );
+        assert_eq!(walked.cut, Some(Cut::Moved));
+        // The upper directory's other entries were walked on.
+        assert!(walked.m.inodes >= 3, "{walked:?}");
+    }
+
+    /// A walk cut short is reported, not taken for the layer's size: with no complete walk
+    /// before it the next call walks again; with one, the larger of the two counts is
+    /// reported (a container cannot shrink its reported usage by making walks stop early).
+    #[test]
+    fn anchor_c_a_walk_cut_short_is_not_taken_for_the_layers_size() {
+        let usage = LayerUsage::default();
+        let cut = |n, cut| Walked {
+            m: measured(n),
+            cut: Some(cut),
+        };
+        let stale = |usage: &LayerUsage| {
+            let mut entries = usage.lock();
+            let last = entries
+                .get_mut("c")
+                .and_then(|e| e.last.as_mut())
+                .expect("last");
+            last.at = Instant::now() - LAYER_USAGE_MAX_AGE;
+        };
+        assert_eq!(usage.measure("c", || cut(5, Cut::Time)), Some(measured(5)));
+        assert_eq!(usage.measure("c", || complete(7)), Some(measured(7)));
+        assert_eq!(
+            usage.measure("c", || panic!("walked a fresh measurement again")),
+            Some(measured(7))
+        );
+        stale(&usage);
+        assert_eq!(
+            usage.measure("c", || cut(3, Cut::Entries)),
+            Some(measured(7))
+        );
+        assert_eq!(
+            usage.measure("c", || panic!(
+                "walked again though a complete count backs it"
+            )),
+            Some(measured(7))
+        );
+        stale(&usage);
+        assert_eq!(usage.measure("c", || cut(9, Cut::Moved)), Some(measured(9)));
     }
 
     #[test]
@@ -647,10 +1124,7 @@ mod tests {
                 usage.measure("c1", || {
                     walks.fetch_add(1, Ordering::SeqCst);
                     released.recv().expect("release");
-                    Measurement {
-                        bytes: 1,
-                        inodes: 1,
-                    }
+                    complete(1)
                 })
             })
         };
@@ -663,10 +1137,7 @@ mod tests {
             std::thread::spawn(move || {
                 usage.measure("c1", || {
                     walks.fetch_add(1, Ordering::SeqCst);
-                    Measurement {
-                        bytes: 2,
-                        inodes: 2,
-                    }
+                    complete(2)
                 })
             })
         };
@@ -680,13 +1151,12 @@ mod tests {
         assert_eq!(second.join().expect("second"), want);
         assert_eq!(walks.load(Ordering::SeqCst), 1);
         // A stale measurement: one call walks again, calls meanwhile get the previous one.
-        usage.lock().get_mut("c1").expect("entry").last = Some((
-            Measurement {
-                bytes: 1,
-                inodes: 1,
-            },
-            Instant::now() - LAYER_USAGE_MAX_AGE,
-        ));
+        usage
+            .lock()
+            .get_mut("c1")
+            .and_then(|e| e.last.as_mut())
+            .expect("measured")
+            .at = Instant::now() - LAYER_USAGE_MAX_AGE;
         let (release, released) = std::sync::mpsc::channel::<()>();
         let third = {
             let (usage, walks) = (usage.clone(), walks.clone());
@@ -694,10 +1164,7 @@ mod tests {
                 usage.measure("c1", || {
                     walks.fetch_add(1, Ordering::SeqCst);
                     released.recv().expect("release");
-                    Measurement {
-                        bytes: 3,
-                        inodes: 3,
-                    }
+                    complete(3)
                 })
             })
         };
@@ -716,10 +1183,7 @@ mod tests {
             std::thread::spawn(move || {
                 stuck.measure("c2", || {
                     let _ = held.recv();
-                    Measurement {
-                        bytes: 0,
-                        inodes: 0,
-                    }
+                    complete(0)
                 })
             });
         }
