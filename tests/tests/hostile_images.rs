@@ -1440,6 +1440,89 @@ async fn anchor_d33_a_stalling_registry_is_cut_off_and_releases_its_permit() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// Anchor D33 behind a mirror: a mirror that drips (a KiB every 100 ms) in front of a good
+/// registry (registries.conf.d: `[[registry]]` with a `[[registry.mirror]]`) is cut off
+/// after `pull_progress_timeout_secs` and the pull goes on from the registry behind it, as
+/// it does when a mirror answers with an error (CRI-O tries its pull sources in turn). When
+/// the registry drips too, the pull fails with DEADLINE_EXCEEDED naming both endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anchor_d33_a_dripping_mirror_falls_back_to_the_registry_behind_it() {
+    static DATA: [u8; 1 << 20] = [0; 1 << 20];
+    let s = setup("pull_progress_timeout_secs = 2\n");
+    let mirror = FakeRegistry::start();
+    let tar = tar_of(&[Member::file("data", 0o644, 0, 0, &DATA)]);
+    let layer = Layer::plain(&tar);
+    let digest = sha256(&layer.blob);
+    let config = config_json(std::slice::from_ref(&layer.diff_id), serde_json::json!({}));
+    let drip = || Body::Trickle {
+        bytes: layer.blob.clone(),
+        pause: Duration::from_millis(100),
+    };
+    let mut dripped = Vec::new();
+    for repo in ["mirrored/good", "mirrored/both"] {
+        let layers = std::slice::from_ref(&layer);
+        serve_image(&s.registry, repo, "latest", layers, &config, |_| {});
+        serve_image(&mirror, repo, "latest", layers, &config, |_| {});
+        dripped.push(mirror.put_blob(repo, &digest, drip()));
+    }
+    s.registry.put_blob("mirrored/both", &digest, drip());
+    let dropins = s.work.path().join("registries.conf.d");
+    std::fs::create_dir_all(&dropins).expect("mkdir registries.conf.d");
+    std::fs::write(
+        dropins.join("mirror.conf"),
+        format!(
+            "[[registry]]\nprefix = \"{addr}/mirrored\"\nlocation = \"{addr}/mirrored\"\ninsecure = true\n\
+             [[registry.mirror]]\nlocation = \"{mirror}/mirrored\"\ninsecure = true\n",
+            addr = s.registry.addr,
+            mirror = mirror.addr,
+        ),
+    )
+    .expect("write mirror.conf");
+    let mut images = s.crid.images().await;
+
+    let image = s.registry.image("mirrored/good", "latest");
+    let started = Instant::now();
+    let id = pull(&mut images, &image)
+        .await
+        .unwrap_or_else(|e| panic!("{image} from the registry behind the mirror: {e:?}"));
+    assert!(
+        dripped[0].load(Ordering::Relaxed) > 0,
+        "the mirror was not tried first"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "pulled after {:?}",
+        started.elapsed()
+    );
+    images
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: id,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("remove");
+
+    let image = s.registry.image("mirrored/both", "latest");
+    let err = pull(&mut images, &image)
+        .await
+        .expect_err("both endpoints drip");
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    for named in [&image, &digest, &mirror.addr, &s.registry.addr] {
+        assert!(
+            err.message().contains(named.as_str()),
+            "names {named}: {err:?}"
+        );
+    }
+    let tmp = s.root().join("tmp");
+    let gone = crid_tests::harness::wait_for(Duration::from_secs(5), || {
+        (std::fs::read_dir(&tmp).ok()?.count() == 0).then_some(())
+    });
+    assert!(gone.is_some(), "tmp left: {:?}", entries(&tmp));
+    s.assert_clean(&mut images).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Files of the image crid reads itself.
 

@@ -53,16 +53,20 @@ pub enum ImageError {
     },
     #[error("invalid image: {0}")]
     Invalid(String),
-    /// The registry sent less than [`pull::MIN_PULL_PROGRESS_BYTES`] in a whole progress
-    /// window while the pull waited on it.
+    /// The registry (or mirror) `host`, the last one tried, sent less than
+    /// [`pull::MIN_PULL_PROGRESS_BYTES`] in a whole progress window while the pull waited on
+    /// it; `tried` says how the endpoints tried before it failed.
     #[error(
-        "pulling {reference}: the registry sent less than {min} bytes in {secs} s while crid waited for {waiting} (pull_progress_timeout_secs)",
-        min = pull::MIN_PULL_PROGRESS_BYTES
+        "pulling {reference}: registry {host} sent less than {min} bytes in {secs} s while crid waited for {waiting} (pull_progress_timeout_secs){tried_before}",
+        min = pull::MIN_PULL_PROGRESS_BYTES,
+        tried_before = tried_before(tried)
     )]
     Stalled {
         reference: String,
+        host: String,
         waiting: String,
         secs: u64,
+        tried: Vec<String>,
     },
     #[error(transparent)]
     Unpack(Box<LayerRefused>),
@@ -72,6 +76,15 @@ pub enum ImageError {
     Store(#[from] StoreError),
     #[error("registry configuration")]
     Registries(#[source] registries::RegistriesError),
+}
+
+/// How the endpoints tried before the last one failed, for a message.
+fn tried_before(tried: &[String]) -> String {
+    if tried.is_empty() {
+        String::new()
+    } else {
+        format!("; tried before: {}", tried.join("; "))
+    }
 }
 
 impl ImageError {

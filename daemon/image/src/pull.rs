@@ -454,6 +454,8 @@ impl ImageStore {
         let mut failures = Vec::new();
         let mut not_found = false;
         let mut unauthorized = None;
+        // The last attempt's stall, when it stalled.
+        let mut last_stall = None;
         for endpoint in &endpoints {
             let target = match (reference.digest(), reference.tag()) {
                 (Some(d), _) => Reference::with_digest(
@@ -498,8 +500,10 @@ impl ImageStore {
                     waiting = progress.stalled(Duration::from_secs(secs)) => {
                         Err(ImageError::Stalled {
                             reference: reference.whole(),
+                            host: endpoint.host.clone(),
                             waiting: waiting.join(", "),
                             secs,
+                            tried: Vec::new(),
                         })
                     }
                 },
@@ -515,9 +519,34 @@ impl ImageStore {
                     tracing::info!(endpoint = %endpoint.host, error = %err, "pull attempt failed");
                     let why = crid_common::error_chain::error_chain(&err);
                     failures.push((endpoint.host.clone(), why, unreachable));
+                    last_stall = None;
+                }
+                // A mirror that drips is no reason not to try the registry behind it.
+                Err(ImageError::Stalled { waiting, secs, .. }) => {
+                    tracing::info!(endpoint = %endpoint.host, %waiting, secs, "pull attempt stalled");
+                    let why = format!(
+                        "sent less than {MIN_PULL_PROGRESS_BYTES} bytes in {secs} s while crid waited for {waiting}"
+                    );
+                    failures.push((endpoint.host.clone(), why, false));
+                    last_stall = Some((endpoint.host.clone(), waiting, secs));
                 }
                 Err(other) => return Err(other),
             }
+        }
+        // Every endpoint failed, the last one by stalling: DeadlineExceeded, as when a pull
+        // from a single registry stalls, naming the endpoints tried before it.
+        if let Some((host, waiting, secs)) = last_stall {
+            failures.pop();
+            return Err(ImageError::Stalled {
+                reference: reference.whole(),
+                host,
+                waiting,
+                secs,
+                tried: failures
+                    .iter()
+                    .map(|(h, e, _)| format!("{h}: {e}"))
+                    .collect(),
+            });
         }
         if let Some(host) = unauthorized {
             return Err(ImageError::Unauthorized {
