@@ -99,3 +99,68 @@ done"#
         panic!("{failure}");
     }
 }
+
+/// Anchor C, issue 10: a container writes a 32 MiB file 130 directory levels down (`mkdir -p
+/// $(printf 'd/%.0s' $(seq 130))`, past the 128 levels the walk once stopped at, which hid
+/// the file from kubelet's ephemeral-storage accounting): ContainerStats counts it. The walk
+/// keeps a few directories open however deep it goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn anchor_c_stats_count_a_file_130_levels_deep() {
+    const BIG_MIB: u64 = 32;
+    let mut fx = PodFixture::start("").await;
+    let script = format!(
+        r#"set -e
+cd /
+p=; i=0; while [ $i -lt 130 ]; do p=${{p}}d/; i=$((i+1)); done
+mkdir -p $p
+dd if=/dev/zero of=${{p}}big bs=1048576 count={BIG_MIB} 2>/dev/null
+sync
+touch /ready
+exec sleep 3600"#
+    );
+    let pod = fx.pod_config("deep-stats");
+    let pod_id = fx.run_pod(pod.clone()).await;
+    let id = fx
+        .start_container(
+            &pod_id,
+            &pod,
+            fx.container_config("deep", &["sh", "-c", &script]),
+        )
+        .await;
+    let ready = Instant::now() + Duration::from_secs(60);
+    while fx.exec(&id, &["test", "-e", "/ready"], 10).await.exit_code != 0 {
+        assert!(Instant::now() < ready, "the container never got ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Measurements are shared for 5 s: one made before the file was written may be reported
+    // for that long.
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    let counted = loop {
+        let stats = fx
+            .runtime
+            .container_stats(cri::ContainerStatsRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("ContainerStats")
+            .into_inner()
+            .stats
+            .expect("stats");
+        let layer = stats.writable_layer.expect("writable layer");
+        let (bytes, inodes) = (v(&layer.used_bytes), v(&layer.inodes_used));
+        seen.push((bytes, inodes));
+        if bytes >= BIG_MIB << 20 && inodes >= 131 {
+            break true;
+        }
+        if Instant::now() >= until {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    fx.finish().await;
+    assert!(
+        counted,
+        "the file 130 levels down was not counted: (bytes, inodes) {seen:?}"
+    );
+}
