@@ -1182,144 +1182,52 @@ async fn issue_10_an_image_config_that_does_not_parse_is_refused_never_a_silent_
     s.assert_clean(&mut images).await;
 }
 
-/// CVE-2024-21626 (runc: a leaked host fd reached through `cwd=/proc/self/fd/N`): a working
-/// directory under `/proc` — the image's WorkingDir as written, through a symlink in the
-/// image, or the request's `working_dir` — is refused at CreateContainer with
-/// INVALID_ARGUMENT, whatever the runtime does; so are relative ones and ones with `..`.
-#[tokio::test]
-async fn cve_2024_21626_working_dirs_under_proc_are_refused_at_create() {
-    let mut f = PodFixture::start("").await;
-    let layout = f.work.path().join("hostile-layout");
-    build_oci_busybox(&layout, "base", &["sleep", "3600"]);
-    let image = |tag: &str| format!("{}:{tag}", layout.display());
-    let staging = f.work.path().join("link");
-    std::fs::create_dir_all(&staging).expect("mkdir");
-    std::os::unix::fs::symlink("/proc/self/fd/7", staging.join("w")).expect("symlink");
-    let cases = [
-        ("fd", "/proc/self/fd/7", "under /proc"),
-        ("cwd", "/proc/self/cwd", "under /proc"),
-        ("link", "/w", "under /proc"),
-        ("relative", "work", "not an absolute path"),
-        ("dotdot", "/tmp/../proc/self/fd/7", "'..'"),
-    ];
-    for (tag, dir, _) in cases {
-        umoci(&["tag", "--image", &image("base"), tag]);
-        if tag == "link" {
-            umoci(&[
-                "insert",
-                "--image",
-                &image(tag),
-                &staging.display().to_string(),
-                "/",
-            ]);
-        }
-        umoci(&["config", "--image", &image(tag), "--config.workingdir", dir]);
-        f.registry.push_layout(&layout, tag, "hostile/workdir");
-    }
-    let pod_config = f.pod_config("workdir");
-    let pod = f.run_pod(pod_config.clone()).await;
-    let mut images = f.crid.images().await;
-    for (tag, dir, why) in cases {
-        let reference = format!("{}/hostile/workdir:{tag}", f.registry.addr);
-        pull(&mut images, &reference)
-            .await
-            .unwrap_or_else(|e| panic!("pull {reference}: {e:?}"));
-        let mut config = f.container_config(&format!("c-{tag}"), &[]);
-        config.image = Some(cri::ImageSpec {
-            image: reference.clone(),
-            ..Default::default()
-        });
-        let err = f
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(config),
-                sandbox_config: Some(pod_config.clone()),
-            })
-            .await
-            .expect_err(&format!("WorkingDir {dir} must be refused"));
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{tag}: {err:?}");
-        assert!(
-            err.message().contains(&reference),
-            "names the image: {err:?}"
-        );
-        assert!(err.message().contains(why), "{tag}: {err:?}");
-    }
-    // The request's working_dir is checked the same way.
-    let mut config = f.container_config("c-request", &["sleep", "3600"]);
-    config.working_dir = "/proc/1/root".into();
-    let err = f
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        })
-        .await
-        .expect_err("a request's working_dir under /proc");
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("config.working_dir"), "{err:?}");
-    // An ordinary working directory still works.
-    let mut config = f.container_config("c-ok", &["sleep", "3600"]);
-    config.working_dir = "/tmp".into();
-    f.start_container(&pod, &pod_config, config).await;
-    f.finish().await;
+/// One hostile WorkingDir: a tag of the test image, its WorkingDir, what the refusal says, and
+/// a tree inserted at `/` first (none: the base image as built).
+struct WorkdirCase<'a> {
+    tag: &'a str,
+    dir: &'a str,
+    why: &'a str,
+    insert: Option<&'a Path>,
 }
 
-/// CVE-2024-21626's class through /dev: crid mounts its own tmpfs on /dev, where the runtime
-/// links `/dev/fd -> /proc/self/fd`, `/dev/stdin -> /proc/self/fd/0` and `/dev/core ->
-/// /proc/kcore`, so `/dev/fd/7` is `/proc/self/fd/7` by another name. A working directory
-/// under /dev — written so, with `.` components, through a symlink in the image, or where the
-/// image's own /dev symlink leads (the runtime mounts /dev through it) — and the request's
-/// `working_dir` under /dev are refused at CreateContainer with INVALID_ARGUMENT naming it.
-#[tokio::test]
-async fn cve_2024_21626_working_dirs_under_dev_are_refused_at_create() {
-    let mut f = PodFixture::start("").await;
-    let layout = f.work.path().join("hostile-layout");
+/// Pushes one busybox image per case to `repo` and checks that CreateContainer refuses each
+/// with INVALID_ARGUMENT naming the image, the directory and why. Returns the pod it used
+/// (its id and config).
+async fn working_dirs_are_refused(
+    f: &mut PodFixture,
+    repo: &str,
+    cases: &[WorkdirCase<'_>],
+) -> (String, cri::PodSandboxConfig) {
+    let layout = f.work.path().join(format!("{repo}-layout"));
     build_oci_busybox(&layout, "base", &["sleep", "3600"]);
     let image = |tag: &str| format!("{}:{tag}", layout.display());
-    let staging = f.work.path().join("link");
-    std::fs::create_dir_all(&staging).expect("mkdir");
-    std::os::unix::fs::symlink("/dev/fd/7", staging.join("w")).expect("symlink");
-    let moved = f.work.path().join("moved");
-    std::fs::create_dir_all(moved.join("srv/devices")).expect("mkdir");
-    std::os::unix::fs::symlink("/srv/devices", moved.join("dev")).expect("symlink");
-    let cases = [
-        ("fd", "/dev/fd/7", "under /dev"),
-        ("dot", "/dev/./fd/7", "under /dev"),
-        ("stdin", "/dev/stdin", "under /dev"),
-        ("link", "/w", "under /dev"),
-        (
-            "moved",
-            "/srv/devices/fd/7",
-            "the image's /dev resolves to /srv/devices",
-        ),
-    ];
-    for (tag, dir, _) in cases {
-        umoci(&["tag", "--image", &image("base"), tag]);
-        // "moved": a layer whose `dev` is a symlink, over the base's /dev directory.
-        let insert = match tag {
-            "link" => Some(&staging),
-            "moved" => Some(&moved),
-            _ => None,
-        };
-        if let Some(insert) = insert {
+    for case in cases {
+        umoci(&["tag", "--image", &image("base"), case.tag]);
+        if let Some(insert) = case.insert {
             umoci(&[
                 "insert",
                 "--image",
-                &image(tag),
+                &image(case.tag),
                 &insert.display().to_string(),
                 "/",
             ]);
         }
-        umoci(&["config", "--image", &image(tag), "--config.workingdir", dir]);
-        f.registry.push_layout(&layout, tag, "hostile/devdir");
+        umoci(&[
+            "config",
+            "--image",
+            &image(case.tag),
+            "--config.workingdir",
+            case.dir,
+        ]);
+        f.registry.push_layout(&layout, case.tag, repo);
     }
-    let pod_config = f.pod_config("devdir");
+    let pod_config = f.pod_config(&repo.replace('/', "-"));
     let pod = f.run_pod(pod_config.clone()).await;
     let mut images = f.crid.images().await;
-    for (tag, dir, why) in cases {
-        let reference = format!("{}/hostile/devdir:{tag}", f.registry.addr);
+    for case in cases {
+        let (tag, dir, why) = (case.tag, case.dir, case.why);
+        let reference = format!("{}/{repo}:{tag}", f.registry.addr);
         pull(&mut images, &reference)
             .await
             .unwrap_or_else(|e| panic!("pull {reference}: {e:?}"));
@@ -1341,6 +1249,90 @@ async fn cve_2024_21626_working_dirs_under_dev_are_refused_at_create() {
         assert!(err.message().contains(dir), "names the directory: {err:?}");
         assert!(err.message().contains(why), "{tag}: {err:?}");
     }
+    (pod, pod_config)
+}
+
+/// CVE-2024-21626 (runc: a leaked host fd reached through `cwd=/proc/self/fd/N`): a working
+/// directory under `/proc` — the image's WorkingDir as written, through a symlink in the
+/// image, or the request's `working_dir` — is refused at CreateContainer with
+/// INVALID_ARGUMENT, whatever the runtime does; so are relative ones and ones with `..`.
+#[tokio::test]
+async fn cve_2024_21626_working_dirs_under_proc_are_refused_at_create() {
+    let mut f = PodFixture::start("").await;
+    let staging = f.work.path().join("link");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::os::unix::fs::symlink("/proc/self/fd/7", staging.join("w")).expect("symlink");
+    let case = |tag, dir, why| WorkdirCase {
+        tag,
+        dir,
+        why,
+        insert: None,
+    };
+    let cases = [
+        case("fd", "/proc/self/fd/7", "under /proc"),
+        case("cwd", "/proc/self/cwd", "under /proc"),
+        WorkdirCase {
+            insert: Some(&staging),
+            ..case("link", "/w", "under /proc")
+        },
+        case("relative", "work", "not an absolute path"),
+        case("dotdot", "/tmp/../proc/self/fd/7", "'..'"),
+    ];
+    let (pod, pod_config) = working_dirs_are_refused(&mut f, "hostile/workdir", &cases).await;
+    // The request's working_dir is checked the same way.
+    let mut config = f.container_config("c-request", &["sleep", "3600"]);
+    config.working_dir = "/proc/1/root".into();
+    let err = f.create_container_err(&pod, &pod_config, config).await;
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("config.working_dir"), "{err:?}");
+    // An ordinary working directory still works.
+    let mut config = f.container_config("c-ok", &["sleep", "3600"]);
+    config.working_dir = "/tmp".into();
+    f.start_container(&pod, &pod_config, config).await;
+    f.finish().await;
+}
+
+/// CVE-2024-21626's class through /dev: crid mounts its own tmpfs on /dev, where the runtime
+/// links `/dev/fd -> /proc/self/fd`, `/dev/stdin -> /proc/self/fd/0` and `/dev/core ->
+/// /proc/kcore`, so `/dev/fd/7` is `/proc/self/fd/7` by another name. A working directory
+/// through those links — written so, with `.` components, through a symlink in the image, or
+/// where the image's own /dev symlink leads (the runtime mounts /dev through it) — and the
+/// request's `working_dir` so are refused at CreateContainer with INVALID_ARGUMENT naming it;
+/// the rest of /dev (/dev/shm) is an ordinary working directory.
+#[tokio::test]
+async fn cve_2024_21626_working_dirs_under_dev_are_refused_at_create() {
+    let mut f = PodFixture::start("").await;
+    let staging = f.work.path().join("link");
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::os::unix::fs::symlink("/dev/fd/7", staging.join("w")).expect("symlink");
+    let moved = f.work.path().join("moved");
+    std::fs::create_dir_all(moved.join("srv/devices")).expect("mkdir");
+    std::os::unix::fs::symlink("/srv/devices", moved.join("dev")).expect("symlink");
+    let case = |tag, dir, why| WorkdirCase {
+        tag,
+        dir,
+        why,
+        insert: None,
+    };
+    let cases = [
+        case("fd", "/dev/fd/7", "under /dev"),
+        case("dot", "/dev/./fd/7", "under /dev"),
+        case("stdin", "/dev/stdin", "under /dev"),
+        WorkdirCase {
+            insert: Some(&staging),
+            ..case("link", "/w", "under /dev")
+        },
+        // A layer whose `dev` is a symlink, over the base's /dev directory.
+        WorkdirCase {
+            insert: Some(&moved),
+            ..case(
+                "moved",
+                "/srv/devices/fd/7",
+                "the image's /dev resolves to /srv/devices",
+            )
+        },
+    ];
+    let (pod, pod_config) = working_dirs_are_refused(&mut f, "hostile/devdir", &cases).await;
     // The request's working_dir is checked the same way.
     for dir in ["/dev/fd/3", "/dev/stderr"] {
         let mut config = f.container_config("c-request", &["sleep", "3600"]);
@@ -1353,10 +1345,12 @@ async fn cve_2024_21626_working_dirs_under_dev_are_refused_at_create() {
             "{err:?}"
         );
     }
-    // A directory merely named like /dev elsewhere still works.
-    let mut config = f.container_config("c-ok", &["sleep", "3600"]);
-    config.working_dir = "/srv/dev".into();
-    f.start_container(&pod, &pod_config, config).await;
+    // A directory merely named like /dev elsewhere, and /dev/shm, still work.
+    for (name, dir) in [("c-ok", "/srv/dev"), ("c-shm", "/dev/shm")] {
+        let mut config = f.container_config(name, &["sleep", "3600"]);
+        config.working_dir = dir.into();
+        f.start_container(&pod, &pod_config, config).await;
+    }
     f.finish().await;
 }
 

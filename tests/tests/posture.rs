@@ -92,6 +92,20 @@ fn with_security(
     config
 }
 
+/// A container given CAP_SYS_PTRACE (no privilege needed), sleeping.
+fn ptrace_container(fx: &PodFixture) -> cri::ContainerConfig {
+    with_security(
+        fx.container_config("ptrace", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["SYS_PTRACE".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+}
+
 fn own_pid_namespace() -> Option<cri::NamespaceOption> {
     Some(cri::NamespaceOption {
         pid: cri::NamespaceMode::Container as i32,
@@ -293,16 +307,7 @@ async fn anchor_c24_the_pod_pid_1_shows_nothing_of_the_host() {
     let mut fx = PodFixture::start("").await;
     let pod = fx.pod_config("holder");
     let pod_id = fx.run_pod(pod.clone()).await;
-    let ptrace = with_security(
-        fx.container_config("ptrace", &["sleep", "1000"]),
-        cri::LinuxContainerSecurityContext {
-            capabilities: Some(cri::Capability {
-                add_capabilities: vec!["SYS_PTRACE".into()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    );
+    let ptrace = ptrace_container(&fx);
     let id = fx.start_container(&pod_id, &pod, ptrace).await;
     let comm = text(&fx.exec(&id, &["cat", "/proc/1/comm"], 10).await.stdout);
     assert_eq!(comm.trim(), "crid-pinns", "PID 1 is the pod's holder");
@@ -368,16 +373,7 @@ async fn cve_2019_5736_the_pod_pid_1_lends_neither_its_binary_nor_its_privileges
     let mut fx = PodFixture::start("").await;
     let pod = fx.pod_config("holder-image");
     let pod_id = fx.run_pod(pod.clone()).await;
-    let ptrace = with_security(
-        fx.container_config("ptrace", &["sleep", "1000"]),
-        cri::LinuxContainerSecurityContext {
-            capabilities: Some(cri::Capability {
-                add_capabilities: vec!["SYS_PTRACE".into()],
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    );
+    let ptrace = ptrace_container(&fx);
     let id = fx.start_container(&pod_id, &pod, ptrace).await;
     let status = text(&fx.exec(&id, &["cat", "/proc/1/status"], 10).await.stdout);
     for name in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb"] {
