@@ -516,7 +516,7 @@ impl RuntimeService for Runtime {
                 cache
                     .layers
                     .retain(|id| containers.iter().any(|c| c.id == id));
-                containers
+                let chosen: Vec<_> = containers
                     .iter()
                     .filter(|c| stats::live(state, c))
                     .filter(|c| {
@@ -525,8 +525,8 @@ impl RuntimeService for Runtime {
                             &as_filter,
                         )
                     })
-                    .map(|c| stats::container_stats(state, cache, c))
-                    .collect()
+                    .collect();
+                stats::map_in_parallel(&chosen, |c| stats::container_stats(state, cache, c))
             })
             .await?;
         ok(cri::ListContainerStatsResponse { stats })
@@ -557,12 +557,12 @@ impl RuntimeService for Runtime {
         };
         let stats = self
             .blocking_stats(move |state, cache| {
-                state
-                    .pods()
+                let pods = state.pods();
+                let chosen: Vec<_> = pods
                     .iter()
                     .filter(|p| cri_views::pod_matches(&cri_views::pod_summary(p), &as_filter))
-                    .map(|p| stats::pod_stats(state, cache, p))
-                    .collect()
+                    .collect();
+                stats::map_in_parallel(&chosen, |p| stats::pod_stats(state, cache, p))
             })
             .await?;
         ok(cri::ListPodSandboxStatsResponse { stats })
