@@ -641,36 +641,40 @@ fn check_init_working_directory(id: &str, pid: i32) -> Result<(), DaemonError> {
     use nix::fcntl::{open, openat, OFlag};
     use nix::sys::stat::{fstat, Mode};
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let failed = |what: &'static str, path: String| {
+    let failed = |what: &'static str, path: &str| {
+        let path = PathBuf::from(path);
         move |e: nix::errno::Errno| DaemonError::Io {
             what,
-            path: path.into(),
+            path,
             err: e.into(),
         }
     };
+    // A directory as (mount, device, inode): read once per directory.
+    let identity = |fd: &OwnedFd, path: &str| -> Result<(u64, u64, u64), DaemonError> {
+        let stat = fstat(fd).map_err(|e| failed("stat", path)(e))?;
+        let mount = mount_id(fd).map_err(|e| failed("read the mount of", path)(e))?;
+        Ok((mount, stat.st_dev, stat.st_ino))
+    };
     let root_path = format!("/proc/{pid}/root");
     let root = open(root_path.as_str(), flags, Mode::empty())
-        .map_err(failed("open", root_path.clone()))?;
-    let root = (
-        mount_id(&root).map_err(failed("read the mount of", root_path.clone()))?,
-        fstat(&root).map_err(failed("stat", root_path))?,
-    );
+        .map_err(|e| failed("open", &root_path)(e))?;
+    let root = identity(&root, &root_path)?;
     let cwd_path = format!("/proc/{pid}/cwd");
     let mut dir =
-        open(cwd_path.as_str(), flags, Mode::empty()).map_err(failed("open", cwd_path.clone()))?;
+        open(cwd_path.as_str(), flags, Mode::empty()).map_err(|e| failed("open", &cwd_path)(e))?;
+    let mut here = identity(&dir, &cwd_path)?;
     for _ in 0..MAX_WORKING_DIRECTORY_DEPTH {
-        let here = fstat(&dir).map_err(failed("stat", cwd_path.clone()))?;
-        let mount = mount_id(&dir).map_err(failed("read the mount of", cwd_path.clone()))?;
-        if (mount, here.st_dev, here.st_ino) == (root.0, root.1.st_dev, root.1.st_ino) {
+        if here == root {
             return Ok(());
         }
         let parent = openat(&dir, "..", flags, Mode::empty())
-            .map_err(failed("open a parent of", cwd_path.clone()))?;
-        let up = fstat(&parent).map_err(failed("stat", cwd_path.clone()))?;
-        if (up.st_dev, up.st_ino) == (here.st_dev, here.st_ino) {
+            .map_err(|e| failed("open a parent of", &cwd_path)(e))?;
+        let up = identity(&parent, &cwd_path)?;
+        // The top of the tree: its `..` is itself.
+        if up == here {
             break;
         }
-        dir = parent;
+        (dir, here) = (parent, up);
     }
     Err(invalid(format!(
         "container {id}: its working directory is outside its root filesystem (a symlink to /proc/self/fd or another magic link on the way, CVE-2024-21626)"
