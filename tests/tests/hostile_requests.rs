@@ -907,17 +907,7 @@ async fn anchor_c21_pid_1_ignoring_sigterm_is_killed_after_the_timeout() {
         "trapping",
         &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
     );
-    let mut own_init = fx.container_config("init", &["sleep", "1000"]);
-    own_init.linux = Some(cri::LinuxContainerConfig {
-        security_context: Some(cri::LinuxContainerSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                pid: cri::NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let own_init = fx.own_pid_container_config("init", &["sleep", "1000"]);
     const TIMEOUT: u64 = 2;
     for config in [trapping, own_init] {
         let name = config.metadata.as_ref().expect("metadata").name.clone();

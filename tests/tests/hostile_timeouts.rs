@@ -22,17 +22,7 @@ async fn anchor_b15_huge_stop_and_exec_sync_timeouts_keep_crid_alive() {
     let pod = fx.pod_config("timeouts");
     let pod_id = fx.run_pod(pod.clone()).await;
     // PID 1 of its own namespace without a handler: SIGTERM does nothing, the stop waits.
-    let mut config = fx.container_config("sleeper", &["sleep", "100000"]);
-    config.linux = Some(cri::LinuxContainerConfig {
-        security_context: Some(cri::LinuxContainerSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                pid: cri::NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let config = fx.own_pid_container_config("sleeper", &["sleep", "100000"]);
     let id = fx.start_container(&pod_id, &pod, config).await;
 
     // ExecSync with the largest timeouts answers as usual.

@@ -166,6 +166,23 @@ impl PodFixture {
         }
     }
 
+    /// [`PodFixture::container_config`] in a PID namespace of its own: `command` is PID 1
+    /// there (deaf to a SIGTERM it has no handler for).
+    pub fn own_pid_container_config(&self, name: &str, command: &[&str]) -> cri::ContainerConfig {
+        let mut config = self.container_config(name, command);
+        config.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        config
+    }
+
     pub async fn run_pod(&mut self, config: cri::PodSandboxConfig) -> String {
         self.runtime
             .run_pod_sandbox(cri::RunPodSandboxRequest {
